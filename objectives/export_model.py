@@ -1,0 +1,52 @@
+"""Writing a trained trial as files other tools load, without retraining.
+
+A LoRA trial becomes a peft adapter folder (`adapter_config.json`, `adapter_model.safetensors`,
+the trained head included) that `PeftModel.from_pretrained` loads onto `create_backbone(spec,
+num_classes)`, plus `model.safetensors`: the adapters merged into the backbone, with q/k/v
+fused back, so it loads into a plain `timm.create_model(spec.model, num_classes=...)`.
+A baseline trial has no adapter: only `model.safetensors` is written.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from objectives.model import build_model, fuse_qkv_state_dict
+from objectives.spec import LoraParams, TrainSpec
+
+MERGED_FILE = "model.safetensors"
+
+
+class ExportError(ValueError):
+    """Weights that do not fit the model they should belong to; one line for the user."""
+
+
+def load_trained_model(spec: TrainSpec, num_classes: int, lora: LoraParams | None,
+                       weights_file: str | Path) -> nn.Module:
+    """Rebuild the trial's model (same seed, same backbone weights) and load what it trained."""
+    model = build_model(spec, num_classes, lora)
+    trained = load_file(str(weights_file))
+    result = model.load_state_dict(trained, strict=False)
+    if result.unexpected_keys:
+        raise ExportError(f"{weights_file} holds weights this model does not have: "
+                          f"{result.unexpected_keys[:3]}")
+    expected = {name for name, p in model.named_parameters() if p.requires_grad}
+    if expected - set(trained):
+        missing = sorted(expected - set(trained))[:3]
+        raise ExportError(f"{weights_file} lacks trained weights: {missing}")
+    return model.eval()
+
+
+def write_model_folder(model: nn.Module, lora: LoraParams | None, folder: str | Path) -> list[str]:
+    """Write the adapter folder (LoRA only) and the merged weights; returns the file names."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if lora is not None:
+        model.save_pretrained(str(folder))
+        model = model.merge_and_unload()
+    state = {k: v.contiguous() for k, v in fuse_qkv_state_dict(model.state_dict()).items()}
+    save_file(state, str(folder / MERGED_FILE))
+    return sorted(p.name for p in folder.iterdir())

@@ -1,0 +1,79 @@
+"""What one trial trains: a typed, immutable description passed down from the CLI.
+
+Everything a trial needs is here as plain values, so the same spec (stored in the study as a
+dict) rebuilds the same trial on any host. `search` builds it from TOML + flags; `objectives`
+only reads it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+TARGETS = {
+    # How LoRA attaches to a timm ViT attention block. timm fuses q, k, v in one `qkv` Linear;
+    # "q,k,v" and "q,v" split it into separate Linears first (the model card / paper setups).
+    "q,k,v": ("q", "k", "v"),
+    "q,v": ("q", "v"),
+    "qkv": ("qkv",),
+}
+
+
+@dataclass(frozen=True)
+class AugmentSpec:
+    """Training-time augmentation, applied batched on the trial's device, per sample."""
+
+    hflip: float = 0.5
+    crop_padding: int = 28
+    color_jitter: tuple[float, float, float, float] = (0.3, 0.3, 0.3, 0.05)
+    mean: tuple[float, float, float] = (0.5071, 0.4867, 0.4408)
+    std: tuple[float, float, float] = (0.2675, 0.2565, 0.2761)
+
+
+@dataclass(frozen=True)
+class LoraParams:
+    """One point of the search space. `alpha / rank` scales the adapter's update."""
+
+    rank: int
+    alpha: float
+    dropout: float
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """Data, model and optimisation of a trial. Defaults reproduce the public model card."""
+
+    model: str = "vit_small_patch16_224"
+    pretrained: bool = True
+    weights: str | None = None  # local checkpoint used instead of the hub's pretrained weights
+    model_kwargs: dict[str, Any] = field(default_factory=dict)  # passed to timm.create_model
+    targets: str = "q,k,v"
+    dataset: str = "cifar100"
+    data_dir: str = "data"
+    download: bool = True
+    image_size: int = 224
+    val_fraction: float = 0.1
+    test_fraction: float = 0.2  # only for datasets that ship without a test split
+    epochs: int = 10
+    batch_size: int = 128
+    eval_batch_size: int = 512
+    lr: float = 3e-4
+    weight_decay: float = 1e-4
+    augment: AugmentSpec = field(default_factory=AugmentSpec)
+    seed: int = 0
+    device: str = "auto"  # "auto": the first visible CUDA device, else CPU
+
+    @property
+    def target_modules(self) -> tuple[str, ...]:
+        return TARGETS[self.targets]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainSpec:
+        values = dict(values)
+        augment = AugmentSpec(**{k: tuple(v) if isinstance(v, list) else v
+                                 for k, v in values.pop("augment", {}).items()})
+        return cls(augment=augment, **values)

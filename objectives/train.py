@@ -1,0 +1,185 @@
+"""One trial: train a baseline or LoRA model on uint8 data held on the device, then evaluate.
+
+The loop is deliberately plain (nanoGPT-style): the dataset lives on the device as uint8,
+each batch is gathered by index, augmented there, and losses/accuracies accumulate in device
+tensors so the loop never waits on the host except once per epoch.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from objectives import augment
+from objectives.data import ImageSplits, load_splits
+from objectives.metrics import ClassificationMetrics, classification_metrics, confusion_matrix
+from objectives.model import ParameterCount, build_model, count_parameters, trainable_state_dict
+from objectives.spec import LoraParams, TrainSpec
+
+
+@dataclass(frozen=True)
+class EpochStats:
+    epoch: int  # 1-based
+    train_loss: float
+    train_acc: float
+    val_loss: float
+    val_acc: float
+    images_per_second: float
+
+
+@dataclass
+class TrialResult:
+    val_acc: float
+    test: ClassificationMetrics
+    parameters: ParameterCount
+    train_seconds: float
+    images_per_second: float
+    device: str
+    epochs: list[EpochStats]
+    confusion: torch.Tensor  # [C, C] on the CPU, rows = true class
+    weights: dict[str, torch.Tensor] = field(repr=False)  # adapters + head, CPU
+
+    def summary(self) -> dict[str, float | int | str]:
+        """The scalar results a study records for the trial."""
+        return {
+            "val_acc": self.val_acc,
+            "test_acc": self.test.accuracy,
+            "f1": self.test.weighted_f1,
+            "auc_micro": self.test.auc_micro,
+            "auc_macro": self.test.auc_macro,
+            "trainable_params": self.parameters.trainable,
+            "total_params": self.parameters.total,
+            "trainable_pct": self.parameters.trainable_pct,
+            "train_seconds": self.train_seconds,
+            "images_per_second": self.images_per_second,
+            "device": self.device,
+        }
+
+
+OnEpoch = Callable[[EpochStats], None]
+OnStep = Callable[[int], None]
+
+
+def use_threads(count: int) -> None:
+    """CPU threads for this process (several workers on one host share its cores)."""
+    torch.set_num_threads(count)
+
+
+def visible_gpus() -> int:
+    return torch.cuda.device_count()
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def describe_device(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
+@torch.no_grad()
+def predict(model: nn.Module, images: torch.Tensor, spec: TrainSpec) -> torch.Tensor:
+    """Float32 logits for uint8 images already on the model's device."""
+    model.eval()
+    outputs = []
+    for start in range(0, len(images), spec.eval_batch_size):
+        batch = augment.eval_batch(images[start:start + spec.eval_batch_size], spec.augment,
+                                   spec.image_size)
+        with autocast(images.device):
+            outputs.append(model(batch).float())
+    return torch.cat(outputs)
+
+
+def autocast(device: torch.device):
+    # bf16 on CUDA keeps the frozen matmuls fast; the CPU stays in fp32 for exact repeatability.
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def run_trial(spec: TrainSpec, lora: LoraParams | None, data: ImageSplits | None = None,
+              on_epoch: OnEpoch | None = None, on_step: OnStep | None = None) -> TrialResult:
+    """Train `spec`'s model (baseline when `lora` is None) and evaluate it on val and test.
+
+    `on_epoch` sees every epoch's statistics and may raise to stop the trial (pruning);
+    `on_step` sees the number of images of every training step (progress bars).
+    """
+    device = resolve_device(spec.device)
+    data = data if data is not None else load_splits(spec)
+    model = build_model(spec, data.num_classes, lora).to(device)
+    parameters = count_parameters(model)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=spec.lr, weight_decay=spec.weight_decay,
+                                  fused=device.type == "cuda")
+    steps_per_epoch = math.ceil(len(data.train_labels) / spec.batch_size)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer,
+                                                           T_max=spec.epochs * steps_per_epoch)
+    generator = torch.Generator(device).manual_seed(spec.seed)
+
+    train_x, train_y = data.train_images.to(device), data.train_labels.to(device)
+    val_x, val_y = data.val_images.to(device), data.val_labels.to(device)
+    history: list[EpochStats] = []
+    train_seconds = step_seconds = 0.0
+    for epoch in range(1, spec.epochs + 1):
+        epoch_start = time.perf_counter()
+        # A baseline's frozen backbone stays in eval mode: its normalisation statistics and
+        # dropout are part of what is frozen; only LoRA trials train in train mode.
+        model.train(lora is not None)
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        order = torch.randperm(len(train_y), generator=generator, device=device)
+        for start in range(0, len(order), spec.batch_size):
+            index = order[start:start + spec.batch_size]
+            images = augment.train_batch(train_x[index], spec.augment, spec.image_size, generator)
+            labels = train_y[index]
+            with autocast(device):
+                logits = model(images)
+                loss = F.cross_entropy(logits.float(), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            loss_sum += loss.detach() * len(index)
+            correct += (logits.argmax(dim=1) == labels).sum()
+            if on_step is not None:
+                on_step(len(index))
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        epoch_train_seconds = time.perf_counter() - epoch_start
+        step_seconds += epoch_train_seconds
+
+        val_logits = predict(model, val_x, spec)
+        stats = EpochStats(
+            epoch=epoch,
+            train_loss=loss_sum.item() / len(train_y),
+            train_acc=correct.item() / len(train_y),
+            val_loss=F.cross_entropy(val_logits, val_y).item(),
+            val_acc=(val_logits.argmax(dim=1) == val_y).float().mean().item(),
+            images_per_second=len(train_y) / epoch_train_seconds,
+        )
+        history.append(stats)
+        train_seconds += time.perf_counter() - epoch_start
+        if on_epoch is not None:
+            on_epoch(stats)
+
+    test_y = data.test_labels.to(device)
+    test_logits = predict(model, data.test_images.to(device), spec)
+    return TrialResult(
+        val_acc=history[-1].val_acc,
+        test=classification_metrics(test_logits, test_y),
+        parameters=parameters,
+        train_seconds=train_seconds,
+        images_per_second=spec.epochs * len(train_y) / step_seconds,
+        device=describe_device(device),
+        epochs=history,
+        confusion=confusion_matrix(test_logits.argmax(dim=1), test_y, data.num_classes).cpu(),
+        weights=trainable_state_dict(model),
+    )

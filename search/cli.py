@@ -1,0 +1,176 @@
+"""`search`: the command line. Parses flags, then hands over to the module that does the work.
+
+Every user error (a bad flag, spec, storage URL, study or dataset) ends as one line on stderr
+and exit code 2, checked before any database is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+from search.space import SpaceError, check_alpha, check_dropout, check_rank
+from search.storage import DEFAULT_STORAGE
+
+EXIT_USAGE = 2
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # One line, no usage dump: the user asked for clear errors; --help has the usage.
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def argument_type(check, what: str):
+    def parse(text: str):
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            raise argparse.ArgumentTypeError(f"{what} must be a number, got {text!r}") from None
+        try:
+            return check(value)
+        except SpaceError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+    parse.__name__ = what
+    return parse
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    return 0 if text.strip() == "0" else positive_int(text)
+
+
+def add_storage(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--storage", default=DEFAULT_STORAGE, metavar="URL",
+                        help="Optuna storage: sqlite:///PATH or postgresql://user@host/db "
+                             f"(default: {DEFAULT_STORAGE}, in the current folder)")
+
+
+def add_local_fields(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", help="folder with the dataset files (torchvision layout)")
+    parser.add_argument("--device", help="auto (default: first GPU, else CPU), cpu, cuda, cuda:N")
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(
+        prog="search",
+        description="Hyperparameter search for LoRA fine-tuning of Vision Transformers. "
+                    "Studies live in an Optuna SQL storage; any number of workers share them.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                     parser_class=ArgumentParser)
+
+    grid = commands.add_parser(
+        "grid", help="queue the no-LoRA baseline + a rank x alpha x dropout grid, run workers",
+        description="Queue the no-LoRA baseline (frozen backbone, trained head) and every point "
+                    "of the grid ranks x alphas x dropouts in a study, then run local workers "
+                    "until the queue is empty. Idempotent: the same command twice adds no "
+                    "trial; a wider grid adds only the new points.")
+    grid.add_argument("--spec", help="study spec TOML (default: studies/cifar100-vit-s.toml, "
+                                     "the public model card)")
+    grid.add_argument("--study", help="study name (default: the spec's study.name)")
+    add_storage(grid)
+    grid.add_argument("--artifacts", metavar="DIR",
+                      help="artifact folder for trained weights (default: next to a SQLite "
+                           "file, e.g. search-artifacts/)")
+    grid.add_argument("--ranks", nargs="+", type=argument_type(check_rank, "rank"),
+                      metavar="R", help="LoRA ranks (default from the spec: 2 4 8)")
+    grid.add_argument("--alphas", nargs="+", type=argument_type(check_alpha, "alpha"),
+                      metavar="A", help="LoRA alphas (default from the spec: 2 4 8)")
+    grid.add_argument("--dropouts", nargs="+", type=argument_type(check_dropout, "dropout"),
+                      metavar="D", help="LoRA dropouts in [0, 1) (default from the spec: 0.1)")
+    grid.add_argument("--workers", type=non_negative_int, metavar="N",
+                      help="local worker processes (default: one per visible GPU, else 1; "
+                           "0 only creates the study and queues the trials)")
+    grid.add_argument("--dry-run", action="store_true",
+                      help="print the planned trials with their parameter counts; "
+                           "touches no database, downloads and trains nothing")
+    grid.add_argument("--format", choices=("table", "json"), default="table",
+                      help="output format of --dry-run (default: table)")
+    overrides = grid.add_argument_group("spec overrides (single fields of [train])")
+    overrides.add_argument("--model", help="timm model name, e.g. vit_small_patch16_224")
+    overrides.add_argument("--weights", metavar="PATH", type=lambda p: str(Path(p).resolve()),
+                           help="local pretrained checkpoint instead of the model hub's")
+    overrides.add_argument("--targets", help="LoRA targets: q,k,v | q,v | qkv")
+    overrides.add_argument("--dataset", help="cifar10 | cifar100 | mnist | fashion_mnist | "
+                                             "digits | imagefolder:PATH")
+    overrides.add_argument("--epochs", type=positive_int)
+    overrides.add_argument("--batch-size", type=positive_int)
+    overrides.add_argument("--lr", type=positive_float)
+    overrides.add_argument("--seed", type=non_negative_int)
+    add_local_fields(overrides)
+
+    worker = commands.add_parser(
+        "worker", help="join a study and run its queued trials until none is left",
+        description="Join an existing study knowing only its storage and name (the spec is "
+                    "stored in the study) and run queued trials until none is left; exit 0.")
+    worker.add_argument("--study", required=True)
+    add_storage(worker)
+    worker.add_argument("--artifacts", metavar="DIR",
+                        help="artifact folder (default: the one the study was created with)")
+    worker.add_argument("--threads", type=positive_int, help="CPU threads for this worker")
+    worker.add_argument("--position", type=non_negative_int, default=0,
+                        help=argparse.SUPPRESS)  # progress-bar row among local workers
+    add_local_fields(worker)
+
+    board = commands.add_parser("leaderboard", help="all trials of a study, best first",
+                                description="All trials of a study, best validation accuracy "
+                                            "first; the baseline is marked.")
+    board.add_argument("--study", help="study name (default: the storage's only study)")
+    add_storage(board)
+    board.add_argument("--format", choices=("table", "json", "csv"), default="table")
+
+    export = commands.add_parser(
+        "export", help="write the best trial's params, metrics and spec (and weights)",
+        description="Write the best completed trial's params, value, metrics and full training "
+                    "spec; with --weights, also a peft adapter folder and merged weights.")
+    export.add_argument("--study", help="study name (default: the storage's only study)")
+    add_storage(export)
+    export.add_argument("--out", default="best.json", type=Path,
+                        help="output file: .json, .yaml or .toml (default: best.json)")
+    export.add_argument("--weights", type=Path, metavar="DIR",
+                        help="also write the model: adapter_config.json, "
+                             "adapter_model.safetensors, model.safetensors (merged)")
+    export.add_argument("--artifacts", metavar="DIR",
+                        help="artifact folder (default: the one the study was created with)")
+    return parser
+
+
+def local_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    return {key: value for key, value in (("data_dir", args.data_dir), ("device", args.device))
+            if value is not None}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from search import commands  # heavy imports (torch, optuna) only after --help / bad flags
+
+    try:
+        return commands.run(args, local_overrides(args))
+    except commands.USER_ERRORS as error:
+        print(f"search {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"search {args.command}: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,139 @@
+"""What each `search` subcommand does, once its flags have been parsed."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from objectives.data import DatasetError, dataset_num_classes
+from objectives.export_model import ExportError
+from objectives.model import ModelError, planned_parameters
+from objectives.train import visible_gpus
+from search.export import (
+    best_trial,
+    check_out_path,
+    export_document,
+    export_weights,
+    write_document,
+)
+from search.leaderboard import leaderboard, render
+from search.local_workers import run_local_workers
+from search.space import GridSpace, SpaceError
+from search.spec import SpecError, StudySpec, load_spec, with_overrides
+from search.storage import StorageError, default_artifacts_dir, open_storage
+from search.studies import StudyError, enqueue_grid, find_study, open_study_for_spec
+from search.worker import artifact_store, artifacts_folder, run_worker
+
+USER_ERRORS = (SpecError, SpaceError, StorageError, StudyError, DatasetError, ModelError,
+               ExportError)
+TRAIN_FLAGS = ("model", "weights", "targets", "dataset", "epochs", "batch_size", "lr", "seed")
+
+
+def run(args: argparse.Namespace, local: dict[str, Any]) -> int:
+    handler = {"grid": grid, "worker": worker, "leaderboard": show_leaderboard,
+               "export": export}[args.command]
+    return handler(args, local)
+
+
+def spec_from_flags(args: argparse.Namespace, local: dict[str, Any]) -> StudySpec:
+    spec = load_spec(args.spec)
+    grid = GridSpace.from_values(ranks=args.ranks or spec.grid.ranks,
+                                 alphas=args.alphas or spec.grid.alphas,
+                                 dropouts=args.dropouts or spec.grid.dropouts)
+    overrides = {key: getattr(args, key) for key in TRAIN_FLAGS}
+    return with_overrides(spec, name=args.study, grid=grid, **overrides, **local)
+
+
+def planned_trials(spec: StudySpec) -> list[dict[str, Any]]:
+    """Baseline first, then the grid, each with its parameter counts (no weights loaded)."""
+    num_classes = dataset_num_classes(spec.train)
+    plan = []
+    for point in [None, *spec.grid.points()]:
+        count = planned_parameters(spec.train, num_classes, point)
+        plan.append({"baseline": point is None,
+                     "rank": point.rank if point else None,
+                     "alpha": point.alpha if point else None,
+                     "dropout": point.dropout if point else None,
+                     "trainable_params": count.trainable, "total_params": count.total,
+                     "trainable_pct": round(count.trainable_pct, 4)})
+    return plan
+
+
+def grid(args: argparse.Namespace, local: dict[str, Any]) -> int:
+    spec = spec_from_flags(args, local)
+    if args.dry_run:
+        plan = planned_trials(spec)
+        if args.format == "json":
+            print(json.dumps(plan, indent=1))
+        else:
+            import pandas as pd
+
+            print(pd.DataFrame(plan).to_string(index=False, na_rep="-"))
+        return 0
+    storage = open_storage(args.storage)
+    artifacts = str(Path(args.artifacts).resolve()) if args.artifacts else \
+        str(default_artifacts_dir(args.storage))
+    spec_given = args.spec is not None or any(getattr(args, k) is not None for k in TRAIN_FLAGS)
+    study, _ = open_study_for_spec(storage, spec.name, spec.train, artifacts, spec_given)
+    report = enqueue_grid(study, spec.grid)
+    print(f"study {study.study_name!r} in {args.storage}: queued "
+          f"{'the baseline and ' if report.baseline_added else ''}{len(report.added)} grid "
+          f"point(s); {report.already_there} already there", file=sys.stderr)
+    gpus = visible_gpus()
+    workers = args.workers if args.workers is not None else max(1, gpus)
+    if workers == 0:
+        print(f"start workers with: search worker --study {study.study_name} "
+              f"--storage {args.storage}", file=sys.stderr)
+        return 0
+    code = run_local_workers(args.storage, study.study_name,
+                             artifacts_folder(study, args.storage, args.artifacts), workers,
+                             gpus, local)
+    print(render(leaderboard(study), "table"))
+    return code
+
+
+def worker(args: argparse.Namespace, local: dict[str, Any]) -> int:
+    report = run_worker(args.storage, args.study, args.artifacts, args.position, args.threads,
+                        local)
+    done = ", ".join(f"{count} {state.lower()}" for state, count in report.states.items())
+    print(f"worker: no queued trial left in {args.study!r} ({done or 'ran none'})",
+          file=sys.stderr)
+    return 0
+
+
+def study_from_args(args: argparse.Namespace):
+    import optuna
+
+    storage = open_storage(args.storage, must_exist=True)
+    name = args.study
+    if name is None:
+        names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+        if len(names) != 1:
+            raise StudyError(f"--study is needed: the storage holds {len(names)} studies"
+                             f"{': ' + ', '.join(sorted(names)) if names else ''}")
+        name = names[0]
+    return find_study(storage, name)
+
+
+def show_leaderboard(args: argparse.Namespace, local: dict[str, Any]) -> int:
+    print(render(leaderboard(study_from_args(args)), args.format))
+    return 0
+
+
+def export(args: argparse.Namespace, local: dict[str, Any]) -> int:
+    check_out_path(args.out)
+    study = study_from_args(args)
+    trial = best_trial(study)
+    document = export_document(study, trial)
+    if args.weights is not None:
+        store = artifact_store(artifacts_folder(study, args.storage, args.artifacts))
+        files = export_weights(study, trial, store, args.weights)
+        write_document(document, args.weights / "search_export.json")
+        print(f"wrote {args.weights}/: {', '.join(files)}", file=sys.stderr)
+    write_document(document, args.out)
+    print(f"best trial {trial.number} (val_acc {trial.value:.4f}) -> {args.out}",
+          file=sys.stderr)
+    return 0

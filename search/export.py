@@ -1,0 +1,88 @@
+"""Export: the best trial's params, value, metrics and spec, optionally with its weights."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from objectives.export_model import load_trained_model, write_model_folder
+from search.space import params_of
+from search.studies import StudyError, is_baseline, stored_train_spec, trial_point
+
+METRIC_KEYS = ("val_acc", "test_acc", "f1", "auc_micro", "auc_macro", "trainable_params",
+               "total_params", "trainable_pct", "train_seconds", "images_per_second", "device")
+EXPORT_FORMATS = (".json", ".yaml", ".yml", ".toml")
+
+
+def best_trial(study: optuna.Study) -> FrozenTrial:
+    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    if not complete:
+        raise StudyError(f"study {study.study_name!r} has no completed trial yet")
+    return max(complete, key=lambda t: (t.value, -t.number))
+
+
+def export_document(study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]:
+    point = trial_point(trial)
+    return {
+        "study": study.study_name,
+        "trial": trial.number,
+        "baseline": is_baseline(trial),
+        "params": params_of(point) if point else {},
+        "value": trial.value,
+        "metrics": {key: trial.user_attrs[key] for key in METRIC_KEYS if key in trial.user_attrs},
+        "spec": stored_train_spec(study).to_dict(),
+        "classes": study.user_attrs.get("classes", []),
+    }
+
+
+def without_none(value: Any) -> Any:
+    """TOML has no null: drop None entries (e.g. `weights` when no local checkpoint is used)."""
+    if isinstance(value, dict):
+        return {k: without_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, (list, tuple)):
+        return [without_none(v) for v in value]
+    return value
+
+
+def check_out_path(path: Path) -> None:
+    if path.suffix not in EXPORT_FORMATS:
+        raise StudyError(f"--out {path}: use a file ending in {', '.join(EXPORT_FORMATS)}")
+    if not path.parent.is_dir():
+        raise StudyError(f"--out {path}: folder {path.parent} does not exist")
+
+
+def write_document(document: dict[str, Any], path: Path) -> None:
+    if path.suffix == ".json":
+        path.write_text(json.dumps(document, indent=2) + "\n")
+    elif path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        path.write_text(yaml.safe_dump(document, sort_keys=False))
+    else:
+        import tomli_w
+
+        path.write_text(tomli_w.dumps(without_none(document)))
+
+
+def export_weights(study: optuna.Study, trial: FrozenTrial, store: Any, folder: Path) -> list[str]:
+    """Rebuild the best trial's model from its stored weights and write `folder`."""
+    artifact_id = trial.user_attrs.get("weights_artifact")
+    if artifact_id is None:
+        raise StudyError(f"trial {trial.number} has no stored weights")
+    classes = study.user_attrs.get("classes") or []
+    with tempfile.TemporaryDirectory() as temp:
+        weights = Path(temp) / "weights.safetensors"
+        try:
+            optuna.artifacts.download_artifact(artifact_store=store, file_path=str(weights),
+                                               artifact_id=artifact_id)
+        except FileNotFoundError:
+            raise StudyError(f"weights of trial {trial.number} ({artifact_id}) are not in the "
+                             "artifact store; pass --artifacts DIR") from None
+        model = load_trained_model(stored_train_spec(study), len(classes), trial_point(trial),
+                                   weights)
+    return write_model_folder(model, trial_point(trial), folder)

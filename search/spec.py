@@ -1,0 +1,208 @@
+"""Study specs: TOML files in `studies/` plus command-line overrides, validated up front.
+
+A spec file has three tables:
+
+    [study]   name = "..."                       the default study name
+    [grid]    ranks = [...], alphas = [...], dropouts = [...]
+    [train]   every field of `objectives.spec.TrainSpec`, with [train.augment] for augmentation
+
+Every problem is reported as a `SpecError` whose message is one line naming the file and key,
+before anything touches a database.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import tomllib
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from objectives.spec import TARGETS, AugmentSpec, TrainSpec
+from search.space import GridSpace, SpaceError
+
+STUDIES_DIR = Path(__file__).resolve().parent.parent / "studies"
+DEFAULT_SPEC = STUDIES_DIR / "cifar100-vit-s.toml"
+# Fields that say where this host finds things, not what a trial computes: each command or
+# worker may set its own without conflicting with the study's stored spec.
+LOCAL_FIELDS = ("data_dir", "download", "device")
+
+
+class SpecError(ValueError):
+    """A spec that cannot be read or does not make sense; one line for the user."""
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    name: str
+    train: TrainSpec
+    grid: GridSpace
+
+
+def load_spec(path: str | Path | None = None) -> StudySpec:
+    """Read and validate a study spec; `None` means the model-card default."""
+    path = Path(path) if path is not None else DEFAULT_SPEC
+    try:
+        document = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise SpecError(f"spec file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise SpecError(f"cannot read spec file {path}: {error}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise SpecError(f"spec file {path} is not valid TOML: {error}") from None
+    weights = document.get("train", {}).get("weights")
+    if isinstance(weights, str):
+        # A checkpoint named in a spec file is found relative to that file, not to the shell.
+        document["train"]["weights"] = str((path.parent / weights).resolve())
+    return parse_spec(document, source=str(path), default_name=path.stem)
+
+
+def parse_spec(document: dict[str, Any], source: str, default_name: str) -> StudySpec:
+    unknown = set(document) - {"study", "grid", "train"}
+    if unknown:
+        raise SpecError(f"{source}: unknown table(s) {sorted(unknown)}; "
+                        "expected study, grid, train")
+    study = dict(document.get("study", {}))
+    name = study.pop("name", default_name)
+    if study:
+        raise SpecError(f"{source}: unknown key(s) in [study]: {sorted(study)}")
+    if not isinstance(name, str) or not name.strip():
+        raise SpecError(f"{source}: study.name must be a non-empty string")
+    train = train_spec_from_dict(document.get("train", {}), source)
+    grid_values = dict(document.get("grid", {}))
+    unknown = set(grid_values) - {"ranks", "alphas", "dropouts"}
+    if unknown:
+        raise SpecError(f"{source}: unknown key(s) in [grid]: {sorted(unknown)}")
+    try:
+        grid = GridSpace.from_values(**grid_values)
+    except SpaceError as error:
+        raise SpecError(f"{source}: grid: {error}") from None
+    return StudySpec(name=name, train=train, grid=grid)
+
+
+def train_spec_from_dict(values: dict[str, Any], source: str) -> TrainSpec:
+    """A validated `TrainSpec` from plain values (a TOML table or a study's stored dict)."""
+    values = dict(values)
+    augment = convert_fields(AugmentSpec, values.pop("augment", {}) or {},
+                             f"{source}: train.augment")
+    fields = convert_fields(TrainSpec, values, f"{source}: train")
+    spec = TrainSpec(augment=AugmentSpec(**augment), **fields)
+    validate_train_spec(spec, source)
+    return spec
+
+
+def convert_fields(cls: type, values: dict[str, Any], where: str) -> dict[str, Any]:
+    """Check each value against the dataclass field's annotated type; lists become tuples."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)} - {"augment"}
+    unknown = set(values) - names
+    if unknown:
+        raise SpecError(f"{where}: unknown key(s) {sorted(unknown)}; known: {sorted(names)}")
+    return {key: convert_value(value, hints[key], f"{where}.{key}")
+            for key, value in values.items()}
+
+
+def convert_value(value: Any, hint: Any, where: str) -> Any:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (types.UnionType, typing.Union):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return convert_value(value, inner, where)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise SpecError(f"{where} must be a list of {len(args)} numbers, got {value!r}")
+        return tuple(convert_value(v, a, where) for v, a in zip(value, args, strict=True))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise SpecError(f"{where} must be a table, got {value!r}")
+        return dict(value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise SpecError(f"{where} must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise SpecError(f"{where} must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise SpecError(f"{where} must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise SpecError(f"{where} must be a string, got {value!r}")
+        return value
+    raise SpecError(f"{where}: unsupported value {value!r}")
+
+
+def validate_train_spec(spec: TrainSpec, source: str) -> None:
+    """Range checks that the type checks above cannot express."""
+    def require(condition: bool, message: str) -> None:
+        if not condition:
+            raise SpecError(f"{source}: train.{message}")
+
+    require(spec.targets in TARGETS, f"targets must be one of {', '.join(TARGETS)}, "
+                                     f"got {spec.targets!r}")
+    require(spec.epochs >= 1, f"epochs must be >= 1, got {spec.epochs}")
+    require(spec.batch_size >= 1, f"batch_size must be >= 1, got {spec.batch_size}")
+    require(spec.eval_batch_size >= 1, f"eval_batch_size must be >= 1, got {spec.eval_batch_size}")
+    require(spec.image_size >= 1, f"image_size must be >= 1, got {spec.image_size}")
+    require(spec.lr > 0, f"lr must be > 0, got {spec.lr}")
+    require(spec.weight_decay >= 0, f"weight_decay must be >= 0, got {spec.weight_decay}")
+    require(0 < spec.val_fraction < 1, f"val_fraction must be in (0, 1), got {spec.val_fraction}")
+    require(0 < spec.test_fraction < 1,
+            f"test_fraction must be in (0, 1), got {spec.test_fraction}")
+    require(re.fullmatch(r"auto|cpu|cuda(:\d+)?", spec.device) is not None,
+            f"device must be auto, cpu, cuda or cuda:N, got {spec.device!r}")
+    require(spec.weights is None or Path(spec.weights).is_file(),
+            f"weights: no such file {spec.weights!r}")
+    augment = spec.augment
+    require(0 <= augment.hflip <= 1, f"augment.hflip must be in [0, 1], got {augment.hflip}")
+    require(augment.crop_padding >= 0,
+            f"augment.crop_padding must be >= 0, got {augment.crop_padding}")
+    require(all(x >= 0 for x in augment.color_jitter) and augment.color_jitter[3] <= 0.5,
+            f"augment.color_jitter must be >= 0 with hue <= 0.5, got {augment.color_jitter}")
+    require(all(s > 0 for s in augment.std), f"augment.std must be > 0, got {augment.std}")
+    check_names(spec, source)
+
+
+def check_names(spec: TrainSpec, source: str) -> None:
+    # Imported here: timm and the dataset table are only needed once a spec is checked.
+    import timm
+
+    from objectives.data import DatasetError, check_dataset_name
+
+    if not timm.is_model(spec.model):
+        raise SpecError(f"{source}: unknown timm model {spec.model!r} (see timm.list_models())")
+    try:
+        check_dataset_name(spec.dataset)
+    except DatasetError as error:
+        raise SpecError(f"{source}: {error}") from None
+
+
+def with_overrides(spec: StudySpec, name: str | None = None, grid: GridSpace | None = None,
+                   **train_overrides: Any) -> StudySpec:
+    """The spec with single fields replaced by command-line values (None = not given)."""
+    given = {key: value for key, value in train_overrides.items() if value is not None}
+    train = spec.train
+    if given:
+        merged = {**train.to_dict(), **given}
+        train = train_spec_from_dict(merged, "command line")
+    return StudySpec(name=name or spec.name, train=train, grid=grid or spec.grid)
+
+
+def describe_differences(stored: TrainSpec, asked: TrainSpec) -> list[str]:
+    """`field: stored -> asked` for every field that differs (augment fields flattened),
+    host-local fields excepted."""
+    def flat(spec: TrainSpec) -> dict[str, Any]:
+        values = spec.to_dict()
+        augment = values.pop("augment")
+        return {**values, **{f"augment.{k}": v for k, v in augment.items()}}
+
+    old, new = flat(stored), flat(asked)
+    return [f"{key}: {old[key]!r} -> {new[key]!r}" for key in old
+            if old[key] != new[key] and key not in LOCAL_FIELDS]

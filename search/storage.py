@@ -1,0 +1,94 @@
+"""Storage URLs -> Optuna RDB storages that hold up under several worker processes.
+
+SQLite (the default) gets write-ahead logging, a busy timeout and `BEGIN IMMEDIATE`
+transactions: Optuna claims a queued trial with `SELECT ... FOR UPDATE`, which SQLite ignores,
+so without an immediate write lock two workers could read the same WAITING trial, and a
+deferred transaction that later upgrades to a write fails at once with "database is locked"
+instead of waiting. PostgreSQL needs none of that; its connections are pre-pinged so a worker
+survives a database restart.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import sqlalchemy
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+
+DEFAULT_STORAGE = "sqlite:///search.db"
+SQLITE_BUSY_TIMEOUT_S = 120
+SUPPORTED = ("sqlite", "postgresql")
+
+
+class StorageError(ValueError):
+    """A storage URL that is malformed, unsupported or unreachable; one line for the user."""
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The database file of a SQLite URL, None for other backends or in-memory SQLite."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
+
+
+def check_url(url: str) -> None:
+    try:
+        backend = make_url(url).get_backend_name()
+    except sqlalchemy.exc.ArgumentError:
+        raise StorageError(f"not a storage URL: {url!r} (try sqlite:///search.db or "
+                           "postgresql://user@host/db)") from None
+    if backend not in SUPPORTED:
+        raise StorageError(f"unsupported storage {backend!r} in {url!r}; "
+                           f"use one of: {', '.join(SUPPORTED)}")
+
+
+def open_storage(url: str, must_exist: bool = False) -> optuna.storages.RDBStorage:
+    """An RDB storage for `url`. With `must_exist`, a missing SQLite file is an error rather
+    than a new empty database (read-only commands must not create one)."""
+    check_url(url)
+    path = sqlite_path(url)
+    if path is not None:
+        if must_exist and not path.is_file():
+            raise StorageError(f"no database at {path} (from {url})")
+        if not path.parent.is_dir():
+            raise StorageError(f"folder {path.parent} of {url} does not exist")
+        engine_kwargs = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
+    else:
+        engine_kwargs = {"pool_pre_ping": True, "pool_size": 2, "max_overflow": 2}
+    try:
+        storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+    except (sqlalchemy.exc.SQLAlchemyError, ImportError, RuntimeError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+        raise StorageError(f"cannot open storage {url}: {reason}") from None
+    if path is not None:
+        harden_sqlite(storage.engine)
+    return storage
+
+
+def harden_sqlite(engine: sqlalchemy.engine.Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def on_connect(dbapi_connection, _record) -> None:
+        # Let SQLAlchemy, not the sqlite3 module, issue BEGIN (see `on_begin`).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_S * 1000}")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def on_begin(connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    # Connections opened while Optuna created the schema predate the hooks.
+    engine.dispose()
+
+
+def default_artifacts_dir(url: str) -> Path:
+    """Beside a SQLite file (`search.db` -> `search-artifacts/`), else in the current folder."""
+    path = sqlite_path(url)
+    if path is None:
+        return Path("search-artifacts").resolve()
+    return path.resolve().with_name(f"{path.stem}-artifacts")

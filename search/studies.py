@@ -1,0 +1,128 @@
+"""Studies: creating or joining one, what it stores about itself, and enqueueing a grid.
+
+A study carries everything a worker needs in its user attributes, so a worker elsewhere joins
+knowing only the storage URL and the study name:
+
+    train_spec   the `TrainSpec` as a dict          (fixed when the study is created)
+    space        ranks / alphas / dropouts enqueued so far (grows with wider grids)
+    artifacts    the artifact folder chosen at creation (a worker may override it)
+
+Each trial carries `baseline` (bool) in its user attributes; the baseline trial has no params.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from objectives.spec import LoraParams, TrainSpec
+from search.space import BASELINE_KEY, GridSpace, params_of, point_key, point_of
+from search.spec import SpecError, describe_differences, train_spec_from_dict
+
+
+class StudyError(ValueError):
+    """A study that does not exist or does not match the command; one line for the user."""
+
+
+def find_study(storage: optuna.storages.BaseStorage, name: str) -> optuna.Study:
+    try:
+        return optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        names = sorted(s.study_name for s in optuna.get_all_study_summaries(storage))
+        known = f"; studies there: {', '.join(names)}" if names else "; the storage has no studies"
+        raise StudyError(f"no study named {name!r}{known}") from None
+
+
+def stored_train_spec(study: optuna.Study) -> TrainSpec:
+    values = study.user_attrs.get("train_spec")
+    if values is None:
+        raise StudyError(f"study {study.study_name!r} was not made by this tool (no train_spec)")
+    try:
+        return train_spec_from_dict(values, f"study {study.study_name!r}")
+    except SpecError as error:
+        raise StudyError(str(error)) from None
+
+
+def open_study_for_spec(storage: optuna.storages.BaseStorage, name: str, train: TrainSpec,
+                        artifacts: str, spec_given: bool) -> tuple[optuna.Study, TrainSpec]:
+    """Create the study, or join the existing one of that name.
+
+    An existing study keeps its own spec: when the command also gave a spec or overrides that
+    differ from it, that is an error naming the differences rather than a silent choice.
+    """
+    existing = {s.study_name for s in optuna.get_all_study_summaries(storage)}
+    if name in existing:
+        study = optuna.load_study(study_name=name, storage=storage)
+        stored = stored_train_spec(study)
+        differences = describe_differences(stored, train)
+        if spec_given and differences:
+            raise StudyError(f"study {name!r} exists with another spec ({'; '.join(differences)});"
+                             " drop the spec flags to continue it, or pick a new --study name")
+        return study, stored
+    study = optuna.create_study(study_name=name, storage=storage, direction="maximize",
+                                load_if_exists=True)
+    study.set_user_attr("train_spec", train.to_dict())
+    study.set_user_attr("artifacts", artifacts)
+    return study, train
+
+
+def is_baseline(trial: FrozenTrial) -> bool:
+    return bool(trial.user_attrs.get("baseline", False))
+
+
+def trial_point(trial: FrozenTrial) -> LoraParams | None:
+    """The LoRA point of a trial, queued or finished; None for the baseline."""
+    if is_baseline(trial):
+        return None
+    params = trial.params or trial.system_attrs.get("fixed_params") or {}
+    return point_of(params) if params else None
+
+
+def trial_key(trial: FrozenTrial) -> tuple | None:
+    if is_baseline(trial):
+        return BASELINE_KEY
+    point = trial_point(trial)
+    return point_key(point) if point is not None else None
+
+
+@dataclass
+class EnqueueReport:
+    baseline_added: bool = False
+    added: list[LoraParams] = field(default_factory=list)
+    already_there: int = 0
+
+
+def enqueue_grid(study: optuna.Study, grid: GridSpace) -> EnqueueReport:
+    """Queue the baseline and every grid point the study does not hold yet.
+
+    A point counts as held while a trial for it is waiting, running or finished without
+    failing, so re-running a command adds nothing, a wider grid adds only its new points, and
+    a failed point is queued again.
+    """
+    held = {trial_key(t) for t in study.get_trials(deepcopy=False) if t.state != TrialState.FAIL}
+    report = EnqueueReport()
+    if BASELINE_KEY not in held:
+        study.enqueue_trial({}, user_attrs={"baseline": True})
+        report.baseline_added = True
+    for point in grid.points():
+        if point_key(point) in held:
+            report.already_there += 1
+            continue
+        study.enqueue_trial(params_of(point), user_attrs={"baseline": False})
+        report.added.append(point)
+    record_space(study, grid)
+    return report
+
+
+def record_space(study: optuna.Study, grid: GridSpace) -> None:
+    space = study.user_attrs.get("space", {"ranks": [], "alphas": [], "dropouts": []})
+    merged: dict[str, Any] = {
+        "ranks": sorted(set(space["ranks"]) | set(grid.ranks)),
+        "alphas": sorted(set(space["alphas"]) | set(grid.alphas)),
+        "dropouts": sorted(set(space["dropouts"]) | set(grid.dropouts)),
+    }
+    if merged != space:
+        study.set_user_attr("space", merged)
