@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
@@ -158,8 +159,9 @@ def build_parser() -> ArgumentParser:
 
 
 def local_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    return {key: value for key, value in (("data_dir", args.data_dir), ("device", args.device))
-            if value is not None}
+    """Host-local spec fields given on the command line (see `search.spec.LOCAL_FIELDS`)."""
+    values = {key: getattr(args, key, None) for key in ("data_dir", "device")}
+    return {key: value for key, value in values.items() if value is not None}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -174,3 +176,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"search {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and the like
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0

@@ -71,7 +71,8 @@ def grid(args: argparse.Namespace, local: dict[str, Any]) -> int:
         else:
             import pandas as pd
 
-            print(pd.DataFrame(plan).to_string(index=False, na_rep="-"))
+            frame = pd.DataFrame(plan).astype({"rank": "Int64"})
+            print(frame.to_string(index=False, na_rep="-"))
         return 0
     storage = open_storage(args.storage)
     artifacts = str(Path(args.artifacts).resolve()) if args.artifacts else \

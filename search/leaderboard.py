@@ -41,6 +41,6 @@ def render(frame: pd.DataFrame, fmt: str) -> str:
         return frame.to_json(orient="records", indent=1)
     if fmt == "csv":
         return frame.to_csv(index=False)
-    shown = frame.copy()
-    shown["baseline"] = shown["baseline"].map({True: "yes", False: ""})
+    shown = frame.astype(object).where(frame.notna(), None)
+    shown["baseline"] = frame["baseline"].map({True: "yes", False: ""})
     return shown.to_string(index=False, na_rep="-", float_format=lambda x: f"{x:.4g}")

@@ -7,6 +7,7 @@ with the error's first line in the `error` user attribute.
 
 from __future__ import annotations
 
+import sys
 import tempfile
 from pathlib import Path
 
@@ -76,14 +77,19 @@ def run_claimed_trial(study: optuna.Study, frozen: FrozenTrial, spec: TrainSpec,
         point = suggest_point(trial, point, study.user_attrs.get("space", {}))
     trial.set_user_attr("baseline", point is None)
 
+    title = f"trial {frozen.number} {describe_point(point)}"
+    # A live bar on a terminal; one line per epoch in logs, where bars would be noise.
     bar = tqdm(total=spec.epochs * data.train_size, unit="img", unit_scale=True,
                position=position, leave=True, mininterval=1.0, dynamic_ncols=True,
-               desc=f"trial {frozen.number} {describe_point(point)}")
+               desc=title, disable=not sys.stderr.isatty())
 
     def on_epoch(stats: EpochStats) -> None:
         trial.report(stats.val_acc, stats.epoch)
-        bar.set_postfix(epoch=f"{stats.epoch}/{spec.epochs}", val_acc=f"{stats.val_acc:.4f}",
-                        img_s=f"{stats.images_per_second:.0f}")
+        progress = {"epoch": f"{stats.epoch}/{spec.epochs}", "val_acc": f"{stats.val_acc:.4f}",
+                    "img_s": f"{stats.images_per_second:.0f}"}
+        bar.set_postfix(progress)
+        if bar.disable:
+            print(title, *(f"{k}={v}" for k, v in progress.items()), file=sys.stderr, flush=True)
 
     try:
         result = run_trial(spec, point, data, on_epoch=on_epoch, on_step=bar.update)
@@ -97,7 +103,7 @@ def run_claimed_trial(study: optuna.Study, frozen: FrozenTrial, spec: TrainSpec,
         message = f"{type(error).__name__}: {first_line}"
         trial.set_user_attr("error", message)
         study.tell(trial, state=TrialState.FAIL)
-        tqdm.write(f"trial {frozen.number} failed: {message}")
+        tqdm.write(f"trial {frozen.number} failed: {message}", file=sys.stderr)
         return TrialState.FAIL
     finally:
         bar.close()

@@ -32,9 +32,12 @@ class WorkerReport:
 
 def claim_next_trial(storage: optuna.storages.BaseStorage, study: optuna.Study
                      ) -> FrozenTrial | None:
-    """Move the oldest WAITING trial to RUNNING for this process; None when none is left."""
-    study_id = storage.get_study_id_from_name(study.study_name)
-    for trial in storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.WAITING,)):
+    """Move the oldest WAITING trial to RUNNING for this process; None when none is left.
+
+    The queue is read through the study (which registers the trials in Optuna's storage
+    cache, needed to set their params later); the claim goes to the database itself.
+    """
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
         try:
             if storage.set_trial_state_values(trial._trial_id, state=TrialState.RUNNING):
                 return storage.get_trial(trial._trial_id)

@@ -37,7 +37,7 @@ def test_default_spec_is_the_model_card():
 
 def test_demo_spec_is_offline_and_small():
     spec = load_spec(DEFAULT_SPEC.with_name("demo.toml"))
-    assert spec.train.dataset == "digits" and spec.train.pretrained is False
+    assert spec.train.dataset == "digits" and spec.train.weights.endswith(".safetensors")
     assert spec.train.epochs >= 3
 
 

@@ -1,0 +1,154 @@
+"""End to end: the real `search` command on the offline demo spec, in a temporary folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO = str(ROOT / "studies" / "demo.toml")
+FAST = ["--spec", DEMO, "--epochs", "1"]
+
+
+def search(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-m", "search", *args], cwd=cwd, env=env,
+                            capture_output=True, text=True, timeout=600)
+    if check and result.returncode != 0:
+        raise AssertionError(f"search {' '.join(args)} -> {result.returncode}\n{result.stderr}")
+    return result
+
+
+def board(cwd: Path, study: str = "demo") -> list[dict]:
+    return json.loads(search("leaderboard", "--study", study, "--format", "json", cwd=cwd).stdout)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    """A demo study (baseline + 1 x 2 grid, one epoch) finished by two local workers."""
+    folder = tmp_path_factory.mktemp("study")
+    result = search("grid", *FAST, "--ranks", "2", "--alphas", "2", "4", "--workers", "2",
+                    cwd=folder)
+    (folder / "grid.stderr").write_text(result.stderr)
+    return folder
+
+
+def test_grid_runs_every_trial_once_and_prints_a_leaderboard(finished):
+    rows = board(finished)
+    assert len(rows) == 3
+    assert {row["state"] for row in rows} == {"COMPLETE"}
+    assert [row["baseline"] for row in rows].count(True) == 1
+    points = {(row["rank"], row["alpha"], row["dropout"]) for row in rows if not row["baseline"]}
+    assert points == {(2, 2.0, 0.1), (2, 4.0, 0.1)}
+    values = [row["val_acc"] for row in rows]
+    assert values == sorted(values, reverse=True)
+    for row in rows:
+        assert 0 <= row["test_acc"] <= 1 and 0 <= row["auc_macro"] <= 1
+        assert row["trainable_params"] > 0 and row["train_seconds"] > 0
+    # Each worker says how many trials it completed: together exactly the three, none twice.
+    stderr = (finished / "grid.stderr").read_text()
+    done = [int(n) for n in re.findall(r"\((\d+) complete", stderr)]
+    assert len(done) == 2 and sum(done) == 3
+    assert (finished / "search.db").is_file() and (finished / "search-artifacts").is_dir()
+
+
+def test_trial_counts_match_the_dry_run(finished):
+    plan = json.loads(search("grid", *FAST, "--ranks", "2", "--alphas", "2", "4", "--dry-run",
+                             "--format", "json", cwd=finished).stdout)
+    assert [p["baseline"] for p in plan] == [True, False, False]
+    assert set(plan[0]) >= {"baseline", "rank", "alpha", "dropout", "trainable_params",
+                            "total_params"}
+    by_point = {(p["rank"], p["alpha"]): p["trainable_params"] for p in plan}
+    for row in board(finished):
+        assert row["trainable_params"] == by_point[(row["rank"], row["alpha"])]
+
+
+def test_grid_is_idempotent_and_a_wider_grid_adds_only_new_points(finished):
+    again = search("grid", *FAST, "--ranks", "2", "--alphas", "2", "4", "--workers", "0",
+                   cwd=finished)
+    assert "queued 0 grid point(s); 2 already there" in again.stderr
+    assert len(board(finished)) == 3
+    wider = search("grid", *FAST, "--ranks", "2", "4", "--alphas", "2", "4", "--workers", "0",
+                   "--study", "demo", cwd=finished)
+    assert "queued 2 grid point(s); 2 already there" in wider.stderr
+    rows = board(finished)
+    assert sorted(row["state"] for row in rows) == ["COMPLETE"] * 3 + ["WAITING"] * 2
+
+
+def test_export_writes_params_metrics_spec_and_loadable_weights(finished):
+    from peft import PeftModel
+    from safetensors.torch import load_file
+
+    from objectives.model import create_backbone
+    from search.spec import train_spec_from_dict
+
+    search("export", "--study", "demo", "--out", "best.yaml", "--weights", "best", cwd=finished)
+    search("export", "--study", "demo", "--out", "best.json", cwd=finished)
+    document = json.loads((finished / "best.json").read_text())
+    assert {"params", "value", "metrics", "spec"} <= set(document)
+    best = max((r for r in board(finished) if r["state"] == "COMPLETE"),
+               key=lambda r: r["val_acc"])
+    assert document["value"] == pytest.approx(best["val_acc"])
+    assert document["metrics"]["test_acc"] == pytest.approx(best["test_acc"])
+    assert (finished / "best.yaml").read_text().startswith("study: demo")
+
+    spec = train_spec_from_dict(document["spec"], "export")
+    x = torch.rand(4, 3, spec.image_size, spec.image_size)
+    merged = create_backbone(spec, 10, pretrained=False)
+    if document["baseline"]:
+        pytest.skip("the baseline won this run: no adapter folder to load")
+    adapter = PeftModel.from_pretrained(create_backbone(spec, 10), str(finished / "best")).eval()
+    import timm
+
+    plain = timm.create_model(spec.model, num_classes=10, **spec.model_kwargs).eval()
+    plain.load_state_dict(load_file(str(finished / "best" / "model.safetensors")))
+    with torch.no_grad():
+        torch.testing.assert_close(plain(x), adapter(x), rtol=1e-4, atol=1e-4)
+    del merged
+
+
+@pytest.mark.parametrize("args, message", [
+    (["grid", "--ranks", "0"], "rank must be a positive integer"),
+    (["grid", "--ranks", "two"], "rank must be a number"),
+    (["grid", "--alphas", "-1"], "alpha must be a number > 0"),
+    (["grid", "--dropouts", "1"], "dropout must be a number in [0, 1)"),
+    (["grid", "--dataset", "imagenet22k"], "unknown dataset"),
+    (["grid", "--model", "vit_nope"], "unknown timm model"),
+    (["grid", "--spec", "missing.toml"], "does not exist"),
+    (["grid", "--storage", "mysql://u@h/db"], "unsupported storage"),
+    (["grid", "--storage", "not a url"], "not a storage URL"),
+    (["grid", *FAST, "--epochs", "3", "--study", "demo", "--workers", "0"],
+     "exists with another spec"),
+    (["leaderboard", "--study", "nope"], "no study named 'nope'"),
+    (["export", "--study", "nope"], "no study named 'nope'"),
+    (["worker", "--study", "nope"], "no study named 'nope'"),
+    (["export", "--study", "demo", "--out", "best.txt"], "use a file ending in"),
+])
+def test_bad_input_exits_2_with_one_line_and_changes_nothing(finished, args, message):
+    before = board(finished)
+    result = search(*args, cwd=finished, check=False)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+    assert board(finished) == before
+
+
+def test_malformed_spec_file_exits_2(tmp_path):
+    (tmp_path / "bad.toml").write_text("[train]\nepochs = 'many'\n")
+    result = search("grid", "--spec", "bad.toml", cwd=tmp_path, check=False)
+    assert result.returncode == 2 and "epochs must be an integer" in result.stderr
+    assert not (tmp_path / "search.db").exists()
+
+
+def test_read_commands_do_not_create_a_database(tmp_path):
+    result = search("leaderboard", cwd=tmp_path, check=False)
+    assert result.returncode == 2 and "no database at search.db" in result.stderr
+    assert not (tmp_path / "search.db").exists()
