@@ -17,6 +17,7 @@ from search.space import SpaceError, check_alpha, check_dropout, check_rank
 from search.storage import DEFAULT_STORAGE
 
 EXIT_USAGE = 2
+STORAGE_VARIABLE = "SEARCH_STORAGE"
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -64,9 +65,12 @@ def non_negative_int(text: str) -> int:
 
 
 def add_storage(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--storage", default=DEFAULT_STORAGE, metavar="URL",
-                        help="Optuna storage: sqlite:///PATH or postgresql://user@host/db "
-                             f"(default: {DEFAULT_STORAGE}, in the current folder)")
+    # From the environment so that a database password stays out of `ps` and shell history.
+    default = os.environ.get(STORAGE_VARIABLE) or DEFAULT_STORAGE
+    parser.add_argument("--storage", default=default, metavar="URL",
+                        help="Optuna storage: sqlite:///PATH or postgresql://user:pass@host/db "
+                             f"(default: ${STORAGE_VARIABLE} if set, else {DEFAULT_STORAGE} in "
+                             "the current folder)")
 
 
 def add_local_fields(parser: argparse.ArgumentParser) -> None:
@@ -148,6 +152,8 @@ def build_parser() -> ArgumentParser:
                     "spec; with --weights, also a peft adapter folder and merged weights.")
     export.add_argument("--study", help="study name (default: the storage's only study)")
     add_storage(export)
+    export.add_argument("--trial", type=non_negative_int, metavar="NUMBER",
+                        help="export this completed trial instead of the best one")
     export.add_argument("--out", default="best.json", type=Path,
                         help="output file: .json, .yaml or .toml (default: best.json)")
     export.add_argument("--weights", type=Path, metavar="DIR",
@@ -167,6 +173,8 @@ def local_overrides(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from search import commands  # heavy imports (torch, optuna) only after --help / bad flags
+
+    commands.quiet_optuna()
 
     try:
         return commands.run(args, local_overrides(args))

@@ -15,11 +15,12 @@ from objectives.train import visible_gpus
 from search.export import (
     best_trial,
     check_out_path,
+    completed_trial,
     export_document,
     export_weights,
     write_document,
 )
-from search.leaderboard import leaderboard, render
+from search.leaderboard import best_versus_baseline, leaderboard, render
 from search.local_workers import run_local_workers
 from search.space import GridSpace, SpaceError
 from search.spec import SpecError, StudySpec, load_spec, with_overrides
@@ -30,6 +31,13 @@ from search.worker import artifact_store, artifacts_folder, run_worker
 USER_ERRORS = (SpecError, SpaceError, StorageError, StudyError, DatasetError, ModelError,
                ExportError)
 TRAIN_FLAGS = ("model", "weights", "targets", "dataset", "epochs", "batch_size", "lr", "seed")
+
+
+def quiet_optuna() -> None:
+    """Optuna's INFO lines ("A new study created ...") repeat what our own messages say."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def run(args: argparse.Namespace, local: dict[str, Any]) -> int:
@@ -92,7 +100,9 @@ def grid(args: argparse.Namespace, local: dict[str, Any]) -> int:
     code = run_local_workers(args.storage, study.study_name,
                              artifacts_folder(study, args.storage, args.artifacts), workers,
                              gpus, local)
-    print(render(leaderboard(study), "table"))
+    frame = leaderboard(study)
+    print(render(frame, "table"))
+    print(best_versus_baseline(frame))
     return code
 
 
@@ -127,7 +137,7 @@ def show_leaderboard(args: argparse.Namespace, local: dict[str, Any]) -> int:
 def export(args: argparse.Namespace, local: dict[str, Any]) -> int:
     check_out_path(args.out)
     study = study_from_args(args)
-    trial = best_trial(study)
+    trial = best_trial(study) if args.trial is None else completed_trial(study, args.trial)
     document = export_document(study, trial)
     if args.weights is not None:
         store = artifact_store(artifacts_folder(study, args.storage, args.artifacts))
@@ -135,6 +145,7 @@ def export(args: argparse.Namespace, local: dict[str, Any]) -> int:
         write_document(document, args.weights / "search_export.json")
         print(f"wrote {args.weights}/: {', '.join(files)}", file=sys.stderr)
     write_document(document, args.out)
-    print(f"best trial {trial.number} (val_acc {trial.value:.4f}) -> {args.out}",
+    which = "best trial" if args.trial is None else "trial"
+    print(f"{which} {trial.number} (val_acc {trial.value:.4f}) -> {args.out}",
           file=sys.stderr)
     return 0

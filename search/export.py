@@ -26,6 +26,18 @@ def best_trial(study: optuna.Study) -> FrozenTrial:
     return max(complete, key=lambda t: (t.value, -t.number))
 
 
+def completed_trial(study: optuna.Study, number: int) -> FrozenTrial:
+    """Trial `number` of the study, which must have completed (it then has weights)."""
+    trials = study.get_trials(deepcopy=False)
+    if not 0 <= number < len(trials):
+        raise StudyError(f"study {study.study_name!r} has no trial {number} "
+                         f"(it has {len(trials)})")
+    trial = next(t for t in trials if t.number == number)
+    if trial.state != TrialState.COMPLETE:
+        raise StudyError(f"trial {number} is {trial.state.name}, not COMPLETE")
+    return trial
+
+
 def export_document(study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]:
     point = trial_point(trial)
     return {

@@ -36,11 +36,36 @@ def leaderboard(study: optuna.Study) -> pd.DataFrame:
     return frame.reset_index(drop=True)
 
 
+def best_versus_baseline(frame: pd.DataFrame) -> str:
+    """One line: the best LoRA trial against the baseline, as the model card reports them."""
+    done = frame[frame["state"] == "COMPLETE"]
+    lora, baseline = done[~done["baseline"]], done[done["baseline"]]
+    if lora.empty:
+        return "no LoRA trial has completed yet"
+    best = lora.iloc[0]
+    line = (f"best LoRA: trial {best['number']} (rank {best['rank']}, alpha {best['alpha']:g}, "
+            f"dropout {best['dropout']:g}) val_acc {best['val_acc']:.4f}, "
+            f"test_acc {best['test_acc']:.4f}")
+    if not baseline.empty:
+        base = baseline.iloc[0]
+        line += f"; baseline val_acc {base['val_acc']:.4f}, test_acc {base['test_acc']:.4f}"
+    return line
+
+
+TABLE_FORMATS = {"alpha": "{:g}", "dropout": "{:g}", "val_acc": "{:.4f}", "test_acc": "{:.4f}",
+                 "f1": "{:.4f}", "auc_micro": "{:.4f}", "auc_macro": "{:.4f}",
+                 "trainable_pct": "{:.3f}", "train_seconds": "{:.1f}"}
+
+
 def render(frame: pd.DataFrame, fmt: str) -> str:
     if fmt == "json":
         return frame.to_json(orient="records", indent=1)
     if fmt == "csv":
         return frame.to_csv(index=False)
-    shown = frame.astype(object).where(frame.notna(), None)
+    shown = frame.astype(object)
+    for column, pattern in TABLE_FORMATS.items():
+        shown[column] = frame[column].map(lambda x, p=pattern: "-" if pd.isna(x) else p.format(x))
+    for column in ("rank", "trainable_params"):
+        shown[column] = frame[column].map(lambda x: "-" if pd.isna(x) else str(x))
     shown["baseline"] = frame["baseline"].map({True: "yes", False: ""})
-    return shown.to_string(index=False, na_rep="-", float_format=lambda x: f"{x:.4g}")
+    return shown.to_string(index=False)

@@ -15,11 +15,14 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = str(ROOT / "studies" / "demo.toml")
 FAST = ["--spec", DEMO, "--epochs", "1"]
+# The console script `pip install` made, when this Python has one; else the module.
+SCRIPT = Path(sys.executable).parent / "search"
+SEARCH = [str(SCRIPT)] if SCRIPT.is_file() else [sys.executable, "-m", "search"]
 
 
 def search(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    result = subprocess.run([sys.executable, "-m", "search", *args], cwd=cwd, env=env,
+    result = subprocess.run([*SEARCH, *args], cwd=cwd, env=env,
                             capture_output=True, text=True, timeout=600)
     if check and result.returncode != 0:
         raise AssertionError(f"search {' '.join(args)} -> {result.returncode}\n{result.stderr}")
@@ -83,6 +86,7 @@ def test_grid_is_idempotent_and_a_wider_grid_adds_only_new_points(finished):
 
 
 def test_export_writes_params_metrics_spec_and_loadable_weights(finished):
+    import timm
     from peft import PeftModel
     from safetensors.torch import load_file
 
@@ -99,28 +103,52 @@ def test_export_writes_params_metrics_spec_and_loadable_weights(finished):
     assert document["metrics"]["test_acc"] == pytest.approx(best["test_acc"])
     assert (finished / "best.yaml").read_text().startswith("study: demo")
 
+    # The winner may be the baseline; the adapter folder is checked on the best LoRA trial.
+    lora = max((r for r in board(finished) if not r["baseline"] and r["state"] == "COMPLETE"),
+               key=lambda r: r["val_acc"])
+    search("export", "--study", "demo", "--trial", str(lora["number"]), "--out", "lora.json",
+           "--weights", "lora", cwd=finished)
+    folder = finished / "lora"
+    assert {"adapter_config.json", "adapter_model.safetensors", "model.safetensors"} <= \
+        {p.name for p in folder.iterdir()}
+    assert json.loads((finished / "lora.json").read_text())["params"]["rank"] == lora["rank"]
+
     spec = train_spec_from_dict(document["spec"], "export")
     x = torch.rand(4, 3, spec.image_size, spec.image_size)
-    merged = create_backbone(spec, 10, pretrained=False)
-    if document["baseline"]:
-        pytest.skip("the baseline won this run: no adapter folder to load")
-    adapter = PeftModel.from_pretrained(create_backbone(spec, 10), str(finished / "best")).eval()
-    import timm
-
+    adapter = PeftModel.from_pretrained(create_backbone(spec, 10), str(folder)).eval()
     plain = timm.create_model(spec.model, num_classes=10, **spec.model_kwargs).eval()
-    plain.load_state_dict(load_file(str(finished / "best" / "model.safetensors")))
+    plain.load_state_dict(load_file(str(folder / "model.safetensors")))
     with torch.no_grad():
         torch.testing.assert_close(plain(x), adapter(x), rtol=1e-4, atol=1e-4)
-    del merged
+        # The trained head is in the adapter folder: not the random head of a fresh model.
+        fresh = create_backbone(spec, 10, pretrained=True).eval()
+        assert not torch.allclose(fresh(x), adapter(x), atol=1e-3)
 
 
-@pytest.mark.parametrize("args, message", [
+def search_in_process(args: list[str], cwd: Path, capsys, monkeypatch) -> tuple[int, str, str]:
+    """The CLI's `main` in this process: the same code path without paying torch's import again."""
+    from search.cli import main
+
+    monkeypatch.chdir(cwd)
+    capsys.readouterr()
+    try:
+        code = main(list(args))
+    except SystemExit as stop:  # argparse rejects flags by exiting
+        code = stop.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+BAD_INPUT = [
     (["grid", "--ranks", "0"], "rank must be a positive integer"),
     (["grid", "--ranks", "two"], "rank must be a number"),
+    (["grid", "--ranks", "2.5"], "rank must be a positive integer"),
     (["grid", "--alphas", "-1"], "alpha must be a number > 0"),
     (["grid", "--dropouts", "1"], "dropout must be a number in [0, 1)"),
+    (["grid", "--dropouts", "-0.1"], "dropout must be a number in [0, 1)"),
     (["grid", "--dataset", "imagenet22k"], "unknown dataset"),
     (["grid", "--model", "vit_nope"], "unknown timm model"),
+    (["grid", "--targets", "q,o"], "targets"),
     (["grid", "--spec", "missing.toml"], "does not exist"),
     (["grid", "--storage", "mysql://u@h/db"], "unsupported storage"),
     (["grid", "--storage", "not a url"], "not a storage URL"),
@@ -130,15 +158,27 @@ def test_export_writes_params_metrics_spec_and_loadable_weights(finished):
     (["export", "--study", "nope"], "no study named 'nope'"),
     (["worker", "--study", "nope"], "no study named 'nope'"),
     (["export", "--study", "demo", "--out", "best.txt"], "use a file ending in"),
-])
-def test_bad_input_exits_2_with_one_line_and_changes_nothing(finished, args, message):
-    before = board(finished)
+]
+
+
+@pytest.mark.parametrize("args, message", BAD_INPUT)
+def test_bad_input_exits_2_with_one_line_and_changes_nothing(finished, args, message, capsys,
+                                                             monkeypatch):
+    before = search_in_process(["leaderboard", "--format", "json"], finished, capsys,
+                               monkeypatch)
+    code, _, err = search_in_process(args, finished, capsys, monkeypatch)
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], err
+    assert search_in_process(["leaderboard", "--format", "json"], finished, capsys,
+                             monkeypatch) == before
+
+
+@pytest.mark.parametrize("args, message", [BAD_INPUT[0], BAD_INPUT[7], BAD_INPUT[13]])
+def test_the_installed_command_prints_no_traceback(finished, args, message):
     result = search(*args, cwd=finished, check=False)
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0], result.stderr
-    assert "Traceback" not in result.stderr
-    assert board(finished) == before
+    assert result.returncode == 2 and message in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
 def test_malformed_spec_file_exits_2(tmp_path):

@@ -1,0 +1,42 @@
+"""docker-compose.yml: no Docker engine runs here, so check its structure and the commands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from search.cli import build_parser
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def test_postgres_has_a_volume_and_a_health_check_the_others_wait_for():
+    services = COMPOSE["services"]
+    assert services["postgres"]["healthcheck"]["test"][-1].startswith("pg_isready")
+    assert any(v.endswith(":/var/lib/postgresql/data") for v in services["postgres"]["volumes"])
+    for name in ("dashboard", "worker", "search"):
+        assert services[name]["depends_on"]["postgres"]["condition"] == "service_healthy"
+        assert services[name]["environment"]["SEARCH_STORAGE"].startswith("postgresql://")
+
+
+def test_workers_reserve_a_gpu_and_run_search_worker():
+    worker = COMPOSE["services"]["worker"]
+    devices = worker["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["capabilities"] == ["gpu"]
+    command = [part.replace("${STUDY:-cifar100-vit-s}", "cifar100-vit-s")
+               for part in worker["command"]]
+    args = build_parser().parse_args(command)  # the image's entrypoint is `search`
+    assert args.command == "worker" and args.study == "cifar100-vit-s"
+
+
+def test_the_image_entrypoint_is_the_search_command():
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert 'ENTRYPOINT ["search"]' in dockerfile
+    assert "pip install --no-cache-dir ." in dockerfile
+
+
+def test_the_dashboard_listens_on_localhost_only():
+    ports = COMPOSE["services"]["dashboard"]["ports"]
+    assert ports == ["127.0.0.1:8080:8080"]

@@ -1,0 +1,83 @@
+"""One trial on the CPU: seeded repeatability, learning, frozen parts, reported epochs."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from objectives.data import load_splits
+from objectives.spec import AugmentSpec, LoraParams, TrainSpec
+from objectives.train import run_trial
+from search.spec import load_spec  # tests may cross the arrow; objectives never does
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# A ViT small enough that a trial takes a few seconds, on scikit-learn's bundled digits.
+TINY = TrainSpec(
+    model="vit_tiny_patch16_224", pretrained=False,
+    model_kwargs={"img_size": 16, "patch_size": 4, "embed_dim": 48, "depth": 2, "num_heads": 3},
+    dataset="digits", image_size=16, epochs=3, batch_size=64, lr=3e-3, device="cpu",
+    augment=AugmentSpec(hflip=0.0, crop_padding=2, color_jitter=(0.2, 0.2, 0.0, 0.0),
+                        mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
+)
+LORA = LoraParams(rank=4, alpha=8, dropout=0.1)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_splits(TINY)
+
+
+def comparable(result) -> dict:
+    summary = result.summary()
+    for timing in ("train_seconds", "images_per_second"):
+        summary.pop(timing)
+    return {**summary, "epochs": [(e.train_loss, e.val_loss, e.val_acc) for e in result.epochs]}
+
+
+def test_same_spec_and_params_give_the_same_numbers(digits):
+    first = run_trial(TINY, LORA, digits)
+    second = run_trial(TINY, LORA, digits)
+    assert comparable(first) == comparable(second)
+    for name, tensor in first.weights.items():
+        torch.testing.assert_close(tensor, second.weights[name], rtol=0, atol=0)
+
+
+def test_another_seed_gives_other_numbers(digits):
+    first = run_trial(TINY, LORA, digits)
+    other = run_trial(replace(TINY, seed=1), LORA, digits)
+    assert comparable(first)["epochs"] != comparable(other)["epochs"]
+
+
+def test_a_lora_trial_on_the_demo_backbone_learns_and_reports_every_epoch(digits):
+    demo = replace(load_spec(ROOT / "studies" / "demo.toml").train, epochs=3, device="cpu")
+    seen = []
+    result = run_trial(demo, LORA, on_epoch=seen.append)
+    assert [e.epoch for e in seen] == [1, 2, 3]
+    assert seen[-1].train_loss < seen[0].train_loss
+    assert result.val_acc == seen[-1].val_acc
+    # Ten balanced classes: chance is 0.1; the MNIST-pretrained backbone adapts to the digits.
+    assert result.test.accuracy > 0.8
+    assert result.confusion.sum() == len(digits.test_labels)
+    assert any(".lora_A." in name for name in result.weights)
+    assert any(".head." in name for name in result.weights)
+
+
+def test_the_baseline_trains_only_the_head(digits):
+    result = run_trial(replace(TINY, epochs=1), None, digits)
+    assert result.weights and all("head" in name for name in result.weights)
+    assert result.parameters.trainable == 48 * 10 + 10
+
+
+def test_a_stopping_callback_ends_the_trial(digits):
+    class Stop(Exception):
+        pass
+
+    def stop_after_first(stats):
+        raise Stop(stats.epoch)
+
+    with pytest.raises(Stop):
+        run_trial(TINY, LORA, digits, on_epoch=stop_after_first)
