@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
-from search.space import SpaceError, check_alpha, check_dropout, check_rank
+from search.space import PRUNERS, SpaceError, check_alpha, check_dropout, check_rank
 from search.storage import DEFAULT_STORAGE
 
 EXIT_USAGE = 2
@@ -78,6 +78,35 @@ def add_local_fields(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", help="auto (default: first GPU, else CPU), cpu, cuda, cuda:N")
 
 
+def add_study_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--spec", help="study spec TOML (default: studies/cifar100-vit-s.toml, "
+                                       "the public model card)")
+    parser.add_argument("--study", help="study name (default: the spec's study.name)")
+    add_storage(parser)
+    parser.add_argument("--artifacts", metavar="DIR",
+                        help="artifact folder for trained weights (default: next to a SQLite "
+                             "file, e.g. search-artifacts/)")
+    parser.add_argument("--workers", type=non_negative_int, metavar="N",
+                        help="local worker processes (default: one per visible GPU, else 1; "
+                             "0 only creates the study and queues the trials)")
+
+
+def add_train_overrides(parser: argparse.ArgumentParser) -> None:
+    overrides = parser.add_argument_group("spec overrides (single fields of [train])")
+    overrides.add_argument("--model", help="timm model name, e.g. vit_small_patch16_224")
+    overrides.add_argument("--weights", metavar="PATH", type=lambda p: str(Path(p).resolve()),
+                           help="local pretrained checkpoint instead of the model hub's")
+    overrides.add_argument("--targets", help="LoRA targets: q,k,v | q,v | qkv")
+    overrides.add_argument("--dataset", help="cifar10 | cifar100 | mnist | fashion_mnist | "
+                                             "digits | imagefolder:PATH")
+    overrides.add_argument("--epochs", type=positive_int)
+    overrides.add_argument("--batch-size", type=positive_int)
+    overrides.add_argument("--lr", type=positive_float)
+    overrides.add_argument("--train-seed", type=non_negative_int,
+                           help="seed of the data split, initialisation and batch order")
+    add_local_fields(overrides)
+
+
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(
         prog="search",
@@ -92,39 +121,44 @@ def build_parser() -> ArgumentParser:
                     "of the grid ranks x alphas x dropouts in a study, then run local workers "
                     "until the queue is empty. Idempotent: the same command twice adds no "
                     "trial; a wider grid adds only the new points.")
-    grid.add_argument("--spec", help="study spec TOML (default: studies/cifar100-vit-s.toml, "
-                                     "the public model card)")
-    grid.add_argument("--study", help="study name (default: the spec's study.name)")
-    add_storage(grid)
-    grid.add_argument("--artifacts", metavar="DIR",
-                      help="artifact folder for trained weights (default: next to a SQLite "
-                           "file, e.g. search-artifacts/)")
+    add_study_flags(grid)
     grid.add_argument("--ranks", nargs="+", type=argument_type(check_rank, "rank"),
                       metavar="R", help="LoRA ranks (default from the spec: 2 4 8)")
     grid.add_argument("--alphas", nargs="+", type=argument_type(check_alpha, "alpha"),
                       metavar="A", help="LoRA alphas (default from the spec: 2 4 8)")
     grid.add_argument("--dropouts", nargs="+", type=argument_type(check_dropout, "dropout"),
                       metavar="D", help="LoRA dropouts in [0, 1) (default from the spec: 0.1)")
-    grid.add_argument("--workers", type=non_negative_int, metavar="N",
-                      help="local worker processes (default: one per visible GPU, else 1; "
-                           "0 only creates the study and queues the trials)")
     grid.add_argument("--dry-run", action="store_true",
                       help="print the planned trials with their parameter counts; "
                            "touches no database, downloads and trains nothing")
     grid.add_argument("--format", choices=("table", "json"), default="table",
                       help="output format of --dry-run (default: table)")
-    overrides = grid.add_argument_group("spec overrides (single fields of [train])")
-    overrides.add_argument("--model", help="timm model name, e.g. vit_small_patch16_224")
-    overrides.add_argument("--weights", metavar="PATH", type=lambda p: str(Path(p).resolve()),
-                           help="local pretrained checkpoint instead of the model hub's")
-    overrides.add_argument("--targets", help="LoRA targets: q,k,v | q,v | qkv")
-    overrides.add_argument("--dataset", help="cifar10 | cifar100 | mnist | fashion_mnist | "
-                                             "digits | imagefolder:PATH")
-    overrides.add_argument("--epochs", type=positive_int)
-    overrides.add_argument("--batch-size", type=positive_int)
-    overrides.add_argument("--lr", type=positive_float)
-    overrides.add_argument("--seed", type=non_negative_int)
-    add_local_fields(overrides)
+    add_train_overrides(grid)
+
+    tpe = commands.add_parser(
+        "optuna", help="TPE search over rank, alpha and dropout with pruning, run workers",
+        description="Queue the no-LoRA baseline and as many TPE trials as the study lacks to "
+                    "hold N finished LoRA trials (complete or pruned, grid points included), "
+                    "then run local workers. Re-running tops the study up; it never runs N "
+                    "more. The sampler (TPE, constant liar, seeded), space and pruner are "
+                    "stored in the study, so `search worker` elsewhere runs the same search.")
+    add_study_flags(tpe)
+    tpe.add_argument("--trials", type=positive_int, metavar="N",
+                     help="finished LoRA trials the study should hold (default from the spec: "
+                          "10, as the model card)")
+    tpe.add_argument("--ranks", nargs="+", type=argument_type(check_rank, "rank"),
+                     metavar="R", help="ranks TPE chooses from (default: 2 4 8)")
+    tpe.add_argument("--alphas", nargs="+", type=argument_type(check_alpha, "alpha"),
+                     metavar="A", help="alphas TPE chooses from (default: 2 4 8)")
+    tpe.add_argument("--dropout-range", nargs=2, metavar=("LO", "HI"),
+                     type=argument_type(check_dropout, "dropout"),
+                     help="dropout interval, 0 <= LO < HI < 1 (default: 0.05 0.30)")
+    tpe.add_argument("--seed", type=non_negative_int, metavar="S",
+                     help="sampler seed (default: 0); the same seed repeats the suggestions")
+    tpe.add_argument("--pruner", choices=PRUNERS,
+                     help="stop clearly bad trials early: median (default; never before a third "
+                          "of the epochs), hyperband, or none (the model card)")
+    add_train_overrides(tpe)
 
     worker = commands.add_parser(
         "worker", help="join a study and run its queued trials until none is left",

@@ -22,15 +22,18 @@ from search.export import (
 )
 from search.leaderboard import best_versus_baseline, leaderboard, render
 from search.local_workers import run_local_workers
-from search.space import GridSpace, SpaceError
+from search.space import GridSpace, SpaceError, TpeSearch
 from search.spec import SpecError, StudySpec, load_spec, with_overrides
 from search.storage import StorageError, default_artifacts_dir, open_storage
 from search.studies import StudyError, enqueue_grid, find_study, open_study_for_spec
+from search.tpe import check_grid_fits, enqueue_tpe_budget, settle_search
 from search.worker import artifact_store, artifacts_folder, run_worker
 
 USER_ERRORS = (SpecError, SpaceError, StorageError, StudyError, DatasetError, ModelError,
                ExportError)
-TRAIN_FLAGS = ("model", "weights", "targets", "dataset", "epochs", "batch_size", "lr", "seed")
+# [train] field -> flag attribute
+TRAIN_FLAGS = {"model": "model", "weights": "weights", "targets": "targets", "dataset": "dataset",
+               "epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "seed": "train_seed"}
 
 
 def quiet_optuna() -> None:
@@ -41,18 +44,61 @@ def quiet_optuna() -> None:
 
 
 def run(args: argparse.Namespace, local: dict[str, Any]) -> int:
-    handler = {"grid": grid, "worker": worker, "leaderboard": show_leaderboard,
-               "export": export}[args.command]
+    handler = {"grid": grid, "optuna": tpe_search, "worker": worker,
+               "leaderboard": show_leaderboard, "export": export}[args.command]
     return handler(args, local)
 
 
 def spec_from_flags(args: argparse.Namespace, local: dict[str, Any]) -> StudySpec:
     spec = load_spec(args.spec)
-    grid = GridSpace.from_values(ranks=args.ranks or spec.grid.ranks,
+    overrides = {key: getattr(args, flag) for key, flag in TRAIN_FLAGS.items()}
+    return with_overrides(spec, name=args.study, **overrides, **local)
+
+
+def spec_given(args: argparse.Namespace) -> bool:
+    """Whether the command names a spec (file or fields) that an existing study must match."""
+    return args.spec is not None or any(getattr(args, f) is not None for f in TRAIN_FLAGS.values())
+
+
+def grid_from_flags(args: argparse.Namespace, spec: StudySpec) -> GridSpace:
+    return GridSpace.from_values(ranks=args.ranks or spec.grid.ranks,
                                  alphas=args.alphas or spec.grid.alphas,
                                  dropouts=args.dropouts or spec.grid.dropouts)
-    overrides = {key: getattr(args, key) for key in TRAIN_FLAGS}
-    return with_overrides(spec, name=args.study, grid=grid, **overrides, **local)
+
+
+def tpe_from_flags(args: argparse.Namespace, spec: StudySpec) -> tuple[TpeSearch, set[str]]:
+    """The TPE search asked for, and the names of the settings the user chose (flags, or all of
+    them with --spec) as opposed to defaults."""
+    flags = {"trials": args.trials, "ranks": args.ranks, "alphas": args.alphas,
+             "dropout_range": args.dropout_range, "seed": args.seed, "pruner": args.pruner}
+    typed = {key: value for key, value in flags.items() if value is not None}
+    search = TpeSearch.from_dict({**spec.tpe.to_dict(), **typed})
+    given = set(search.to_dict()) if args.spec is not None else set(typed)
+    return search, given
+
+
+def open_study(args: argparse.Namespace, spec: StudySpec):
+    storage = open_storage(args.storage)
+    artifacts = str(Path(args.artifacts).resolve()) if args.artifacts else \
+        str(default_artifacts_dir(args.storage))
+    study, _ = open_study_for_spec(storage, spec.name, spec.train, artifacts, spec_given(args))
+    return study
+
+
+def run_workers_and_report(args: argparse.Namespace, local: dict[str, Any], study) -> int:
+    gpus = visible_gpus()
+    workers = args.workers if args.workers is not None else max(1, gpus)
+    if workers == 0:
+        print(f"start workers with: search worker --study {study.study_name} "
+              f"--storage {args.storage}", file=sys.stderr)
+        return 0
+    code = run_local_workers(args.storage, study.study_name,
+                             artifacts_folder(study, args.storage, args.artifacts), workers,
+                             gpus, local)
+    frame = leaderboard(study)
+    print(render(frame, "table"))
+    print(best_versus_baseline(frame))
+    return code
 
 
 def planned_trials(spec: StudySpec) -> list[dict[str, Any]]:
@@ -72,6 +118,7 @@ def planned_trials(spec: StudySpec) -> list[dict[str, Any]]:
 
 def grid(args: argparse.Namespace, local: dict[str, Any]) -> int:
     spec = spec_from_flags(args, local)
+    spec = with_overrides(spec, grid=grid_from_flags(args, spec))
     if args.dry_run:
         plan = planned_trials(spec)
         if args.format == "json":
@@ -82,28 +129,28 @@ def grid(args: argparse.Namespace, local: dict[str, Any]) -> int:
             frame = pd.DataFrame(plan).astype({"rank": "Int64"})
             print(frame.to_string(index=False, na_rep="-"))
         return 0
-    storage = open_storage(args.storage)
-    artifacts = str(Path(args.artifacts).resolve()) if args.artifacts else \
-        str(default_artifacts_dir(args.storage))
-    spec_given = args.spec is not None or any(getattr(args, k) is not None for k in TRAIN_FLAGS)
-    study, _ = open_study_for_spec(storage, spec.name, spec.train, artifacts, spec_given)
+    study = open_study(args, spec)
+    check_grid_fits(study, {"ranks": list(spec.grid.ranks), "alphas": list(spec.grid.alphas),
+                            "dropouts": list(spec.grid.dropouts)})
     report = enqueue_grid(study, spec.grid)
     print(f"study {study.study_name!r} in {args.storage}: queued "
           f"{'the baseline and ' if report.baseline_added else ''}{len(report.added)} grid "
           f"point(s); {report.already_there} already there", file=sys.stderr)
-    gpus = visible_gpus()
-    workers = args.workers if args.workers is not None else max(1, gpus)
-    if workers == 0:
-        print(f"start workers with: search worker --study {study.study_name} "
-              f"--storage {args.storage}", file=sys.stderr)
-        return 0
-    code = run_local_workers(args.storage, study.study_name,
-                             artifacts_folder(study, args.storage, args.artifacts), workers,
-                             gpus, local)
-    frame = leaderboard(study)
-    print(render(frame, "table"))
-    print(best_versus_baseline(frame))
-    return code
+    return run_workers_and_report(args, local, study)
+
+
+def tpe_search(args: argparse.Namespace, local: dict[str, Any]) -> int:
+    spec = spec_from_flags(args, local)
+    asked, given = tpe_from_flags(args, spec)
+    study = open_study(args, spec)
+    search = settle_search(study, asked, given)
+    report = enqueue_tpe_budget(study, search)
+    print(f"study {study.study_name!r} in {args.storage}: "
+          f"{'queued the baseline; ' if report.baseline_added else ''}"
+          f"{report.finished} finished and {report.pending} queued or running LoRA trial(s); "
+          f"queued {report.added} TPE trial(s) to reach {search.trials} "
+          f"(pruner: {search.pruner}, seed {search.seed})", file=sys.stderr)
+    return run_workers_and_report(args, local, study)
 
 
 def worker(args: argparse.Namespace, local: dict[str, Any]) -> int:

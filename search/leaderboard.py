@@ -8,13 +8,17 @@ from optuna.trial import TrialState
 
 from search.studies import is_baseline, trial_point
 
-COLUMNS = ["number", "state", "baseline", "rank", "alpha", "dropout", "val_acc", "test_acc",
-           "f1", "auc_micro", "auc_macro", "trainable_params", "trainable_pct", "train_seconds"]
+COLUMNS = ["number", "state", "baseline", "rank", "alpha", "dropout", "epochs", "val_acc",
+           "test_acc", "f1", "auc_micro", "auc_macro", "trainable_params", "trainable_pct",
+           "train_seconds"]
+# Finished trials first: a trial pruned early is not better than a complete one that beat it.
+STATE_ORDER = {"COMPLETE": 0, "PRUNED": 1, "RUNNING": 2, "WAITING": 3, "FAIL": 4}
 FORMATS = ("table", "json", "csv")
 
 
 def leaderboard(study: optuna.Study) -> pd.DataFrame:
-    """One row per trial; finished trials by validation accuracy, then the rest by number."""
+    """One row per trial: complete, then pruned trials by validation accuracy (a pruned
+    trial's at the epoch it reached, `epochs`), then the rest by number."""
     rows = []
     for trial in study.get_trials(deepcopy=False):
         point = trial_point(trial)
@@ -26,14 +30,17 @@ def leaderboard(study: optuna.Study) -> pd.DataFrame:
             "rank": point.rank if point else None,
             "alpha": point.alpha if point else None,
             "dropout": point.dropout if point else None,
+            "epochs": attrs.get("epochs_done"),
             "val_acc": trial.value if trial.state == TrialState.COMPLETE else attrs.get("val_acc"),
-            **{key: attrs.get(key) for key in COLUMNS[7:]},
+            **{key: attrs.get(key) for key in COLUMNS[8:]},
         })
-    frame = pd.DataFrame(rows, columns=COLUMNS).astype({"rank": "Int64",
-                                                         "trainable_params": "Int64"})
-    frame = frame.sort_values(["val_acc", "number"], ascending=[False, True],
-                              na_position="last", kind="stable")
-    return frame.reset_index(drop=True)
+    frame = pd.DataFrame(rows, columns=COLUMNS).astype(
+        {"rank": "Int64", "epochs": "Int64", "trainable_params": "Int64"})
+    order = frame["state"].map(STATE_ORDER)
+    frame = frame.assign(_order=order).sort_values(
+        ["_order", "val_acc", "number"], ascending=[True, False, True], na_position="last",
+        kind="stable")
+    return frame.drop(columns="_order").reset_index(drop=True)
 
 
 def best_versus_baseline(frame: pd.DataFrame) -> str:
@@ -44,7 +51,7 @@ def best_versus_baseline(frame: pd.DataFrame) -> str:
         return "no LoRA trial has completed yet"
     best = lora.iloc[0]
     line = (f"best LoRA: trial {best['number']} (rank {best['rank']}, alpha {best['alpha']:g}, "
-            f"dropout {best['dropout']:g}) val_acc {best['val_acc']:.4f}, "
+            f"dropout {best['dropout']:.3g}) val_acc {best['val_acc']:.4f}, "
             f"test_acc {best['test_acc']:.4f}")
     if not baseline.empty:
         base = baseline.iloc[0]
@@ -52,7 +59,7 @@ def best_versus_baseline(frame: pd.DataFrame) -> str:
     return line
 
 
-TABLE_FORMATS = {"alpha": "{:g}", "dropout": "{:g}", "val_acc": "{:.4f}", "test_acc": "{:.4f}",
+TABLE_FORMATS = {"alpha": "{:g}", "dropout": "{:.3g}", "val_acc": "{:.4f}", "test_acc": "{:.4f}",
                  "f1": "{:.4f}", "auc_micro": "{:.4f}", "auc_macro": "{:.4f}",
                  "trainable_pct": "{:.3f}", "train_seconds": "{:.1f}"}
 
@@ -65,7 +72,7 @@ def render(frame: pd.DataFrame, fmt: str) -> str:
     shown = frame.astype(object)
     for column, pattern in TABLE_FORMATS.items():
         shown[column] = frame[column].map(lambda x, p=pattern: "-" if pd.isna(x) else p.format(x))
-    for column in ("rank", "trainable_params"):
+    for column in ("rank", "epochs", "trainable_params"):
         shown[column] = frame[column].map(lambda x: "-" if pd.isna(x) else str(x))
     shown["baseline"] = frame["baseline"].map({True: "yes", False: ""})
     return shown.to_string(index=False)

@@ -1,4 +1,5 @@
-"""The LoRA search space: ranks, alphas and dropouts, and the points of a grid over them.
+"""The LoRA search space: the points of a grid over ranks, alphas and dropouts, and the space
+and settings of a TPE search. Plain validated values; Optuna is not needed here.
 
 Points are compared by `point_key`, which rounds the dropout so that 0.1 typed on a command
 line and 0.1 read back from the database are the same point.
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from objectives.spec import LoraParams
@@ -75,3 +76,99 @@ def params_of(point: LoraParams) -> dict[str, float | int]:
 def point_of(params: dict[str, Any]) -> LoraParams:
     return LoraParams(rank=int(params["rank"]), alpha=float(params["alpha"]),
                       dropout=float(params["dropout"]))
+
+
+@dataclass(frozen=True)
+class TpeSpace:
+    """What TPE samples from: ranks and alphas from finite sets (as the model card), dropout
+    from a closed interval."""
+
+    ranks: tuple[int, ...] = (2, 4, 8)
+    alphas: tuple[float, ...] = (2.0, 4.0, 8.0)
+    dropout_range: tuple[float, float] = (0.05, 0.30)
+
+    @classmethod
+    def from_values(cls, ranks: Any = (2, 4, 8), alphas: Any = (2, 4, 8),
+                    dropout_range: Any = (0.05, 0.30)) -> TpeSpace:
+        grid = GridSpace.from_values(ranks=ranks, alphas=alphas)
+        if not isinstance(dropout_range, (list, tuple)) or len(dropout_range) != 2:
+            raise SpaceError(f"dropout range must be two numbers LO HI, got {dropout_range!r}")
+        low, high = (check_dropout(value) for value in dropout_range)
+        if not low < high:
+            raise SpaceError(f"dropout range must have LO < HI, got {low:g} {high:g}")
+        return cls(ranks=grid.ranks, alphas=grid.alphas, dropout_range=(low, high))
+
+    def to_dict(self) -> dict[str, list]:
+        return {"ranks": list(self.ranks), "alphas": list(self.alphas),
+                "dropout_range": list(self.dropout_range)}
+
+    def contains(self, point: LoraParams) -> bool:
+        low, high = self.dropout_range
+        return (point.rank in self.ranks and point.alpha in self.alphas
+                and low <= point.dropout <= high)
+
+
+PRUNERS = ("median", "hyperband", "none")
+
+
+@dataclass(frozen=True)
+class TpeSearch:
+    """A TPE search over the LoRA space: the model card's 10 trials, space and seed by default.
+
+    `trials` counts the study's finished LoRA trials (complete or pruned), grid points
+    included; `startup_trials` finished trials are needed before TPE stops sampling at random.
+    """
+
+    trials: int = 10
+    space: TpeSpace = field(default_factory=TpeSpace)
+    seed: int = 0
+    pruner: str = "median"
+    startup_trials: int = 5
+
+    def __post_init__(self) -> None:
+        if isinstance(self.trials, bool) or not isinstance(self.trials, int) or self.trials < 1:
+            raise SpaceError(f"trials must be an integer >= 1, got {self.trials!r}")
+        if self.pruner not in PRUNERS:
+            raise SpaceError(f"pruner must be one of {', '.join(PRUNERS)}, got {self.pruner!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise SpaceError(f"seed must be an integer >= 0, got {self.seed!r}")
+        if isinstance(self.startup_trials, bool) or not isinstance(self.startup_trials, int) \
+                or self.startup_trials < 0:
+            raise SpaceError(f"startup_trials must be an integer >= 0, got "
+                             f"{self.startup_trials!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"trials": self.trials, **self.space.to_dict(), "seed": self.seed,
+                "pruner": self.pruner, "startup_trials": self.startup_trials}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TpeSearch:
+        values = dict(values)
+        unknown = set(values) - {"trials", "ranks", "alphas", "dropout_range", "seed", "pruner",
+                                 "startup_trials"}
+        if unknown:
+            raise SpaceError(f"unknown key(s) {sorted(unknown)}")
+        space = TpeSpace.from_values(**{key: values.pop(key) for key in
+                                        ("ranks", "alphas", "dropout_range") if key in values})
+        return cls(space=space, **values)
+
+
+def space_disagreements(grid: dict[str, list], tpe: TpeSpace) -> list[str]:
+    """Why a grid (as recorded in a study) and a TPE space cannot share one study: TPE learns
+    from every finished trial, so it must know each rank and alpha the grid uses, and the
+    grid's dropouts must lie in its range."""
+    def listed(values) -> str:
+        return " ".join(f"{v:g}" for v in values)
+
+    problems = []
+    for name, tpe_values in (("ranks", tpe.ranks), ("alphas", tpe.alphas)):
+        extra = sorted(set(grid.get(name, [])) - set(tpe_values))
+        if extra:
+            problems.append(f"grid {name} {listed(extra)} not among the TPE {name} "
+                            f"{listed(tpe_values)}")
+    low, high = tpe.dropout_range
+    outside = [d for d in grid.get("dropouts", []) if not low <= d <= high]
+    if outside:
+        problems.append(f"grid dropouts {listed(outside)} outside the TPE range "
+                        f"{low:g}..{high:g}")
+    return problems

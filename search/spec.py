@@ -1,9 +1,10 @@
 """Study specs: TOML files in `studies/` plus command-line overrides, validated up front.
 
-A spec file has three tables:
+A spec file has these tables:
 
     [study]   name = "..."                       the default study name
     [grid]    ranks = [...], alphas = [...], dropouts = [...]
+    [optuna]  trials, ranks, alphas, dropout_range = [lo, hi], seed, pruner, startup_trials
     [train]   every field of `objectives.spec.TrainSpec`, with [train.augment] for augmentation
 
 Every problem is reported as a `SpecError` whose message is one line naming the file and key,
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from objectives.spec import TARGETS, AugmentSpec, TrainSpec
-from search.space import GridSpace, SpaceError
+from search.space import GridSpace, SpaceError, TpeSearch
 
 STUDIES_DIR = Path(__file__).resolve().parent.parent / "studies"
 DEFAULT_SPEC = STUDIES_DIR / "cifar100-vit-s.toml"
@@ -40,6 +41,7 @@ class StudySpec:
     name: str
     train: TrainSpec
     grid: GridSpace
+    tpe: TpeSearch = dataclasses.field(default_factory=TpeSearch)
 
 
 def load_spec(path: str | Path | None = None) -> StudySpec:
@@ -61,10 +63,10 @@ def load_spec(path: str | Path | None = None) -> StudySpec:
 
 
 def parse_spec(document: dict[str, Any], source: str, default_name: str) -> StudySpec:
-    unknown = set(document) - {"study", "grid", "train"}
+    unknown = set(document) - {"study", "grid", "optuna", "train"}
     if unknown:
         raise SpecError(f"{source}: unknown table(s) {sorted(unknown)}; "
-                        "expected study, grid, train")
+                        "expected study, grid, optuna, train")
     study = dict(document.get("study", {}))
     name = study.pop("name", default_name)
     if study:
@@ -80,7 +82,11 @@ def parse_spec(document: dict[str, Any], source: str, default_name: str) -> Stud
         grid = GridSpace.from_values(**grid_values)
     except SpaceError as error:
         raise SpecError(f"{source}: grid: {error}") from None
-    return StudySpec(name=name, train=train, grid=grid)
+    try:
+        tpe = TpeSearch.from_dict(document.get("optuna", {}))
+    except (SpaceError, TypeError) as error:
+        raise SpecError(f"{source}: optuna: {error}") from None
+    return StudySpec(name=name, train=train, grid=grid, tpe=tpe)
 
 
 def train_spec_from_dict(values: dict[str, Any], source: str) -> TrainSpec:
@@ -185,14 +191,15 @@ def check_names(spec: TrainSpec, source: str) -> None:
 
 
 def with_overrides(spec: StudySpec, name: str | None = None, grid: GridSpace | None = None,
-                   **train_overrides: Any) -> StudySpec:
+                   tpe: TpeSearch | None = None, **train_overrides: Any) -> StudySpec:
     """The spec with single fields replaced by command-line values (None = not given)."""
     given = {key: value for key, value in train_overrides.items() if value is not None}
     train = spec.train
     if given:
         merged = {**train.to_dict(), **given}
         train = train_spec_from_dict(merged, "command line")
-    return StudySpec(name=name or spec.name, train=train, grid=grid or spec.grid)
+    return StudySpec(name=name or spec.name, train=train, grid=grid or spec.grid,
+                     tpe=tpe or spec.tpe)
 
 
 def describe_differences(stored: TrainSpec, asked: TrainSpec) -> list[str]:

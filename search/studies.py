@@ -5,6 +5,7 @@ knowing only the storage URL and the study name:
 
     train_spec   the `TrainSpec` as a dict          (fixed when the study is created)
     space        ranks / alphas / dropouts enqueued so far (grows with wider grids)
+    tpe          the TPE search's settings, when `search optuna` ran (see `search.tpe`)
     artifacts    the artifact folder chosen at creation (a worker may override it)
 
 Each trial carries `baseline` (bool) in its user attributes; the baseline trial has no params.
@@ -95,6 +96,19 @@ class EnqueueReport:
     already_there: int = 0
 
 
+def held_keys(study: optuna.Study) -> set:
+    """Keys of the points a study holds: waiting, running or finished without failing."""
+    return {trial_key(t) for t in study.get_trials(deepcopy=False) if t.state != TrialState.FAIL}
+
+
+def enqueue_baseline(study: optuna.Study) -> bool:
+    """Queue the no-LoRA baseline unless the study holds it; True when it was queued."""
+    if BASELINE_KEY in held_keys(study):
+        return False
+    study.enqueue_trial({}, user_attrs={"baseline": True})
+    return True
+
+
 def enqueue_grid(study: optuna.Study, grid: GridSpace) -> EnqueueReport:
     """Queue the baseline and every grid point the study does not hold yet.
 
@@ -102,11 +116,8 @@ def enqueue_grid(study: optuna.Study, grid: GridSpace) -> EnqueueReport:
     failing, so re-running a command adds nothing, a wider grid adds only its new points, and
     a failed point is queued again.
     """
-    held = {trial_key(t) for t in study.get_trials(deepcopy=False) if t.state != TrialState.FAIL}
-    report = EnqueueReport()
-    if BASELINE_KEY not in held:
-        study.enqueue_trial({}, user_attrs={"baseline": True})
-        report.baseline_added = True
+    report = EnqueueReport(baseline_added=enqueue_baseline(study))
+    held = held_keys(study)
     for point in grid.points():
         if point_key(point) in held:
             report.already_there += 1

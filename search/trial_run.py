@@ -20,6 +20,7 @@ from objectives.data import ImageSplits
 from objectives.spec import LoraParams, TrainSpec
 from objectives.train import EpochStats, TrialResult, run_trial
 from search.studies import is_baseline, trial_point
+from search.tpe import is_sampled
 
 WEIGHTS_FILE = "trained_weights.safetensors"
 
@@ -30,29 +31,45 @@ def describe_point(point: LoraParams | None) -> str:
     return f"r={point.rank} alpha={point.alpha:g} dropout={point.dropout:g}"
 
 
-def suggest_point(trial: optuna.Trial, queued: LoraParams, space: dict) -> LoraParams:
-    """Register the queued point as the trial's params (Optuna returns the fixed values).
+def param_bounds(study: optuna.Study, queued: LoraParams | None) -> dict[str, tuple]:
+    """(low, high) of each param over every space the study has searched, and `queued`."""
+    grid, tpe = study.user_attrs.get("space", {}), study.user_attrs.get("tpe", {})
+    values = {"rank": [*grid.get("ranks", []), *tpe.get("ranks", [])],
+              "alpha": [*grid.get("alphas", []), *tpe.get("alphas", [])],
+              "dropout": [*grid.get("dropouts", []), *tpe.get("dropout_range", [])]}
+    if queued is not None:
+        values["rank"].append(queued.rank)
+        values["alpha"].append(queued.alpha)
+        values["dropout"].append(queued.dropout)
+    return {name: (min(v), max(v)) for name, v in values.items()}
+
+
+def suggest_point(trial: optuna.Trial, bounds: dict[str, tuple]) -> LoraParams:
+    """Register the trial's LoRA params: a queued grid point's fixed values, or, for a trial
+    queued without params, the study sampler's choice.
 
     Integer/float distributions are used rather than categorical ones because Optuna forbids a
-    categorical parameter's choices to change within a study, and a wider grid changes them.
+    categorical parameter's choices to change within a study, and a wider grid changes them
+    (`search.tpe.LoraSpaceSampler` samples rank and alpha from their sets all the same).
     """
-    def bounds(key: str, value: float) -> tuple[float, float]:
-        values = [*space.get(key, []), value]
-        return min(values), max(values)
-
-    rank = trial.suggest_int("rank", *map(int, bounds("ranks", queued.rank)))
-    alpha = trial.suggest_float("alpha", *bounds("alphas", queued.alpha))
-    dropout = trial.suggest_float("dropout", *bounds("dropouts", queued.dropout))
+    rank = trial.suggest_int("rank", *map(int, bounds["rank"]))
+    alpha = trial.suggest_float("alpha", *bounds["alpha"])
+    dropout = trial.suggest_float("dropout", *bounds["dropout"])
     return LoraParams(rank=rank, alpha=alpha, dropout=dropout)
+
+
+def record_history(trial: optuna.Trial, epochs: list[EpochStats]) -> None:
+    trial.set_user_attr("epochs_done", len(epochs))
+    trial.set_user_attr("history", [
+        {"epoch": e.epoch, "train_loss": round(e.train_loss, 5), "train_acc": round(e.train_acc, 5),
+         "val_loss": round(e.val_loss, 5), "val_acc": round(e.val_acc, 5)}
+        for e in epochs])
 
 
 def record_result(trial: optuna.Trial, result: TrialResult) -> None:
     for key, value in result.summary().items():
         trial.set_user_attr(key, value)
-    trial.set_user_attr("history", [
-        {"epoch": e.epoch, "train_loss": round(e.train_loss, 5), "train_acc": round(e.train_acc, 5),
-         "val_loss": round(e.val_loss, 5), "val_acc": round(e.val_acc, 5)}
-        for e in result.epochs])
+    record_history(trial, result.epochs)
 
 
 def upload_weights(trial: optuna.Trial, result: TrialResult,
@@ -70,31 +87,48 @@ def upload_weights(trial: optuna.Trial, result: TrialResult,
 def run_claimed_trial(study: optuna.Study, frozen: FrozenTrial, spec: TrainSpec,
                       data: ImageSplits, store: optuna.artifacts.FileSystemArtifactStore,
                       position: int = 0) -> TrialState:
-    """Train the RUNNING trial `frozen` and finish it; returns its final state."""
+    """Train the RUNNING trial `frozen` and finish it; returns its final state.
+
+    Only sampled (TPE) trials may be pruned: the baseline and grid points are reference
+    points and always run every epoch.
+    """
     trial = optuna.Trial(study, frozen._trial_id)
-    point = None if is_baseline(frozen) else trial_point(frozen)
-    if point is not None:
-        point = suggest_point(trial, point, study.user_attrs.get("space", {}))
+    point = None
+    if not is_baseline(frozen):
+        point = suggest_point(trial, param_bounds(study, trial_point(frozen)))
     trial.set_user_attr("baseline", point is None)
+    prunable = is_sampled(frozen)
 
     title = f"trial {frozen.number} {describe_point(point)}"
     # A live bar on a terminal; one line per epoch in logs, where bars would be noise.
     bar = tqdm(total=spec.epochs * data.train_size, unit="img", unit_scale=True,
                position=position, leave=True, mininterval=1.0, dynamic_ncols=True,
                desc=title, disable=not sys.stderr.isatty())
+    epochs: list[EpochStats] = []
 
     def on_epoch(stats: EpochStats) -> None:
+        epochs.append(stats)
         trial.report(stats.val_acc, stats.epoch)
         progress = {"epoch": f"{stats.epoch}/{spec.epochs}", "val_acc": f"{stats.val_acc:.4f}",
                     "img_s": f"{stats.images_per_second:.0f}"}
         bar.set_postfix(progress)
         if bar.disable:
             print(title, *(f"{k}={v}" for k, v in progress.items()), file=sys.stderr, flush=True)
+        # After the last epoch there is nothing left to save by stopping.
+        if prunable and stats.epoch < spec.epochs and trial.should_prune():
+            raise optuna.TrialPruned()
 
     try:
         result = run_trial(spec, point, data, on_epoch=on_epoch, on_step=bar.update)
         record_result(trial, result)
         upload_weights(trial, result, store)
+    except optuna.TrialPruned:
+        trial.set_user_attr("val_acc", epochs[-1].val_acc)
+        record_history(trial, epochs)
+        study.tell(trial, state=TrialState.PRUNED)
+        tqdm.write(f"{title}: pruned after epoch {len(epochs)} of {spec.epochs}",
+                   file=sys.stderr)
+        return TrialState.PRUNED
     except KeyboardInterrupt:
         study.tell(trial, state=TrialState.FAIL)
         raise

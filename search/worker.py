@@ -1,5 +1,8 @@
 """A worker: joins a study by storage URL and name, then runs queued trials until none is left.
 
+Queued trials are the baseline, grid points (params fixed) and TPE trials (params drawn by
+the study's sampler when the trial starts; see `search.tpe`).
+
 Claiming is Optuna's own compare-and-set (`set_trial_state_values(RUNNING)` succeeds for one
 process only), done here rather than through `study.ask()` because `ask()` invents a new
 sampled trial when the queue is empty, and a grid worker must never do that.
@@ -22,6 +25,7 @@ from objectives.data import load_splits
 from objectives.train import use_threads
 from search.storage import default_artifacts_dir, open_storage
 from search.studies import find_study, stored_train_spec
+from search.tpe import load_searching_study
 from search.trial_run import run_claimed_trial
 
 
@@ -69,6 +73,7 @@ def run_worker(storage_url: str, study_name: str, artifacts: str | None = None,
     storage = open_storage(storage_url, must_exist=True)
     study = find_study(storage, study_name)
     spec = dataclasses.replace(stored_train_spec(study), **(local_overrides or {}))
+    study = load_searching_study(storage, study, spec.epochs)
     store = artifact_store(artifacts_folder(study, storage_url, artifacts))
     data = load_splits(spec)
     if "classes" not in study.user_attrs:

@@ -20,7 +20,7 @@ def test_storage_comes_from_the_environment_so_passwords_stay_off_the_command_li
                                       "sqlite:///x.db"]).storage == "sqlite:///x.db"
 
 
-@pytest.mark.parametrize("command", ["grid", "worker", "leaderboard", "export"])
+@pytest.mark.parametrize("command", ["grid", "optuna", "worker", "leaderboard", "export"])
 def test_every_command_explains_itself(command, capsys):
     with pytest.raises(SystemExit) as stop:
         build_parser().parse_args([command, "--help"])

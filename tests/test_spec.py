@@ -85,3 +85,24 @@ def test_differences_ignore_host_local_fields():
     stored = load_spec().train
     asked = with_overrides(load_spec(), epochs=5, data_dir="/elsewhere", device="cpu").train
     assert describe_differences(stored, asked) == ["epochs: 10 -> 5"]
+
+
+def test_the_model_card_tpe_search_is_the_default():
+    search = load_spec().tpe
+    assert search.trials == 10 and search.pruner == "median" and search.seed == 0
+    assert search.space.ranks == (2, 4, 8) and search.space.alphas == (2.0, 4.0, 8.0)
+    assert search.space.dropout_range == (0.05, 0.30)
+
+
+@pytest.mark.parametrize("table, message", [
+    ("trials = 0", "optuna: trials must be an integer >= 1"),
+    ("dropout_range = [0.3, 0.1]", "optuna: dropout range must have LO < HI"),
+    ("pruner = 'asha'", "optuna: pruner must be one of"),
+    ("sampler = 'cmaes'", "optuna: unknown key(s) ['sampler']"),
+])
+def test_a_bad_optuna_table_is_refused(tmp_path, table, message):
+    path = tmp_path / "spec.toml"
+    path.write_text(f"[optuna]\n{table}\n")
+    with pytest.raises(SpecError) as error:
+        load_spec(path)
+    assert message in str(error.value)

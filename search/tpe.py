@@ -1,0 +1,173 @@
+"""TPE search: its settings as stored in a study, the sampler and pruner built from them, and
+topping the study up to its trial budget.
+
+The budget is kept with the queue rather than with the workers: `enqueue_tpe_budget` adds one
+WAITING trial without params per missing LoRA trial, and a worker that claims such a trial
+asks the sampler for its params when the trial starts. Claiming is the same compare-and-set as
+for grid points, so any number of workers on any number of hosts run exactly the budget.
+
+Study user attribute `tpe` holds `TpeSearch.to_dict()`; each sampled trial carries
+`sampled = True` in its user attributes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
+from optuna.samplers import BaseSampler, TPESampler
+from optuna.study import Study
+from optuna.trial import FrozenTrial, TrialState
+
+from search.space import SpaceError, TpeSearch, space_disagreements
+from search.studies import StudyError, enqueue_baseline, is_baseline
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+PENDING = (TrialState.WAITING, TrialState.RUNNING)
+
+
+def stored_tpe_search(study: optuna.Study) -> TpeSearch | None:
+    values = study.user_attrs.get("tpe")
+    if values is None:
+        return None
+    try:
+        return TpeSearch.from_dict(values)
+    except (SpaceError, TypeError) as error:
+        raise StudyError(f"study {study.study_name!r} holds an unreadable TPE search: {error}") \
+            from None
+
+
+def settle_search(study: optuna.Study, asked: TpeSearch, given: set[str]) -> TpeSearch:
+    """The search to run on `study`: the one stored there with `trials` (and any setting the
+    study does not fix yet) taken from `asked`.
+
+    `given` names the settings the user typed; one that contradicts the stored search, or a
+    space that disagrees with the study's grid, is an error naming the difference.
+    """
+    stored = stored_tpe_search(study)
+    if stored is None:
+        problems = space_disagreements(study.user_attrs.get("space", {}), asked.space)
+        if problems:
+            raise StudyError(f"study {study.study_name!r} holds a grid that this TPE space does "
+                             f"not cover ({'; '.join(problems)}); give matching --ranks / "
+                             "--alphas / --dropout-range or pick a new --study name")
+        return asked
+    old, new = stored.to_dict(), asked.to_dict()
+    conflicts = [f"{key}: {old[key]} (stored) vs {new[key]}" for key in old
+                 if key != "trials" and key in given and old[key] != new[key]]
+    if conflicts:
+        raise StudyError(f"study {study.study_name!r} already searches with other settings "
+                         f"({'; '.join(conflicts)}); drop those flags or pick a new --study name")
+    return TpeSearch.from_dict({**old, "trials": asked.trials})
+
+
+def check_grid_fits(study: optuna.Study, grid_space: dict[str, list]) -> None:
+    """A grid added to a study that also runs TPE must stay inside TPE's space."""
+    search = stored_tpe_search(study)
+    if search is None:
+        return
+    problems = space_disagreements(grid_space, search.space)
+    if problems:
+        raise StudyError(f"study {study.study_name!r} runs a TPE search this grid does not fit "
+                         f"({'; '.join(problems)}); match its space or pick a new --study name")
+
+
+def is_sampled(trial: FrozenTrial) -> bool:
+    return bool(trial.user_attrs.get("sampled", False))
+
+
+@dataclass
+class TopUpReport:
+    baseline_added: bool
+    finished: int  # LoRA trials complete or pruned
+    pending: int  # LoRA trials waiting or running
+    added: int
+
+
+def enqueue_tpe_budget(study: optuna.Study, search: TpeSearch) -> TopUpReport:
+    """Store `search` in the study, queue the baseline if missing, and queue one sampled trial
+    per LoRA trial missing from `search.trials` (failed trials do not count)."""
+    study.set_user_attr("tpe", search.to_dict())
+    baseline_added = enqueue_baseline(study)
+    lora = [t for t in study.get_trials(deepcopy=False) if not is_baseline(t)]
+    finished = sum(t.state in FINISHED for t in lora)
+    pending = sum(t.state in PENDING for t in lora)
+    missing = max(0, search.trials - finished - pending)
+    for _ in range(missing):
+        study.enqueue_trial({}, user_attrs={"baseline": False, "sampled": True})
+    return TopUpReport(baseline_added, finished, pending, missing)
+
+
+class LoraSpaceSampler(BaseSampler):
+    """Optuna's TPE (constant liar on) over the LoRA space, reseeded for every trial.
+
+    Trials register rank as an int and alpha and dropout as floats, so grid points and sampled
+    trials share one history (a categorical parameter's choices may not change within a study,
+    and a wider grid changes them); this sampler has TPE draw rank and alpha from their sets.
+    Each trial's TPE is seeded from (seed, trial number): a suggestion depends only on the
+    seed and the history, whichever worker asks, so parallel workers never draw the same
+    random start and the same seed repeats the first suggestions.
+    """
+
+    def __init__(self, search: TpeSearch) -> None:
+        self._search = search
+        low, high = search.space.dropout_range
+        self._distributions: dict[str, BaseDistribution] = {
+            "rank": CategoricalDistribution(search.space.ranks),
+            "alpha": CategoricalDistribution(search.space.alphas),
+            "dropout": FloatDistribution(low, high),
+        }
+        self._current: tuple[int, TPESampler] | None = None
+
+    def _tpe(self, trial: FrozenTrial) -> TPESampler:
+        if self._current is None or self._current[0] != trial.number:
+            seed = int(np.random.SeedSequence([self._search.seed, trial.number])
+                       .generate_state(1)[0])
+            sampler = TPESampler(seed=seed, constant_liar=True,
+                                 n_startup_trials=self._search.startup_trials)
+            self._current = (trial.number, sampler)
+        return self._current[1]
+
+    def infer_relative_search_space(self, study: Study, trial: FrozenTrial
+                                    ) -> dict[str, BaseDistribution]:
+        return {}
+
+    def sample_relative(self, study: Study, trial: FrozenTrial,
+                        search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
+        return {}
+
+    def sample_independent(self, study: Study, trial: FrozenTrial, param_name: str,
+                           param_distribution: BaseDistribution) -> Any:
+        inner = self._distributions.get(param_name, param_distribution)
+        return self._tpe(trial).sample_independent(study, trial, param_name, inner)
+
+    def after_trial(self, study: Study, trial: FrozenTrial, state: TrialState,
+                    values: Sequence[float] | None) -> None:
+        self._tpe(trial).after_trial(study, trial, state, values)
+
+
+def build_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
+    """`median` and `hyperband` never stop a trial before a third of its epochs."""
+    warmup = max(1, math.ceil(epochs / 3))
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=warmup)
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=warmup, max_resource=epochs)
+    return optuna.pruners.NopPruner()
+
+
+def load_searching_study(storage: optuna.storages.BaseStorage, study: optuna.Study,
+                         epochs: int) -> optuna.Study:
+    """`study` again, with the sampler and pruner its stored TPE search asks for (a grid-only
+    study has every param fixed and prunes nothing)."""
+    search = stored_tpe_search(study)
+    if search is None:
+        return study
+    return optuna.load_study(study_name=study.study_name, storage=storage,
+                             sampler=LoraSpaceSampler(search),
+                             pruner=build_pruner(search.pruner, epochs))
