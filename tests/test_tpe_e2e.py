@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+
 import pytest
-from run_cli import DEMO, FAST, board, search, search_in_process
+from run_cli import DEMO, FAST, ROOT, SEARCH, board, search, search_in_process
 
 TPE = ["--spec", DEMO, "--epochs", "2"]
 
@@ -81,3 +85,25 @@ def test_bad_input_exits_2_with_one_line_and_changes_nothing(searched, args, mes
     assert code == 2, err
     assert len(err.strip().splitlines()) == 1 and message in err, err
     assert search_in_process(show, searched, capsys, monkeypatch) == before
+
+
+def test_after_an_interrupted_run_a_rerun_tops_the_study_up(tmp_path):
+    """Ctrl-C mid-trial: the trial is failed (not left running), and the same command again
+    runs what is missing, so the study still ends with exactly N finished LoRA trials."""
+    command = [*SEARCH, "optuna", *TPE, "--trials", "2", "--pruner", "none", "--workers", "1"]
+    process = subprocess.Popen(command, cwd=tmp_path, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "PYTHONPATH": str(ROOT)})
+    for line in process.stderr:  # one line per epoch when stderr is not a terminal
+        if line.startswith("trial 1 ") and "epoch=1/" in line:
+            break
+    process.send_signal(signal.SIGINT)
+    process.wait(timeout=120)
+    assert process.returncode == 130
+    states = {row["number"]: row["state"] for row in board(tmp_path)}
+    assert states[0] == "COMPLETE" and states[1] == "FAIL" and "RUNNING" not in states.values()
+
+    again = search("optuna", "--study", "demo", "--trials", "2", "--workers", "1", cwd=tmp_path)
+    assert "0 finished and 1 queued or running LoRA trial(s); queued 1 TPE" in again.stderr
+    rows = board(tmp_path)
+    finished = [r for r in lora_rows(rows) if r["state"] in ("COMPLETE", "PRUNED")]
+    assert len(finished) == 2 and [r["state"] for r in rows].count("FAIL") == 1
