@@ -45,6 +45,15 @@ def check_url(url: str) -> None:
                            f"use one of: {', '.join(SUPPORTED)}")
 
 
+def with_driver(url: str) -> str:
+    """`postgresql://` with the psycopg 3 driver the project installs, whichever default the
+    installed SQLAlchemy has (psycopg2 before 2.1)."""
+    parsed = make_url(url)
+    if parsed.drivername == "postgresql":
+        return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+    return url
+
+
 def open_storage(url: str, must_exist: bool = False) -> optuna.storages.RDBStorage:
     """An RDB storage for `url`. With `must_exist`, a missing SQLite file is an error rather
     than a new empty database (read-only commands must not create one)."""
@@ -59,7 +68,7 @@ def open_storage(url: str, must_exist: bool = False) -> optuna.storages.RDBStora
     else:
         engine_kwargs = {"pool_pre_ping": True, "pool_size": 2, "max_overflow": 2}
     try:
-        storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+        storage = optuna.storages.RDBStorage(with_driver(url), engine_kwargs=engine_kwargs)
     except (sqlalchemy.exc.SQLAlchemyError, ImportError, RuntimeError) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
         raise StorageError(f"cannot open storage {url}: {reason}") from None

@@ -35,8 +35,9 @@ def test_grid_runs_every_trial_once_and_prints_a_leaderboard(finished):
         assert row["trainable_params"] > 0 and row["train_seconds"] > 0
     # Each worker says how many trials it completed: together exactly the three, none twice.
     stderr = (finished / "grid.stderr").read_text()
-    done = [int(n) for n in re.findall(r"\((\d+) complete", stderr)]
-    assert len(done) == 2 and sum(done) == 3
+    workers = re.findall(r"worker: no queued trial left in 'demo' \((.*)\)", stderr)
+    assert len(workers) == 2
+    assert sum(int(n) for report in workers for n in re.findall(r"(\d+) complete", report)) == 3
     assert (finished / "search.db").is_file() and (finished / "search-artifacts").is_dir()
 
 

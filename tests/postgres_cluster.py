@@ -1,0 +1,67 @@
+"""A throwaway PostgreSQL cluster for tests: initdb + pg_ctl on a free port in a temp folder.
+
+The server binaries come from Debian's `postgresql` package (`.ci/run` installs it where
+missing). PostgreSQL refuses to run as root, so under root the cluster belongs to the
+`postgres` system user that the package creates.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+from pathlib import Path
+
+USER = "search"
+
+
+def server_binaries() -> Path | None:
+    """The newest installed server's bin folder (with initdb and pg_ctl), if any."""
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"),
+                   key=lambda p: int(Path(p).parent.parent.name))
+    if found:
+        return Path(found[-1]).parent
+    initdb = shutil.which("initdb")
+    return Path(initdb).parent if initdb else None
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class PostgresCluster:
+    """`start()` gives a URL to an empty database; `stop()` ends the server."""
+
+    def __init__(self, binaries: Path) -> None:
+        # Its own folder right under /tmp: pytest's temp folders are private to root, and the
+        # server may run as `postgres`.
+        self.folder, self.binaries = Path(tempfile.mkdtemp(prefix="search-pg-")), binaries
+        self.data = self.folder / "data"
+        self.port = free_port()
+        self.as_postgres = os.geteuid() == 0
+
+    def run(self, *command: str) -> None:
+        prefix = ["runuser", "-u", "postgres", "--"] if self.as_postgres else []
+        subprocess.run([*prefix, str(self.binaries / command[0]), *command[1:]], check=True,
+                       capture_output=True, text=True, timeout=120)
+
+    def start(self) -> str:
+        if self.as_postgres:
+            shutil.chown(self.folder, "postgres", "postgres")
+        self.run("initdb", "-D", str(self.data), "-U", USER, "--auth=trust", "-E", "UTF8")
+        self.run("pg_ctl", "-D", str(self.data), "-l", str(self.folder / "server.log"), "-w",
+                 "-o", f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 "
+                       "-c max_connections=300 -c fsync=off", "start")
+        self.run("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", USER, "search")
+        return f"postgresql://{USER}@127.0.0.1:{self.port}/search"
+
+    def stop(self) -> None:
+        try:
+            self.run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
+        finally:
+            shutil.rmtree(self.folder, ignore_errors=True)
