@@ -130,8 +130,7 @@ def grid(args: argparse.Namespace, local: dict[str, Any]) -> int:
             print(frame.to_string(index=False, na_rep="-"))
         return 0
     study = open_study(args, spec)
-    check_grid_fits(study, {"ranks": list(spec.grid.ranks), "alphas": list(spec.grid.alphas),
-                            "dropouts": list(spec.grid.dropouts)})
+    check_grid_fits(study, spec.grid.to_dict())
     report = enqueue_grid(study, spec.grid)
     print(f"study {study.study_name!r} in {args.storage}: queued "
           f"{'the baseline and ' if report.baseline_added else ''}{len(report.added)} grid "

@@ -59,6 +59,10 @@ class GridSpace:
                    alphas=tuple(sorted({check_alpha(a) for a in alphas})),
                    dropouts=tuple(sorted({check_dropout(d) for d in dropouts})))
 
+    def to_dict(self) -> dict[str, list]:
+        return {"ranks": list(self.ranks), "alphas": list(self.alphas),
+                "dropouts": list(self.dropouts)}
+
     def points(self) -> list[LoraParams]:
         return [LoraParams(rank=r, alpha=a, dropout=d)
                 for r, a, d in itertools.product(self.ranks, self.alphas, self.dropouts)]
@@ -101,11 +105,6 @@ class TpeSpace:
     def to_dict(self) -> dict[str, list]:
         return {"ranks": list(self.ranks), "alphas": list(self.alphas),
                 "dropout_range": list(self.dropout_range)}
-
-    def contains(self, point: LoraParams) -> bool:
-        low, high = self.dropout_range
-        return (point.rank in self.ranks and point.alpha in self.alphas
-                and low <= point.dropout <= high)
 
 
 PRUNERS = ("median", "hyperband", "none")

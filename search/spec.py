@@ -191,15 +191,14 @@ def check_names(spec: TrainSpec, source: str) -> None:
 
 
 def with_overrides(spec: StudySpec, name: str | None = None, grid: GridSpace | None = None,
-                   tpe: TpeSearch | None = None, **train_overrides: Any) -> StudySpec:
+                   **train_overrides: Any) -> StudySpec:
     """The spec with single fields replaced by command-line values (None = not given)."""
     given = {key: value for key, value in train_overrides.items() if value is not None}
     train = spec.train
     if given:
         merged = {**train.to_dict(), **given}
         train = train_spec_from_dict(merged, "command line")
-    return StudySpec(name=name or spec.name, train=train, grid=grid or spec.grid,
-                     tpe=tpe or spec.tpe)
+    return StudySpec(name=name or spec.name, train=train, grid=grid or spec.grid, tpe=spec.tpe)
 
 
 def describe_differences(stored: TrainSpec, asked: TrainSpec) -> list[str]:

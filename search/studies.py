@@ -130,10 +130,7 @@ def enqueue_grid(study: optuna.Study, grid: GridSpace) -> EnqueueReport:
 
 def record_space(study: optuna.Study, grid: GridSpace) -> None:
     space = study.user_attrs.get("space", {"ranks": [], "alphas": [], "dropouts": []})
-    merged: dict[str, Any] = {
-        "ranks": sorted(set(space["ranks"]) | set(grid.ranks)),
-        "alphas": sorted(set(space["alphas"]) | set(grid.alphas)),
-        "dropouts": sorted(set(space["dropouts"]) | set(grid.dropouts)),
-    }
+    merged: dict[str, Any] = {key: sorted(set(space[key]) | set(values))
+                              for key, values in grid.to_dict().items()}
     if merged != space:
         study.set_user_attr("space", merged)

@@ -67,7 +67,6 @@ def run_worker(storage_url: str, study_name: str, artifacts: str | None = None,
     `local_overrides` replaces host-local spec fields (`LOCAL_FIELDS`: where the data lives,
     which device) that do not change what a trial computes.
     """
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     if threads:
         use_threads(threads)
     storage = open_storage(storage_url, must_exist=True)
