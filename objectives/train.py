@@ -17,20 +17,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from objectives import augment
+from objectives.checkpoint import CheckpointError, EpochStats, TrainingState
 from objectives.data import ImageSplits, load_splits
 from objectives.metrics import ClassificationMetrics, classification_metrics, confusion_matrix
 from objectives.model import ParameterCount, build_model, count_parameters, trainable_state_dict
 from objectives.spec import LoraParams, TrainSpec
-
-
-@dataclass(frozen=True)
-class EpochStats:
-    epoch: int  # 1-based
-    train_loss: float
-    train_acc: float
-    val_loss: float
-    val_acc: float
-    images_per_second: float
 
 
 @dataclass
@@ -64,6 +55,7 @@ class TrialResult:
 
 OnEpoch = Callable[[EpochStats], None]
 OnStep = Callable[[int], None]
+OnCheckpoint = Callable[[TrainingState], None]
 
 
 def use_threads(count: int) -> None:
@@ -106,11 +98,15 @@ def autocast(device: torch.device):
 
 
 def run_trial(spec: TrainSpec, lora: LoraParams | None, data: ImageSplits | None = None,
-              on_epoch: OnEpoch | None = None, on_step: OnStep | None = None) -> TrialResult:
+              on_epoch: OnEpoch | None = None, on_step: OnStep | None = None,
+              on_checkpoint: OnCheckpoint | None = None,
+              resume: TrainingState | None = None) -> TrialResult:
     """Train `spec`'s model (baseline when `lora` is None) and evaluate it on val and test.
 
     `on_epoch` sees every epoch's statistics and may raise to stop the trial (pruning);
-    `on_step` sees the number of images of every training step (progress bars).
+    `on_step` sees the number of images of every training step (progress bars) and may raise
+    too; `on_checkpoint`, when given, receives the training state after every epoch but the
+    last, and `resume` continues from such a state instead of starting at epoch 1.
     """
     device = resolve_device(spec.device)
     data = data if data is not None else load_splits(spec)
@@ -128,7 +124,12 @@ def run_trial(spec: TrainSpec, lora: LoraParams | None, data: ImageSplits | None
     val_x, val_y = data.val_images.to(device), data.val_labels.to(device)
     history: list[EpochStats] = []
     train_seconds = step_seconds = 0.0
-    for epoch in range(1, spec.epochs + 1):
+    if resume is not None:
+        resume.check_matches(lora, spec.epochs)
+        restore(resume, model, optimizer, scheduler, generator)
+        history = list(resume.history)
+        train_seconds, step_seconds = resume.train_seconds, resume.step_seconds
+    for epoch in range(len(history) + 1, spec.epochs + 1):
         epoch_start = time.perf_counter()
         # A baseline's frozen backbone stays in eval mode: its normalisation statistics and
         # dropout are part of what is frozen; only LoRA trials train in train mode.
@@ -167,6 +168,13 @@ def run_trial(spec: TrainSpec, lora: LoraParams | None, data: ImageSplits | None
         )
         history.append(stats)
         train_seconds += time.perf_counter() - epoch_start
+        if on_checkpoint is not None and epoch < spec.epochs:
+            on_checkpoint(TrainingState(
+                epoch=epoch, lora=lora, weights=trainable_state_dict(model),
+                optimizer=on_cpu(optimizer.state_dict()), scheduler=scheduler.state_dict(),
+                batch_generator=generator.get_state(), cpu_generator=torch.get_rng_state(),
+                cuda_generator=torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+                history=list(history), train_seconds=train_seconds, step_seconds=step_seconds))
         if on_epoch is not None:
             on_epoch(stats)
 
@@ -183,3 +191,32 @@ def run_trial(spec: TrainSpec, lora: LoraParams | None, data: ImageSplits | None
         confusion=confusion_matrix(test_logits.argmax(dim=1), test_y, data.num_classes).cpu(),
         weights=trainable_state_dict(model),
     )
+
+
+def on_cpu(value):
+    """A copy of a (nested) state dict with every tensor copied to the CPU: `state_dict()`
+    hands out the live tensors, which the next steps would change under a checkpoint."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {key: on_cpu(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(on_cpu(item) for item in value)
+    return value
+
+
+def restore(state: TrainingState, model: nn.Module, optimizer: torch.optim.Optimizer,
+            scheduler: torch.optim.lr_scheduler.LRScheduler, generator: torch.Generator) -> None:
+    """Put a checkpoint's weights, optimizer, scheduler and generators back in place."""
+    missing = model.load_state_dict(state.weights, strict=False)
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    absent = trainable & set(missing.missing_keys)
+    if absent or missing.unexpected_keys:
+        raise CheckpointError(f"the checkpoint does not fit the model ({len(absent)} weights "
+                              f"missing, {len(missing.unexpected_keys)} unexpected)")
+    optimizer.load_state_dict(state.optimizer)
+    scheduler.load_state_dict(state.scheduler)
+    generator.set_state(state.batch_generator)
+    torch.set_rng_state(state.cpu_generator)
+    if state.cuda_generator is not None and generator.device.type == "cuda":
+        torch.cuda.set_rng_state(state.cuda_generator, generator.device)

@@ -91,6 +91,27 @@ def add_study_flags(parser: argparse.ArgumentParser) -> None:
                              "0 only creates the study and queues the trials)")
 
 
+def add_worker_flags(parser: argparse.ArgumentParser, stored: bool) -> None:
+    """GPUs and fault handling of workers; `stored`: the values are kept in the study."""
+    every = "every visible GPU" if stored else "one worker on the spec's device"
+    parser.add_argument("--gpus", nargs="+", type=non_negative_int, metavar="ID",
+                        help="GPU indices for this host's workers: one worker process per GPU "
+                             f"(CUDA_VISIBLE_DEVICES), round robin with --workers (default: "
+                             f"{every})")
+    beats = parser.add_argument_group(
+        "dead workers (a killed worker's trial is failed after the grace period and re-run, "
+        "resuming from its last finished epoch; " +
+        ("kept in the study for every worker, default from the spec's [heartbeat])"
+         if stored else "default: the study's settings)"))
+    beats.add_argument("--heartbeat-interval", type=positive_int, metavar="S",
+                       help="seconds between heartbeats of a running trial (spec default 60)")
+    beats.add_argument("--grace-period", type=positive_int, metavar="S",
+                       help="seconds without heartbeat before a trial counts as dead and is "
+                            "retried; longer than the interval (spec default 180)")
+    beats.add_argument("--max-retries", type=non_negative_int, metavar="N",
+                       help="re-runs of a dead worker's trial (spec default 2)")
+
+
 def add_train_overrides(parser: argparse.ArgumentParser) -> None:
     overrides = parser.add_argument_group("spec overrides (single fields of [train])")
     overrides.add_argument("--model", help="timm model name, e.g. vit_small_patch16_224")
@@ -133,6 +154,7 @@ def build_parser() -> ArgumentParser:
                            "touches no database, downloads and trains nothing")
     grid.add_argument("--format", choices=("table", "json"), default="table",
                       help="output format of --dry-run (default: table)")
+    add_worker_flags(grid, stored=True)
     add_train_overrides(grid)
 
     tpe = commands.add_parser(
@@ -158,19 +180,25 @@ def build_parser() -> ArgumentParser:
     tpe.add_argument("--pruner", choices=PRUNERS,
                      help="stop clearly bad trials early: median (default; never before a third "
                           "of the epochs), hyperband, or none (the model card)")
+    add_worker_flags(tpe, stored=True)
     add_train_overrides(tpe)
 
     worker = commands.add_parser(
         "worker", help="join a study and run its queued trials until none is left",
-        description="Join an existing study knowing only its storage and name (the spec is "
-                    "stored in the study) and run queued trials until none is left; exit 0.")
+        description="Join an existing study knowing only its storage and name (the spec, "
+                    "sampler, pruner and heartbeat settings are stored in the study) and run "
+                    "queued trials until none is queued or running; exit 0. SIGTERM or Ctrl-C "
+                    "puts the trial in hand back in the queue and exits 143 / 130.")
     worker.add_argument("--study", required=True)
     add_storage(worker)
     worker.add_argument("--artifacts", metavar="DIR",
                         help="artifact folder (default: the one the study was created with)")
+    worker.add_argument("--workers", type=positive_int, metavar="N",
+                        help="worker processes on this host (default: one per --gpus ID, else 1)")
     worker.add_argument("--threads", type=positive_int, help="CPU threads for this worker")
     worker.add_argument("--position", type=non_negative_int, default=0,
                         help=argparse.SUPPRESS)  # progress-bar row among local workers
+    add_worker_flags(worker, stored=False)
     add_local_fields(worker)
 
     board = commands.add_parser("leaderboard", help="all trials of a study, best first",

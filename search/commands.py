@@ -12,6 +12,7 @@ from objectives.data import DatasetError, dataset_num_classes
 from objectives.export_model import ExportError
 from objectives.model import ModelError, planned_parameters
 from objectives.train import visible_gpus
+from search.enqueue_lock import enqueue_lock
 from search.export import (
     best_trial,
     check_out_path,
@@ -20,27 +21,32 @@ from search.export import (
     export_weights,
     write_document,
 )
+from search.heartbeat import HeartbeatError, HeartbeatSettings
 from search.leaderboard import best_versus_baseline, leaderboard, render
 from search.local_workers import run_local_workers
 from search.space import GridSpace, SpaceError, TpeSearch
 from search.spec import SpecError, StudySpec, load_spec, with_overrides
-from search.storage import StorageError, default_artifacts_dir, open_storage
+from search.storage import StorageError, default_artifacts_dir, open_storage, shown
 from search.studies import StudyError, enqueue_grid, find_study, open_study_for_spec
 from search.tpe import check_grid_fits, enqueue_tpe_budget, settle_search
-from search.worker import artifact_store, artifacts_folder, run_worker
+from search.worker import artifact_store, artifacts_folder, describe_report, run_worker
 
 USER_ERRORS = (SpecError, SpaceError, StorageError, StudyError, DatasetError, ModelError,
-               ExportError)
+               ExportError, HeartbeatError)
 # [train] field -> flag attribute
 TRAIN_FLAGS = {"model": "model", "weights": "weights", "targets": "targets", "dataset": "dataset",
                "epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "seed": "train_seed"}
 
 
 def quiet_optuna() -> None:
-    """Optuna's INFO lines ("A new study created ...") repeat what our own messages say."""
+    """Optuna's INFO lines ("A new study created ...") repeat what our own messages say, and
+    its experimental-feature warnings (heartbeats) are about its API, not the user's run."""
+    import warnings
+
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
 def run(args: argparse.Namespace, local: dict[str, Any]) -> int:
@@ -49,10 +55,16 @@ def run(args: argparse.Namespace, local: dict[str, Any]) -> int:
     return handler(args, local)
 
 
+def heartbeat_flags(args: argparse.Namespace) -> dict[str, int | None]:
+    return {"interval": args.heartbeat_interval, "grace_period": args.grace_period,
+            "max_retries": args.max_retries}
+
+
 def spec_from_flags(args: argparse.Namespace, local: dict[str, Any]) -> StudySpec:
     spec = load_spec(args.spec)
     overrides = {key: getattr(args, flag) for key, flag in TRAIN_FLAGS.items()}
-    return with_overrides(spec, name=args.study, **overrides, **local)
+    return with_overrides(spec, name=args.study, heartbeat=heartbeat_flags(args), **overrides,
+                          **local)
 
 
 def spec_given(args: argparse.Namespace) -> bool:
@@ -77,24 +89,37 @@ def tpe_from_flags(args: argparse.Namespace, spec: StudySpec) -> tuple[TpeSearch
     return search, given
 
 
-def open_study(args: argparse.Namespace, spec: StudySpec):
-    storage = open_storage(args.storage)
+def open_study(args: argparse.Namespace, spec: StudySpec, storage):
+    """Create or join the study; the caller holds the study's enqueue lock."""
     artifacts = str(Path(args.artifacts).resolve()) if args.artifacts else \
         str(default_artifacts_dir(args.storage))
     study, _ = open_study_for_spec(storage, spec.name, spec.train, artifacts, spec_given(args))
+    store_heartbeat(study, spec.heartbeat,
+                    args.spec is not None or any(v is not None for v in heartbeat_flags(args)
+                                                 .values()))
     return study
 
 
+def store_heartbeat(study, settings: HeartbeatSettings, given: bool) -> None:
+    """Keep the study's settings unless this command chose some (flags or a spec file)."""
+    if given or "heartbeat" not in study.user_attrs:
+        study.set_user_attr("heartbeat", settings.to_dict())
+
+
+def gpu_ids(args: argparse.Namespace) -> list[int]:
+    return list(args.gpus) if args.gpus else list(range(visible_gpus()))
+
+
 def run_workers_and_report(args: argparse.Namespace, local: dict[str, Any], study) -> int:
-    gpus = visible_gpus()
-    workers = args.workers if args.workers is not None else max(1, gpus)
+    gpus = gpu_ids(args)
+    workers = args.workers if args.workers is not None else max(1, len(gpus))
     if workers == 0:
         print(f"start workers with: search worker --study {study.study_name} "
-              f"--storage {args.storage}", file=sys.stderr)
+              f"--storage {shown(args.storage)}", file=sys.stderr)
         return 0
     code = run_local_workers(args.storage, study.study_name,
                              artifacts_folder(study, args.storage, args.artifacts), workers,
-                             gpus, local)
+                             gpus, local, {})
     frame = leaderboard(study)
     print(render(frame, "table"))
     print(best_versus_baseline(frame))
@@ -129,10 +154,12 @@ def grid(args: argparse.Namespace, local: dict[str, Any]) -> int:
             frame = pd.DataFrame(plan).astype({"rank": "Int64"})
             print(frame.to_string(index=False, na_rep="-"))
         return 0
-    study = open_study(args, spec)
-    check_grid_fits(study, spec.grid.to_dict())
-    report = enqueue_grid(study, spec.grid)
-    print(f"study {study.study_name!r} in {args.storage}: queued "
+    storage = open_storage(args.storage)
+    with enqueue_lock(storage, args.storage, spec.name):
+        study = open_study(args, spec, storage)
+        check_grid_fits(study, spec.grid.to_dict())
+        report = enqueue_grid(study, spec.grid)
+    print(f"study {study.study_name!r} in {shown(args.storage)}: queued "
           f"{'the baseline and ' if report.baseline_added else ''}{len(report.added)} grid "
           f"point(s); {report.already_there} already there", file=sys.stderr)
     return run_workers_and_report(args, local, study)
@@ -141,10 +168,12 @@ def grid(args: argparse.Namespace, local: dict[str, Any]) -> int:
 def tpe_search(args: argparse.Namespace, local: dict[str, Any]) -> int:
     spec = spec_from_flags(args, local)
     asked, given = tpe_from_flags(args, spec)
-    study = open_study(args, spec)
-    search = settle_search(study, asked, given)
-    report = enqueue_tpe_budget(study, search)
-    print(f"study {study.study_name!r} in {args.storage}: "
+    storage = open_storage(args.storage)
+    with enqueue_lock(storage, args.storage, spec.name):
+        study = open_study(args, spec, storage)
+        search = settle_search(study, asked, given)
+        report = enqueue_tpe_budget(study, search)
+    print(f"study {study.study_name!r} in {shown(args.storage)}: "
           f"{'queued the baseline; ' if report.baseline_added else ''}"
           f"{report.finished} finished and {report.pending} queued or running LoRA trial(s); "
           f"queued {report.added} TPE trial(s) to reach {search.trials} "
@@ -153,12 +182,15 @@ def tpe_search(args: argparse.Namespace, local: dict[str, Any]) -> int:
 
 
 def worker(args: argparse.Namespace, local: dict[str, Any]) -> int:
-    report = run_worker(args.storage, args.study, args.artifacts, args.position, args.threads,
-                        local)
-    done = ", ".join(f"{count} {state.lower()}" for state, count in report.states.items())
-    print(f"worker: no queued trial left in {args.study!r} ({done or 'ran none'})",
-          file=sys.stderr)
-    return 0
+    gpus = list(args.gpus or [])
+    workers = args.workers or max(1, len(gpus))
+    if workers == 1 and not gpus:
+        report = run_worker(args.storage, args.study, args.artifacts, args.position,
+                            args.threads, local, heartbeat_flags(args))
+        print(describe_report(args.study, report), file=sys.stderr)
+        return report.exit_code
+    return run_local_workers(args.storage, args.study, args.artifacts, workers, gpus, local,
+                             heartbeat_flags(args))
 
 
 def study_from_args(args: argparse.Namespace):

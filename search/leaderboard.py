@@ -10,7 +10,7 @@ from search.studies import is_baseline, trial_point
 
 COLUMNS = ["number", "state", "baseline", "rank", "alpha", "dropout", "epochs", "val_acc",
            "test_acc", "f1", "auc_micro", "auc_macro", "trainable_params", "trainable_pct",
-           "train_seconds"]
+           "train_seconds", "note"]
 # Finished trials first: a trial pruned early is not better than a complete one that beat it.
 STATE_ORDER = {"COMPLETE": 0, "PRUNED": 1, "RUNNING": 2, "WAITING": 3, "FAIL": 4}
 FORMATS = ("table", "json", "csv")
@@ -20,7 +20,11 @@ def leaderboard(study: optuna.Study) -> pd.DataFrame:
     """One row per trial: complete, then pruned trials by validation accuracy (a pruned
     trial's at the epoch it reached, `epochs`), then the rest by number."""
     rows = []
-    for trial in study.get_trials(deepcopy=False):
+    trials = study.get_trials(deepcopy=False)
+    # A retry's system attributes name the trials it retries, the last one its direct origin.
+    retried_as = {t.system_attrs["retry_history"][-1]: t.number for t in trials
+                  if t.system_attrs.get("retry_history")}
+    for trial in trials:
         point = trial_point(trial)
         attrs = trial.user_attrs
         rows.append({
@@ -32,7 +36,8 @@ def leaderboard(study: optuna.Study) -> pd.DataFrame:
             "dropout": point.dropout if point else None,
             "epochs": attrs.get("epochs_done"),
             "val_acc": trial.value if trial.state == TrialState.COMPLETE else attrs.get("val_acc"),
-            **{key: attrs.get(key) for key in COLUMNS[8:]},
+            **{key: attrs.get(key) for key in COLUMNS[8:-1]},
+            "note": trial_note(trial, retried_as),
         })
     frame = pd.DataFrame(rows, columns=COLUMNS).astype(
         {"rank": "Int64", "epochs": "Int64", "trainable_params": "Int64"})
@@ -41,6 +46,26 @@ def leaderboard(study: optuna.Study) -> pd.DataFrame:
         ["_order", "val_acc", "number"], ascending=[True, False, True], na_position="last",
         kind="stable")
     return frame.drop(columns="_order").reset_index(drop=True)
+
+
+def trial_note(trial: optuna.trial.FrozenTrial, retried_as: dict[int, int]) -> str:
+    """What happened to a trial beyond its state: errors, retries, resumptions."""
+    notes = []
+    if "failed_trial" in trial.system_attrs:
+        notes.append(f"retry of trial {trial.system_attrs['retry_history'][-1]}")
+    if trial.user_attrs.get("resumed_from_epoch"):
+        notes.append(f"resumed after epoch {trial.user_attrs['resumed_from_epoch']}")
+    if trial.state == TrialState.FAIL:
+        if trial.user_attrs.get("error"):
+            notes.append(trial.user_attrs["error"])
+        elif trial.number in retried_as:
+            notes.append(f"worker lost (no heartbeat); retried as trial {retried_as[trial.number]}")
+        else:
+            notes.append("worker lost (no heartbeat)")
+    checkpoint = trial.user_attrs.get("checkpoint")
+    if trial.state in (TrialState.WAITING, TrialState.RUNNING) and checkpoint:
+        notes.append(f"checkpoint after epoch {checkpoint['epoch']}")
+    return "; ".join(notes)
 
 
 def best_versus_baseline(frame: pd.DataFrame) -> str:

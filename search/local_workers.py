@@ -1,16 +1,21 @@
 """Starting N worker processes on this host and waiting for them.
 
 Each local worker is the same `search worker` command a remote host would run, so one code
-path serves one host and many. A single worker runs in this process (no second start-up).
+path serves one host and many. A single worker without chosen GPUs runs in this process (no
+second start-up). Children run in their own session: a Ctrl-C or SIGTERM reaches them once,
+forwarded from here, and each puts its trial back in the queue before it exits.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+from typing import Any
 
-from search.worker import run_worker, worker_environment
+from search.stopping import SIGNALS
+from search.worker import describe_report, run_worker
 
 
 def threads_per_worker(workers: int) -> int:
@@ -18,34 +23,57 @@ def threads_per_worker(workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // workers)
 
 
-def worker_command(storage_url: str, study_name: str, artifacts: str, position: int,
-                   threads: int, local_overrides: dict[str, str | bool]) -> list[str]:
+def worker_command(storage_url: str, study_name: str, artifacts: str | None, position: int,
+                   threads: int, local_overrides: dict[str, Any],
+                   heartbeat_overrides: dict[str, int | None]) -> list[str]:
     command = [sys.executable, "-m", "search", "worker", "--study", study_name,
-               "--storage", storage_url, "--artifacts", artifacts,
-               "--position", str(position), "--threads", str(threads)]
+               "--storage", storage_url, "--position", str(position), "--threads", str(threads)]
+    if artifacts:
+        command += ["--artifacts", artifacts]
     for field_name, value in local_overrides.items():
         command += ["--" + field_name.replace("_", "-"), str(value)]
+    flags = {"interval": "--heartbeat-interval", "grace_period": "--grace-period",
+             "max_retries": "--max-retries"}
+    for key, value in heartbeat_overrides.items():
+        if value is not None:
+            command += [flags[key], str(value)]
     return command
 
 
-def run_local_workers(storage_url: str, study_name: str, artifacts: str, workers: int,
-                      gpus: int, local_overrides: dict[str, str | bool]) -> int:
-    """Run `workers` workers until the study's queue is empty; the worst exit code."""
-    threads = threads_per_worker(workers) if not gpus else 1
-    if workers == 1:
-        run_worker(storage_url, study_name, artifacts, threads=threads,
-                   local_overrides=local_overrides)
-        return 0
+def worker_environment(index: int, gpu_ids: list[int]) -> dict[str, str]:
+    """One GPU per worker process, round robin, when there are GPUs."""
+    env = dict(os.environ)
+    if gpu_ids:
+        env["CUDA_VISIBLE_DEVICES"] = str(gpu_ids[index % len(gpu_ids)])
+    return env
+
+
+def run_local_workers(storage_url: str, study_name: str, artifacts: str | None, workers: int,
+                      gpu_ids: list[int], local_overrides: dict[str, Any],
+                      heartbeat_overrides: dict[str, int | None]) -> int:
+    """Run `workers` workers until the study has no work left; the worst exit code."""
+    threads = threads_per_worker(workers) if not gpu_ids else 1
+    if workers == 1 and not gpu_ids:
+        report = run_worker(storage_url, study_name, artifacts, threads=threads,
+                            local_overrides=local_overrides,
+                            heartbeat_overrides=heartbeat_overrides)
+        print(describe_report(study_name, report), file=sys.stderr)
+        return report.exit_code
     processes = [
         subprocess.Popen(worker_command(storage_url, study_name, artifacts, index, threads,
-                                        local_overrides),
-                         env=worker_environment(index, gpus))
+                                        local_overrides, heartbeat_overrides),
+                         env=worker_environment(index, gpu_ids), start_new_session=True)
         for index in range(workers)
     ]
+
+    def forward(number: int, _frame) -> None:
+        for process in processes:
+            if process.poll() is None:
+                process.send_signal(number)
+
+    previous = {number: signal.signal(number, forward) for number in SIGNALS}
     try:
         return max(process.wait() for process in processes)
-    except KeyboardInterrupt:
-        # The children got the same Ctrl-C from the terminal; wait for their clean exit.
-        for process in processes:
-            process.wait()
-        raise
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)

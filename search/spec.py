@@ -5,6 +5,8 @@ A spec file has these tables:
     [study]   name = "..."                       the default study name
     [grid]    ranks = [...], alphas = [...], dropouts = [...]
     [optuna]  trials, ranks, alphas, dropout_range = [lo, hi], seed, pruner, startup_trials
+    [heartbeat] interval, grace_period, max_retries (seconds, seconds, count; see
+              `search.heartbeat`)
     [train]   every field of `objectives.spec.TrainSpec`, with [train.augment] for augmentation
 
 Every problem is reported as a `SpecError` whose message is one line naming the file and key,
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from objectives.spec import TARGETS, AugmentSpec, TrainSpec
+from search.heartbeat import HeartbeatError, HeartbeatSettings
 from search.space import GridSpace, SpaceError, TpeSearch
 
 STUDIES_DIR = Path(__file__).resolve().parent.parent / "studies"
@@ -42,6 +45,7 @@ class StudySpec:
     train: TrainSpec
     grid: GridSpace
     tpe: TpeSearch = dataclasses.field(default_factory=TpeSearch)
+    heartbeat: HeartbeatSettings = dataclasses.field(default_factory=HeartbeatSettings)
 
 
 def load_spec(path: str | Path | None = None) -> StudySpec:
@@ -63,10 +67,10 @@ def load_spec(path: str | Path | None = None) -> StudySpec:
 
 
 def parse_spec(document: dict[str, Any], source: str, default_name: str) -> StudySpec:
-    unknown = set(document) - {"study", "grid", "optuna", "train"}
+    unknown = set(document) - {"study", "grid", "optuna", "heartbeat", "train"}
     if unknown:
         raise SpecError(f"{source}: unknown table(s) {sorted(unknown)}; "
-                        "expected study, grid, optuna, train")
+                        "expected study, grid, optuna, heartbeat, train")
     study = dict(document.get("study", {}))
     name = study.pop("name", default_name)
     if study:
@@ -86,7 +90,11 @@ def parse_spec(document: dict[str, Any], source: str, default_name: str) -> Stud
         tpe = TpeSearch.from_dict(document.get("optuna", {}))
     except (SpaceError, TypeError) as error:
         raise SpecError(f"{source}: optuna: {error}") from None
-    return StudySpec(name=name, train=train, grid=grid, tpe=tpe)
+    try:
+        heartbeat = HeartbeatSettings.from_dict(document.get("heartbeat", {}))
+    except HeartbeatError as error:
+        raise SpecError(f"{source}: {error}") from None
+    return StudySpec(name=name, train=train, grid=grid, tpe=tpe, heartbeat=heartbeat)
 
 
 def train_spec_from_dict(values: dict[str, Any], source: str) -> TrainSpec:
@@ -191,6 +199,7 @@ def check_names(spec: TrainSpec, source: str) -> None:
 
 
 def with_overrides(spec: StudySpec, name: str | None = None, grid: GridSpace | None = None,
+                   heartbeat: dict[str, int | None] | None = None,
                    **train_overrides: Any) -> StudySpec:
     """The spec with single fields replaced by command-line values (None = not given)."""
     given = {key: value for key, value in train_overrides.items() if value is not None}
@@ -198,7 +207,12 @@ def with_overrides(spec: StudySpec, name: str | None = None, grid: GridSpace | N
     if given:
         merged = {**train.to_dict(), **given}
         train = train_spec_from_dict(merged, "command line")
-    return StudySpec(name=name or spec.name, train=train, grid=grid or spec.grid, tpe=spec.tpe)
+    try:
+        beats = spec.heartbeat.with_overrides(**(heartbeat or {}))
+    except HeartbeatError as error:
+        raise SpecError(f"command line: {error}") from None
+    return StudySpec(name=name or spec.name, train=train, grid=grid or spec.grid, tpe=spec.tpe,
+                     heartbeat=beats)
 
 
 def describe_differences(stored: TrainSpec, asked: TrainSpec) -> list[str]:

@@ -10,6 +10,8 @@ survives a database restart.
 
 from __future__ import annotations
 
+import re
+import time
 from pathlib import Path
 
 import optuna
@@ -17,9 +19,13 @@ import sqlalchemy
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
 
+from search.heartbeat import HeartbeatSettings
+
 DEFAULT_STORAGE = "sqlite:///search.db"
 SQLITE_BUSY_TIMEOUT_S = 120
 SUPPORTED = ("sqlite", "postgresql")
+SCHEMA_RACE = re.compile(r"already exists|duplicate key")
+SCHEMA_RACE_ATTEMPTS = 5
 
 
 class StorageError(ValueError):
@@ -38,10 +44,10 @@ def check_url(url: str) -> None:
     try:
         backend = make_url(url).get_backend_name()
     except sqlalchemy.exc.ArgumentError:
-        raise StorageError(f"not a storage URL: {url!r} (try sqlite:///search.db or "
+        raise StorageError(f"not a storage URL: {shown(url)!r} (try sqlite:///search.db or "
                            "postgresql://user@host/db)") from None
     if backend not in SUPPORTED:
-        raise StorageError(f"unsupported storage {backend!r} in {url!r}; "
+        raise StorageError(f"unsupported storage {backend!r} in {shown(url)!r}; "
                            f"use one of: {', '.join(SUPPORTED)}")
 
 
@@ -54,9 +60,19 @@ def with_driver(url: str) -> str:
     return url
 
 
-def open_storage(url: str, must_exist: bool = False) -> optuna.storages.RDBStorage:
+def shown(url: str) -> str:
+    """The URL as messages show it: without its password."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except sqlalchemy.exc.ArgumentError:
+        return url
+
+
+def open_storage(url: str, must_exist: bool = False,
+                 heartbeat: HeartbeatSettings | None = None) -> optuna.storages.RDBStorage:
     """An RDB storage for `url`. With `must_exist`, a missing SQLite file is an error rather
-    than a new empty database (read-only commands must not create one)."""
+    than a new empty database (read-only commands must not create one). With `heartbeat`,
+    running trials record heartbeats and dead workers' trials are failed and retried."""
     check_url(url)
     path = sqlite_path(url)
     if path is not None:
@@ -66,12 +82,24 @@ def open_storage(url: str, must_exist: bool = False) -> optuna.storages.RDBStora
             raise StorageError(f"folder {path.parent} of {url} does not exist")
         engine_kwargs = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
     else:
-        engine_kwargs = {"pool_pre_ping": True, "pool_size": 2, "max_overflow": 2}
-    try:
-        storage = optuna.storages.RDBStorage(with_driver(url), engine_kwargs=engine_kwargs)
-    except (sqlalchemy.exc.SQLAlchemyError, ImportError, RuntimeError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
-        raise StorageError(f"cannot open storage {url}: {reason}") from None
+        # A worker holds at most two connections (its trial and its heartbeat thread), so 64
+        # workers fit PostgreSQL's default of 100 connections only with max_connections raised
+        # (docker-compose.yml sets 300); pre-ping survives a database restart.
+        engine_kwargs = {"pool_pre_ping": True, "pool_size": 1, "max_overflow": 1}
+    for attempt in range(SCHEMA_RACE_ATTEMPTS):
+        try:
+            storage = optuna.storages.RDBStorage(
+                with_driver(url), engine_kwargs=engine_kwargs,
+                **(heartbeat.storage_kwargs() if heartbeat else {}))
+            break
+        except (sqlalchemy.exc.SQLAlchemyError, ImportError, RuntimeError) as error:
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+            # Two processes creating Optuna's tables in a new database at once: one wins,
+            # the other finds them made and only has to open the storage again.
+            if SCHEMA_RACE.search(reason) and attempt + 1 < SCHEMA_RACE_ATTEMPTS:
+                time.sleep(0.2 * (attempt + 1))
+                continue
+            raise StorageError(f"cannot open storage {shown(url)}: {reason}") from None
     if path is not None:
         harden_sqlite(storage.engine)
     return storage

@@ -1,26 +1,46 @@
 """Running one claimed Optuna trial: params in, curves/metrics/weights out to the study.
 
 The trial's lifecycle is explicit: a worker has already moved it WAITING -> RUNNING; this
-module trains it and moves it RUNNING -> COMPLETE (value = validation accuracy) or -> FAIL
-with the error's first line in the `error` user attribute.
+module trains it and moves it RUNNING -> COMPLETE (value = validation accuracy), -> PRUNED,
+-> FAIL with the error's first line in the `error` user attribute, or, when the worker is
+asked to stop, back to WAITING (see `search.trial_queue`).
+
+After every epoch but the last, the training state goes to the artifact store and the trial's
+`checkpoint` user attribute points to it; a trial that starts with such a pointer (put back
+in the queue, or the retry of a dead worker's trial, which inherits its user attributes)
+continues after that epoch. Each checkpoint is a new artifact, written before the pointer
+moves to it, so a worker killed while writing leaves the previous one whole.
 """
 
 from __future__ import annotations
 
+import io
 import sys
 import tempfile
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import optuna
+from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.trial import FrozenTrial, TrialState
 from safetensors.torch import save_file
 from tqdm import tqdm
 
+from objectives.checkpoint import (
+    CheckpointError,
+    EpochStats,
+    TrainingState,
+    read_training_state,
+    training_state_bytes,
+)
 from objectives.data import ImageSplits
 from objectives.spec import LoraParams, TrainSpec
-from objectives.train import EpochStats, TrialResult, run_trial
+from objectives.train import TrialResult, run_trial
+from search.stopping import StopRequested
 from search.studies import is_baseline, trial_point
 from search.tpe import is_sampled
+from search.trial_queue import requeue_trial
 
 WEIGHTS_FILE = "trained_weights.safetensors"
 
@@ -84,10 +104,53 @@ def upload_weights(trial: optuna.Trial, result: TrialResult,
     trial.set_user_attr("weights_artifact", artifact_id)
 
 
+class Checkpoints:
+    """The trial's checkpoint in the artifact store: the one it starts from, and each new one."""
+
+    def __init__(self, trial: optuna.Trial, frozen: FrozenTrial,
+                 store: optuna.artifacts.FileSystemArtifactStore) -> None:
+        self._trial, self._store = trial, store
+        self.current: str | None = (frozen.user_attrs.get("checkpoint") or {}).get("artifact")
+
+    def load(self, point: LoraParams | None, epochs: int) -> TrainingState | None:
+        """The state to resume from; None (and a warning) when there is none or it is unusable,
+        e.g. written to another host's artifact folder: the trial then starts over."""
+        if self.current is None:
+            return None
+        try:
+            with self._store.open_reader(self.current) as reader:
+                state = read_training_state(io.BytesIO(reader.read()))
+            state.check_matches(point, epochs)
+        except (ArtifactNotFound, CheckpointError, OSError) as error:
+            tqdm.write(f"trial {self._trial.number}: checkpoint {self.current} not usable "
+                       f"({error}); starting over", file=sys.stderr)
+            return None
+        self._trial.set_user_attr("resumed_from_epoch", state.epoch)
+        return state
+
+    def save(self, state: TrainingState) -> None:
+        artifact_id = f"checkpoint-{uuid.uuid4().hex}"
+        self._store.write(artifact_id, io.BytesIO(training_state_bytes(state)))
+        self._trial.set_user_attr("checkpoint", {"artifact": artifact_id, "epoch": state.epoch})
+        previous, self.current = self.current, artifact_id
+        if previous is not None:
+            self._store.remove(previous)
+
+    def discard(self) -> None:
+        """A finished trial needs no checkpoint."""
+        if self.current is not None:
+            self._store.remove(self.current)
+            self._trial.set_user_attr("checkpoint", None)
+            self.current = None
+
+
 def run_claimed_trial(study: optuna.Study, frozen: FrozenTrial, spec: TrainSpec,
                       data: ImageSplits, store: optuna.artifacts.FileSystemArtifactStore,
-                      position: int = 0) -> TrialState:
-    """Train the RUNNING trial `frozen` and finish it; returns its final state.
+                      position: int = 0,
+                      check_stop: Callable[[], None] = lambda: None) -> TrialState:
+    """Train the RUNNING trial `frozen` and finish it; returns its final state, or WAITING
+    when `check_stop` raised `StopRequested` (or Ctrl-C came twice) and the trial went back
+    to the queue.
 
     Only sampled (TPE) trials may be pruned: the baseline and grid points are reference
     points and always run every epoch.
@@ -98,13 +161,23 @@ def run_claimed_trial(study: optuna.Study, frozen: FrozenTrial, spec: TrainSpec,
         point = suggest_point(trial, param_bounds(study, trial_point(frozen)))
     trial.set_user_attr("baseline", point is None)
     prunable = is_sampled(frozen)
+    checkpoints = Checkpoints(trial, frozen, store)
+    resume = checkpoints.load(point, spec.epochs)
 
     title = f"trial {frozen.number} {describe_point(point)}"
+    if resume is not None:
+        tqdm.write(f"{title}: resuming after epoch {resume.epoch} of {spec.epochs}",
+                   file=sys.stderr)
     # A live bar on a terminal; one line per epoch in logs, where bars would be noise.
-    bar = tqdm(total=spec.epochs * data.train_size, unit="img", unit_scale=True,
+    done = resume.epoch * data.train_size if resume is not None else 0
+    bar = tqdm(total=spec.epochs * data.train_size, initial=done, unit="img", unit_scale=True,
                position=position, leave=True, mininterval=1.0, dynamic_ncols=True,
                desc=title, disable=not sys.stderr.isatty())
-    epochs: list[EpochStats] = []
+    epochs: list[EpochStats] = list(resume.history) if resume is not None else []
+
+    def on_step(images: int) -> None:
+        bar.update(images)
+        check_stop()
 
     def on_epoch(stats: EpochStats) -> None:
         epochs.append(stats)
@@ -119,27 +192,34 @@ def run_claimed_trial(study: optuna.Study, frozen: FrozenTrial, spec: TrainSpec,
             raise optuna.TrialPruned()
 
     try:
-        result = run_trial(spec, point, data, on_epoch=on_epoch, on_step=bar.update)
+        result = run_trial(spec, point, data, on_epoch=on_epoch, on_step=on_step,
+                           on_checkpoint=checkpoints.save, resume=resume)
         record_result(trial, result)
         upload_weights(trial, result, store)
     except optuna.TrialPruned:
         trial.set_user_attr("val_acc", epochs[-1].val_acc)
         record_history(trial, epochs)
+        checkpoints.discard()
         study.tell(trial, state=TrialState.PRUNED)
         tqdm.write(f"{title}: pruned after epoch {len(epochs)} of {spec.epochs}",
                    file=sys.stderr)
         return TrialState.PRUNED
-    except KeyboardInterrupt:
-        study.tell(trial, state=TrialState.FAIL)
-        raise
+    except (StopRequested, KeyboardInterrupt):
+        record_history(trial, epochs)
+        requeue_trial(study._storage, frozen._trial_id)
+        after = f"after epoch {len(epochs)}" if epochs else "from the start"
+        tqdm.write(f"{title}: put back in the queue; it resumes {after}", file=sys.stderr)
+        return TrialState.WAITING
     except Exception as error:  # the trial fails, the worker goes on with the next one
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
         message = f"{type(error).__name__}: {first_line}"
         trial.set_user_attr("error", message)
+        checkpoints.discard()
         study.tell(trial, state=TrialState.FAIL)
         tqdm.write(f"trial {frozen.number} failed: {message}", file=sys.stderr)
         return TrialState.FAIL
     finally:
         bar.close()
+    checkpoints.discard()
     study.tell(trial, result.val_acc)
     return TrialState.COMPLETE

@@ -1,17 +1,14 @@
 """A worker: joins a study by storage URL and name, then runs queued trials until none is left.
 
 Queued trials are the baseline, grid points (params fixed) and TPE trials (params drawn by
-the study's sampler when the trial starts; see `search.tpe`).
-
-Claiming is Optuna's own compare-and-set (`set_trial_state_values(RUNNING)` succeeds for one
-process only), done here rather than through `study.ask()` because `ask()` invents a new
-sampled trial when the queue is empty, and a grid worker must never do that.
+the study's sampler when the trial starts; see `search.tpe`). How trials are claimed, put
+back and retried is in `search.trial_queue`; heartbeats in `search.heartbeat`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,35 +16,24 @@ from typing import Any
 
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 
 from objectives.data import load_splits
 from objectives.train import use_threads
+from search.heartbeat import Heartbeat, HeartbeatSettings, stored_heartbeat
+from search.stopping import StopSignals
 from search.storage import default_artifacts_dir, open_storage
 from search.studies import find_study, stored_train_spec
 from search.tpe import load_searching_study
+from search.trial_queue import MAX_POLL_SECONDS, next_trial
 from search.trial_run import run_claimed_trial
 
 
 @dataclass
 class WorkerReport:
     states: Counter = field(default_factory=Counter)
-
-
-def claim_next_trial(storage: optuna.storages.BaseStorage, study: optuna.Study
-                     ) -> FrozenTrial | None:
-    """Move the oldest WAITING trial to RUNNING for this process; None when none is left.
-
-    The queue is read through the study (which registers the trials in Optuna's storage
-    cache, needed to set their params later); the claim goes to the database itself.
-    """
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-        try:
-            if storage.set_trial_state_values(trial._trial_id, state=TrialState.RUNNING):
-                return storage.get_trial(trial._trial_id)
-        except UpdateFinishedTrialError:
-            continue  # another process finished it between our read and our claim
-    return None
+    stopped_by: str | None = None  # the signal that stopped the worker early
+    exit_code: int = 0
 
 
 def artifact_store(folder: str | Path) -> optuna.artifacts.FileSystemArtifactStore:
@@ -61,15 +47,22 @@ def artifacts_folder(study: optuna.Study, storage_url: str, override: str | None
 
 def run_worker(storage_url: str, study_name: str, artifacts: str | None = None,
                position: int = 0, threads: int | None = None,
-               local_overrides: dict[str, Any] | None = None) -> WorkerReport:
-    """Run queued trials of the study until the queue is empty.
+               local_overrides: dict[str, Any] | None = None,
+               heartbeat_overrides: dict[str, int | None] | None = None) -> WorkerReport:
+    """Run queued trials of the study until nothing is queued or running, or until SIGTERM /
+    Ctrl-C (the trial in hand goes back to the queue).
 
     `local_overrides` replaces host-local spec fields (`LOCAL_FIELDS`: where the data lives,
-    which device) that do not change what a trial computes.
+    which device) that do not change what a trial computes; `heartbeat_overrides` this
+    worker's heartbeat settings (interval, grace_period, max_retries).
     """
     if threads:
         use_threads(threads)
-    storage = open_storage(storage_url, must_exist=True)
+    plain = open_storage(storage_url, must_exist=True)  # to read the heartbeat settings
+    heartbeat = stored_heartbeat(find_study(plain, study_name)).with_overrides(
+        **(heartbeat_overrides or {}))
+    plain.engine.dispose()  # its idle connection would count against the server's limit
+    storage = open_storage(storage_url, must_exist=True, heartbeat=heartbeat)
     study = find_study(storage, study_name)
     spec = dataclasses.replace(stored_train_spec(study), **(local_overrides or {}))
     study = load_searching_study(storage, study, spec.epochs)
@@ -78,14 +71,44 @@ def run_worker(storage_url: str, study_name: str, artifacts: str | None = None,
     if "classes" not in study.user_attrs:
         study.set_user_attr("classes", data.classes)
     report = WorkerReport()
-    while (trial := claim_next_trial(storage, study)) is not None:
-        report.states[run_claimed_trial(study, trial, spec, data, store, position).name] += 1
+    with StopSignals() as stop:
+        while (trial := next_trial(storage, study, min(heartbeat.interval, MAX_POLL_SECONDS),
+                                   lambda: stop.requested, announce_wait(heartbeat))) is not None:
+            report.states[run_one(storage, study, trial, spec, data, store, position,
+                                  heartbeat, stop).name] += 1
+        if stop.requested:
+            report.stopped_by, report.exit_code = stop.signal.name, stop.exit_code
     return report
 
 
-def worker_environment(index: int, gpus: int) -> dict[str, str]:
-    """One GPU per worker process, round robin, when there are GPUs."""
-    env = dict(os.environ)
-    if gpus:
-        env["CUDA_VISIBLE_DEVICES"] = str(index % gpus)
-    return env
+def run_one(storage, study, trial, spec, data, store, position: int,
+            heartbeat: HeartbeatSettings, stop: StopSignals) -> TrialState:
+    """One claimed trial, with its heartbeat running until it is finished or put back."""
+    try:
+        with Heartbeat(storage, trial._trial_id, heartbeat.interval):
+            return run_claimed_trial(study, trial, spec, data, store, position,
+                                     check_stop=stop.raise_if_requested)
+    except UpdateFinishedTrialError:
+        # Our heartbeats stopped reaching the database for the grace period (a network cut,
+        # a suspended process), so another worker failed the trial and queued its retry.
+        print(f"worker: trial {trial.number} was failed by another worker meanwhile (no "
+              f"heartbeat for {heartbeat.grace_period} s); its retry runs instead",
+              file=sys.stderr, flush=True)
+        return TrialState.FAIL
+
+
+def announce_wait(heartbeat: HeartbeatSettings):
+    def announce(running: int) -> None:
+        print(f"worker: nothing queued; waiting for {running} running trial(s) of other workers "
+              f"(a dead worker's trial comes back after {heartbeat.grace_period} s without "
+              "heartbeat)", file=sys.stderr, flush=True)
+    return announce
+
+
+def describe_report(study_name: str, report: WorkerReport) -> str:
+    done = ", ".join(f"{count} {state.lower()}" for state, count in report.states.items()
+                     if state != "WAITING")
+    if report.stopped_by is not None:
+        return (f"worker: stopped by {report.stopped_by}; the trial in hand is back in the "
+                f"queue of {study_name!r} ({done or 'finished none'})")
+    return f"worker: no queued trial left in {study_name!r} ({done or 'ran none'})"

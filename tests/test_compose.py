@@ -40,3 +40,16 @@ def test_the_image_entrypoint_is_the_search_command():
 def test_the_dashboard_listens_on_localhost_only():
     ports = COMPOSE["services"]["dashboard"]["ports"]
     assert ports == ["127.0.0.1:8080:8080"]
+
+
+def test_postgres_accepts_the_connections_of_64_workers():
+    command = COMPOSE["services"]["postgres"]["command"]
+    limit = int(next(part.split("=")[1] for part in command
+                     if part.startswith("max_connections=")))
+    assert limit >= 2 * 64 + 10  # a trial and a heartbeat connection per worker, plus tools
+
+
+def test_stopped_workers_get_time_to_put_their_trial_back():
+    worker = COMPOSE["services"]["worker"]
+    assert worker.get("stop_signal", "SIGTERM") == "SIGTERM"
+    assert int(worker["stop_grace_period"].rstrip("s")) >= 30

@@ -1,13 +1,17 @@
-"""PostgreSQL storage: a throwaway cluster, several workers on one study, unreachable servers."""
+"""PostgreSQL storage: a throwaway cluster, several workers on one study, a killed worker,
+racing enqueuers, unreachable servers."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
 
 import pytest
 from postgres_cluster import PostgresCluster, free_port, server_binaries
-from run_cli import FAST, search, search_in_process
+from run_cli import DEMO, FAST, ROOT, SEARCH, search, search_in_process
+from test_faults import enqueue_concurrently, slow_held_keys
 
 
 @pytest.fixture(scope="module")
@@ -59,3 +63,59 @@ def test_an_unreachable_database_exits_2_with_one_line(tmp_path, capsys, monkeyp
                                      monkeypatch)
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert "cannot open storage" in err and "Connection refused" in err
+
+
+def test_a_killed_workers_trial_is_failed_then_rerun_from_its_checkpoint(postgres_url, tmp_path):
+    """SIGKILL a worker mid-trial, then start another: the study completes; the killed trial
+    is FAIL and its retry resumes after the killed trial's last finished epoch."""
+    search("grid", "--spec", DEMO, "--epochs", "3", "--study", "killed", "--storage",
+           postgres_url, "--artifacts", str(tmp_path / "artifacts"), "--ranks", "2", "4",
+           "--alphas", "8", "--workers", "0", "--heartbeat-interval", "1", "--grace-period", "4",
+           cwd=tmp_path)
+    worker = [*SEARCH, "worker", "--study", "killed", "--storage", postgres_url]
+    victim = subprocess.Popen(worker, cwd=tmp_path, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+    for line in victim.stderr:  # one line per epoch: stderr is not a terminal
+        mid_trial = re.match(r"trial (\d+) r=\d+ .* epoch=1/3", line)
+        if mid_trial:
+            break
+    victim.kill()
+    victim.wait(timeout=60)
+    killed = int(mid_trial.group(1))
+    assert state_of(postgres_url, tmp_path, killed) == "RUNNING"  # nobody can tell yet
+
+    rescue = search(*worker[len(SEARCH):], cwd=tmp_path)
+    assert "resuming after epoch 1 of 3" in rescue.stderr
+    rows = {row["number"]: row for row in json_board(postgres_url, tmp_path, "killed")}
+    retry = max(rows)
+    assert rows[killed]["state"] == "FAIL"
+    assert rows[killed]["note"] == f"worker lost (no heartbeat); retried as trial {retry}"
+    assert rows[retry]["state"] == "COMPLETE" and rows[retry]["epochs"] == 3
+    assert rows[retry]["note"] == f"retry of trial {killed}; resumed after epoch 1"
+    complete = [row for row in rows.values() if row["state"] == "COMPLETE"]
+    assert sorted(row["rank"] or 0 for row in complete) == [0, 2, 4]  # each point once
+    assert {row["state"] for row in rows.values()} == {"COMPLETE", "FAIL"}
+
+
+def state_of(url: str, cwd, number: int) -> str:
+    rows = json_board(url, cwd, "killed")
+    return next(row["state"] for row in rows if row["number"] == number)
+
+
+def test_concurrent_grid_enqueues_queue_each_point_once(postgres_url, monkeypatch):
+    slow_held_keys(monkeypatch)
+    assert len(enqueue_concurrently(postgres_url, threads=3)) == 10
+
+
+def test_two_grid_commands_started_together_queue_each_point_once(postgres_url, tmp_path):
+    command = [*SEARCH, "grid", *FAST, "--study", "together", "--storage", postgres_url,
+               "--workers", "0"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    both = [subprocess.Popen(command, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+            for _ in range(2)]
+    reports = [process.communicate(timeout=300)[1] for process in both]
+    assert [process.returncode for process in both] == [0, 0], reports
+    rows = json_board(postgres_url, tmp_path, "together")
+    assert len(rows) == 10 and {row["state"] for row in rows} == {"WAITING"}
+    queued = sorted(int(re.search(r"(\d+) grid point\(s\)", r).group(1)) for r in reports)
+    assert queued == [0, 9]

@@ -20,8 +20,8 @@ from search.tpe import (
     load_searching_study,
     settle_search,
 )
+from search.trial_queue import claim_next_trial
 from search.trial_run import param_bounds, suggest_point
-from search.worker import claim_next_trial
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -87,23 +87,30 @@ def test_bad_input_exits_2_with_one_line_and_changes_nothing(searched, args, mes
     assert search_in_process(show, searched, capsys, monkeypatch) == before
 
 
-def test_after_an_interrupted_run_a_rerun_tops_the_study_up(tmp_path):
-    """Ctrl-C mid-trial: the trial is failed (not left running), and the same command again
-    runs what is missing, so the study still ends with exactly N finished LoRA trials."""
-    command = [*SEARCH, "optuna", *TPE, "--trials", "2", "--pruner", "none", "--workers", "1"]
+def test_ctrl_c_puts_the_trial_back_and_a_rerun_resumes_it(tmp_path):
+    """Ctrl-C mid-trial: the trial goes back to the queue with its last epoch's checkpoint
+    (not left running, not failed), and the same command again finishes it from there, so the
+    study ends with exactly N finished LoRA trials."""
+    command = [*SEARCH, "optuna", *TPE, "--epochs", "3", "--trials", "2", "--pruner", "none",
+               "--workers", "1"]
     process = subprocess.Popen(command, cwd=tmp_path, stderr=subprocess.PIPE, text=True,
                                env={**os.environ, "PYTHONPATH": str(ROOT)})
     for line in process.stderr:  # one line per epoch when stderr is not a terminal
         if line.startswith("trial 1 ") and "epoch=1/" in line:
             break
     process.send_signal(signal.SIGINT)
+    rest = process.stderr.read()
     process.wait(timeout=120)
-    assert process.returncode == 130
-    states = {row["number"]: row["state"] for row in board(tmp_path)}
-    assert states[0] == "COMPLETE" and states[1] == "FAIL" and "RUNNING" not in states.values()
+    assert process.returncode == 130, rest
+    assert "put back in the queue; it resumes after epoch 1" in rest
+    rows = {row["number"]: row for row in board(tmp_path)}
+    assert rows[0]["state"] == "COMPLETE" and rows[1]["state"] == "WAITING"
+    assert rows[1]["note"] == "checkpoint after epoch 1"
 
     again = search("optuna", "--study", "demo", "--trials", "2", "--workers", "1", cwd=tmp_path)
-    assert "0 finished and 1 queued or running LoRA trial(s); queued 1 TPE" in again.stderr
+    assert "0 finished and 2 queued or running LoRA trial(s); queued 0 TPE" in again.stderr
+    assert "trial 1 " in again.stderr and "resuming after epoch 1 of 3" in again.stderr
     rows = board(tmp_path)
-    finished = [r for r in lora_rows(rows) if r["state"] in ("COMPLETE", "PRUNED")]
-    assert len(finished) == 2 and [r["state"] for r in rows].count("FAIL") == 1
+    assert [r["state"] for r in rows] == ["COMPLETE"] * 3
+    resumed = [r for r in rows if r["number"] == 1][0]
+    assert resumed["epochs"] == 3 and resumed["note"] == "resumed after epoch 1"

@@ -1,0 +1,56 @@
+"""One enqueuer per study at a time, across processes and hosts.
+
+Enqueueing reads what the study holds and then adds what is missing; two `search grid` (or
+`search optuna` top-ups) running at once on two hosts would both see a point missing and both
+queue it. Optuna's `enqueue_trial(skip_if_exists=True)` has the same gap. The read and the
+writes therefore run under a lock that lives where the study lives:
+
+- PostgreSQL: a session-level advisory lock keyed by the study name, held on a connection of
+  its own (released by the server if the process dies);
+- SQLite: an exclusive `flock` on a file beside the database (SQLite is one host anyway;
+  SQLite's own locks cannot be held across Optuna's separate transactions).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import optuna
+import sqlalchemy
+
+from search.storage import sqlite_path
+
+
+def advisory_key(study_name: str) -> int:
+    """A stable signed 64-bit key (PostgreSQL's bigint) for the study name."""
+    digest = hashlib.sha256(f"search enqueue {study_name}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+@contextmanager
+def enqueue_lock(storage: optuna.storages.RDBStorage, url: str, study_name: str
+                 ) -> Iterator[None]:
+    """Hold the study's enqueue lock for the block (waits while another process holds it)."""
+    engine = storage.engine
+    if engine.dialect.name == "postgresql":
+        key = advisory_key(study_name)
+        with engine.connect() as connection:
+            connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": key})
+            connection.commit()
+            try:
+                yield
+            finally:
+                connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"),
+                                   {"key": key})
+                connection.commit()
+        return
+    path = sqlite_path(url)
+    if path is None:  # in-memory SQLite: one process
+        yield
+        return
+    with open(path.with_name(f"{path.name}-enqueue.lock"), "a") as lock_file:
+        fcntl.flock(lock_file, fcntl.LOCK_EX)
+        yield  # closing the file releases the lock

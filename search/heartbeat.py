@@ -1,0 +1,110 @@
+"""Heartbeats: how a study tells a dead worker's trial from a slow one.
+
+While a worker runs a trial, a thread records a heartbeat in the storage every `interval`
+seconds. A RUNNING trial whose last heartbeat is older than `grace_period` belongs to a worker
+that was killed or cut off: the next worker that looks for work marks it FAIL and queues a
+copy with the same params and user attributes (so also its checkpoint), at most
+`max_retries` times per original trial (Optuna's `RetryHeartbeatStaleTrialCallback`).
+
+The settings are stored in the study (user attribute `heartbeat`), so that every worker
+judges staleness alike; a worker's own flags override them for that worker only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+
+class HeartbeatError(ValueError):
+    """Heartbeat settings that cannot work; one line for the user."""
+
+
+@dataclass(frozen=True)
+class HeartbeatSettings:
+    interval: int = 60  # seconds between two heartbeats of a running trial
+    grace_period: int = 180  # seconds without a heartbeat before a trial counts as dead
+    max_retries: int = 2  # re-runs of a dead worker's trial, not counting the first run
+
+    def __post_init__(self) -> None:
+        for name in ("interval", "grace_period", "max_retries"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise HeartbeatError(f"heartbeat {name} must be an integer, got {value!r}")
+        if self.interval < 1:
+            raise HeartbeatError(f"heartbeat interval must be >= 1 s, got {self.interval}")
+        # A grace period of one interval or less fails live trials whose heartbeat is late.
+        if self.grace_period <= self.interval:
+            raise HeartbeatError(f"grace period ({self.grace_period} s) must be longer than "
+                                 f"the heartbeat interval ({self.interval} s)")
+        if self.max_retries < 0:
+            raise HeartbeatError(f"max_retries must be >= 0, got {self.max_retries}")
+
+    def to_dict(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> HeartbeatSettings:
+        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise HeartbeatError(f"unknown heartbeat setting(s) {sorted(unknown)}; known: "
+                                 "interval, grace_period, max_retries")
+        return cls(**values)
+
+    def with_overrides(self, **values: int | None) -> HeartbeatSettings:
+        given = {key: value for key, value in values.items() if value is not None}
+        return dataclasses.replace(self, **given) if given else self
+
+    def storage_kwargs(self) -> dict[str, Any]:
+        """`RDBStorage` arguments that turn heartbeats and retries on."""
+        return {"heartbeat_interval": self.interval, "grace_period": self.grace_period,
+                "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(
+                    max_retry=self.max_retries, inherit_intermediate_values=True)}
+
+
+def stored_heartbeat(study: optuna.Study) -> HeartbeatSettings:
+    """The study's settings; the defaults for a study made before it stored any."""
+    try:
+        return HeartbeatSettings.from_dict(study.user_attrs.get("heartbeat", {}))
+    except (HeartbeatError, TypeError) as error:
+        raise HeartbeatError(f"study {study.study_name!r} holds unusable heartbeat settings: "
+                             f"{error}") from None
+
+
+class Heartbeat:
+    """Records a trial's heartbeat now and then every `interval` seconds until the block ends.
+
+    A heartbeat that cannot be written (the database restarting) is retried at the next
+    interval; only a gap longer than the grace period makes the trial count as dead.
+    """
+
+    def __init__(self, storage: optuna.storages.RDBStorage, trial_id: int, interval: float):
+        self._storage, self._trial_id, self._interval = storage, trial_id, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
+        self._warned = False
+
+    def __enter__(self) -> Heartbeat:
+        self._storage.record_heartbeat(self._trial_id)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self._storage.record_heartbeat(self._trial_id)
+            except Exception as error:  # the database may come back before the grace ends
+                if not self._warned:
+                    print(f"worker: heartbeat of trial id {self._trial_id} failed, retrying "
+                          f"({type(error).__name__})", file=sys.stderr, flush=True)
+                    self._warned = True
