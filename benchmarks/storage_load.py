@@ -12,7 +12,9 @@ throwaway cluster (tests/postgres_cluster.py) unless `--postgres URL` names one.
 Per run it reports trials per second (from the first claim to the last finish, as the
 database recorded them), errors raised in workers, lost trials (queued but not COMPLETE at
 the end) and duplicated trials (run to completion more than once, or more trials than
-queued), and for PostgreSQL the most connections open at once. The table goes into
+queued), and for PostgreSQL the most connections open at once. "span" runs from the first
+claim to the last finish as the database recorded them, "wall" from the start signal to the
+last worker's exit (workers wait, ready, until all are started). The table goes into
 BENCHMARKS.md between the `storage_load` markers.
 """
 
@@ -46,15 +48,25 @@ BEATS = HeartbeatSettings()  # the defaults a user gets: 60 s / 180 s / 2 retrie
 MARKERS = ("<!-- storage_load -->", "<!-- /storage_load -->")
 
 
-def run_worker(url: str) -> None:
-    """One worker process: claim and finish trials until none is queued or running; prints
-    `ran N` per trial and `error TYPE: message` per exception (then carries on)."""
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
+def quiet() -> None:
     import warnings
 
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+def run_worker(url: str, start_line: Path) -> None:
+    """One worker process: claim and finish trials until none is queued or running; prints
+    `ran N` per trial and `error TYPE: message` per exception (then carries on).
+
+    It starts claiming only once `start_line` exists, so that all workers start together
+    rather than as fast as the host can start Python processes."""
+    quiet()
     storage = open_storage(url, must_exist=True, heartbeat=BEATS)
     study = optuna.load_study(study_name=STUDY, storage=storage)
+    (start_line.parent / f"ready-{os.getpid()}").touch()
+    while not start_line.exists():
+        time.sleep(0.01)
     while True:
         try:
             frozen = next_trial(storage, study, MAX_POLL_SECONDS, lambda: False)
@@ -85,7 +97,8 @@ def count_connections(url: str, stop: threading.Event, peak: list[int]) -> None:
     engine.dispose()
 
 
-def measure(url: str, workers: int, trials: int) -> dict:
+def measure(url: str, workers: int, trials: int, folder: Path) -> dict:
+    quiet()
     storage = open_storage(url, heartbeat=BEATS)
     try:
         optuna.delete_study(study_name=STUDY, storage=storage)
@@ -101,10 +114,17 @@ def measure(url: str, workers: int, trials: int) -> dict:
     if url.startswith("postgresql"):
         watcher = threading.Thread(target=count_connections, args=(url, stop, peak))
         watcher.start()
-    started = time.perf_counter()
-    processes = [subprocess.Popen([sys.executable, __file__, "--child", url],
+    gate = Path(tempfile.mkdtemp(dir=folder))
+    start_line = gate / "go"
+    processes = [subprocess.Popen([sys.executable, __file__, "--child", url, str(start_line)],
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
                  for _ in range(workers)]
+    while len(list(gate.glob("ready-*"))) < workers:
+        if any(process.poll() is not None for process in processes):
+            break  # a worker died before it was ready; its output says why
+        time.sleep(0.05)
+    started = time.perf_counter()
+    start_line.touch()
     outputs = [process.communicate()[0] for process in processes]
     wall = time.perf_counter() - started
     stop.set()
@@ -169,16 +189,17 @@ def write_section(text: str, path: Path) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--child", metavar="URL", help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=2, metavar=("URL", "START_LINE"),
+                        help=argparse.SUPPRESS)
     parser.add_argument("--workers", nargs="+", type=int, default=[32, 64])
-    parser.add_argument("--trials-per-worker", type=int, default=10)
+    parser.add_argument("--trials-per-worker", type=int, default=20)
     parser.add_argument("--backends", nargs="+", choices=("sqlite", "postgresql"),
                         default=["sqlite", "postgresql"])
     parser.add_argument("--postgres", metavar="URL", help="an existing database to use")
     parser.add_argument("--no-write", action="store_true", help="print, leave BENCHMARKS.md")
     args = parser.parse_args()
     if args.child:
-        run_worker(args.child)
+        run_worker(args.child[0], Path(args.child[1]))
         return 0
 
     from postgres_cluster import PostgresCluster, server_binaries
@@ -199,7 +220,8 @@ def main() -> int:
                     cluster = PostgresCluster(binaries)
                     url = cluster.start()
                 for workers in args.workers:
-                    row = measure(url, workers, workers * args.trials_per_worker)
+                    row = measure(url, workers, workers * args.trials_per_worker,
+                                  Path(folder))
                     rows.append({"backend": backend, **row})
                     print(table(rows[-1:]).splitlines()[-1], flush=True)
         finally:

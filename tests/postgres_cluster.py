@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 USER = "search"
+PASSWORD = "not-in-ps-1"  # TCP logins need it (scram-sha-256), as on a real server
 
 
 def server_binaries() -> Path | None:
@@ -51,14 +52,23 @@ class PostgresCluster:
                        capture_output=True, text=True, timeout=120)
 
     def start(self) -> str:
+        """Start the server; the URL (with the password) of its empty `search` database."""
         if self.as_postgres:
             shutil.chown(self.folder, "postgres", "postgres")
-        self.run("initdb", "-D", str(self.data), "-U", USER, "--auth=trust", "-E", "UTF8")
+        password_file = self.folder / "password"
+        password_file.write_text(PASSWORD + "\n")
+        if self.as_postgres:
+            shutil.chown(password_file, "postgres", "postgres")
+        # The test process itself logs in over TCP with a password; only the set-up below
+        # uses the trusted socket in the cluster's folder.
+        self.run("initdb", "-D", str(self.data), "-U", USER, "--auth-local=trust",
+                 "--auth-host=scram-sha-256", f"--pwfile={password_file}", "-E", "UTF8")
+        password_file.unlink()
         self.run("pg_ctl", "-D", str(self.data), "-l", str(self.folder / "server.log"), "-w",
                  "-o", f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 "
                        "-c max_connections=300 -c fsync=off", "start")
-        self.run("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", USER, "search")
-        return f"postgresql://{USER}@127.0.0.1:{self.port}/search"
+        self.run("createdb", "-h", str(self.folder), "-p", str(self.port), "-U", USER, "search")
+        return f"postgresql://{USER}:{PASSWORD}@127.0.0.1:{self.port}/search"
 
     def stop(self) -> None:
         try:

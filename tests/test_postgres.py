@@ -11,6 +11,7 @@ import subprocess
 import pytest
 from postgres_cluster import PostgresCluster, free_port, server_binaries
 from run_cli import DEMO, FAST, ROOT, SEARCH, search, search_in_process
+from sqlalchemy.engine import make_url
 from test_faults import enqueue_concurrently, slow_held_keys
 
 
@@ -119,3 +120,27 @@ def test_two_grid_commands_started_together_queue_each_point_once(postgres_url, 
     assert len(rows) == 10 and {row["state"] for row in rows} == {"WAITING"}
     queued = sorted(int(re.search(r"(\d+) grid point\(s\)", r).group(1)) for r in reports)
     assert queued == [0, 9]
+
+
+def test_the_password_can_come_from_a_pgpass_file_and_is_never_printed(postgres_url, tmp_path,
+                                                                       capsys, monkeypatch):
+    url = make_url(postgres_url)
+    bare = f"postgresql://{url.username}@{url.host}:{url.port}/{url.database}"
+    grid = ["grid", *FAST, "--study", "pgpass", "--workers", "0", "--storage"]
+    monkeypatch.setenv("PGPASSFILE", str(tmp_path / "absent"))
+    code, _, err = search_in_process([*grid, bare], tmp_path, capsys, monkeypatch)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "password" in err
+
+    pgpass = tmp_path / "pgpass"
+    pgpass.write_text(f"{url.host}:{url.port}:{url.database}:{url.username}:{url.password}\n")
+    pgpass.chmod(0o600)  # libpq ignores a password file others can read
+    monkeypatch.setenv("PGPASSFILE", str(pgpass))
+    code, out, err = search_in_process([*grid, bare], tmp_path, capsys, monkeypatch)
+    assert code == 0, err
+
+    code, out, err = search_in_process([*grid, postgres_url], tmp_path, capsys, monkeypatch)
+    assert code == 0 and url.password not in out + err and "***" in err
+    wrong = url.set(password="wrong-secret").render_as_string(hide_password=False)
+    code, out, err = search_in_process(["leaderboard", "--storage", wrong], tmp_path, capsys,
+                                       monkeypatch)
+    assert code == 2 and "wrong-secret" not in out + err and "authentication failed" in err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 
@@ -114,3 +115,33 @@ def test_ctrl_c_puts_the_trial_back_and_a_rerun_resumes_it(tmp_path):
     assert [r["state"] for r in rows] == ["COMPLETE"] * 3
     resumed = [r for r in rows if r["number"] == 1][0]
     assert resumed["epochs"] == 3 and resumed["note"] == "resumed after epoch 1"
+
+
+def test_sigterm_to_a_run_with_two_workers_puts_both_trials_back(tmp_path):
+    """`docker stop` or a pre-empted host: SIGTERM reaches the parent `search grid`, which
+    passes it to each worker once; both running trials go back to the queue and a later
+    worker finishes the study, resuming them."""
+    command = [*SEARCH, "grid", "--spec", DEMO, "--epochs", "3", "--ranks", "2", "4",
+               "--alphas", "8", "--workers", "2"]
+    process = subprocess.Popen(command, cwd=tmp_path, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "PYTHONPATH": str(ROOT)})
+    at_epoch_1 = set()
+    for line in process.stderr:
+        started = re.match(r"trial (\d) r=\d .* epoch=1/3", line)
+        if started:
+            at_epoch_1.add(started.group(1))
+        if len(at_epoch_1) == 2:
+            break
+    process.send_signal(signal.SIGTERM)
+    rest = process.stderr.read()
+    process.wait(timeout=120)
+    assert process.returncode == 143, rest
+    assert rest.count("worker: stopped by SIGTERM") == 2
+    states = {str(row["number"]): row["state"] for row in board(tmp_path)}
+    assert "RUNNING" not in states.values() and "WAITING" in states.values()
+    # A trial already past its last epoch when the signal came may have completed instead.
+    assert all(states[number] in ("WAITING", "COMPLETE") for number in at_epoch_1)
+
+    finish = search("worker", "--study", "demo", cwd=tmp_path)
+    assert "resuming after epoch" in finish.stderr
+    assert {row["state"] for row in board(tmp_path)} == {"COMPLETE"}
