@@ -76,19 +76,39 @@ def next_trial(storage: optuna.storages.BaseStorage, study: optuna.Study, poll_s
     """
     pause = min(FIRST_POLL_SECONDS, poll_seconds)
     announced = False
+    adopted: set[int] = set()
     while not stop_requested():
         fail_stale_trials(study)
         trial = claim_next_trial(storage, study)
         if trial is not None:
             return trial
-        running = len(running_trials(study))
-        if running == 0:
+        running = running_trials(study)
+        if not running:
             return None
+        adopt_heartbeats(storage, running, adopted)
         if not announced:
-            on_wait(running)
+            on_wait(len(running))
             announced = True
         deadline = time.monotonic() + pause
         while time.monotonic() < deadline and not stop_requested():
             time.sleep(min(0.1, pause))
         pause = min(2 * pause, poll_seconds)
     return None
+
+
+def adopt_heartbeats(storage: optuna.storages.BaseStorage, running: list[FrozenTrial],
+                     adopted: set[int]) -> None:
+    """Record one heartbeat for each running trial this worker has not seen yet.
+
+    A trial claimed without heartbeats (by an older version of this tool, or by plain Optuna)
+    has none and would never count as dead, so waiting for it could last forever. One beat
+    gives it a clock: it is failed and retried after the grace period unless its own worker
+    keeps beating, for which the extra beat is harmless (it delays noticing a trial that just
+    died by at most one grace period).
+    """
+    if getattr(storage, "get_heartbeat_interval", lambda: None)() is None:
+        return
+    for trial in running:
+        if trial._trial_id not in adopted:
+            storage.record_heartbeat(trial._trial_id)
+            adopted.add(trial._trial_id)

@@ -16,9 +16,10 @@ from typing import Any
 
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
-from objectives.data import load_splits
+from objectives.data import ImageSplits, load_splits
+from objectives.spec import TrainSpec
 from objectives.train import use_threads
 from search.heartbeat import Heartbeat, HeartbeatSettings, stored_heartbeat
 from search.stopping import StopSignals
@@ -81,8 +82,9 @@ def run_worker(storage_url: str, study_name: str, artifacts: str | None = None,
     return report
 
 
-def run_one(storage, study, trial, spec, data, store, position: int,
-            heartbeat: HeartbeatSettings, stop: StopSignals) -> TrialState:
+def run_one(storage: optuna.storages.RDBStorage, study: optuna.Study, trial: FrozenTrial,
+            spec: TrainSpec, data: ImageSplits, store: optuna.artifacts.FileSystemArtifactStore,
+            position: int, heartbeat: HeartbeatSettings, stop: StopSignals) -> TrialState:
     """One claimed trial, with its heartbeat running until it is finished or put back."""
     try:
         with Heartbeat(storage, trial._trial_id, heartbeat.interval):

@@ -122,6 +122,11 @@ BAD_INPUT = [
     (["leaderboard", "--study", "nope"], "no study named 'nope'"),
     (["export", "--study", "nope"], "no study named 'nope'"),
     (["worker", "--study", "nope"], "no study named 'nope'"),
+    (["grid", *FAST, "--heartbeat-interval", "60", "--grace-period", "30", "--workers", "0"],
+     "must be longer than the heartbeat interval"),
+    (["worker", "--study", "demo", "--grace-period", "1", "--heartbeat-interval", "5"],
+     "must be longer than the heartbeat interval"),
+    (["grid", "--heartbeat-interval", "0"], "must be a positive integer"),
     (["export", "--study", "demo", "--out", "best.txt"], "use a file ending in"),
 ]
 

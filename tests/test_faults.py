@@ -165,3 +165,17 @@ def test_concurrent_grid_enqueues_queue_each_point_once(url, monkeypatch):
     slow_held_keys(monkeypatch)
     trials = enqueue_concurrently(url)
     assert len(trials) == 10  # the baseline and 9 grid points, from two enqueuers
+
+
+def test_a_trial_left_running_without_any_heartbeat_is_still_retried(url):
+    """A study from before heartbeats (or plain Optuna) with a trial its dead worker left
+    RUNNING: a waiting worker gives it a heartbeat clock instead of waiting forever."""
+    old_storage = open_storage(url)  # no heartbeats
+    old = optuna.create_study(study_name="faults", storage=old_storage, direction="maximize")
+    old.enqueue_trial({"rank": 2}, user_attrs={"baseline": False})
+    claim_next_trial(old_storage, old)
+
+    storage, study = new_study(url)
+    retry = next_trial(storage, study, poll_seconds=0.5, stop_requested=NEVER)
+    assert retry is not None and retry.system_attrs["failed_trial"] == 0
+    assert [t.state for t in study.get_trials()] == [TrialState.FAIL, TrialState.RUNNING]
