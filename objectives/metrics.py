@@ -106,3 +106,73 @@ def _column_aucs(scores: Tensor, positives: Tensor) -> Tensor:
     num_positives = sorted_positives.sum(dim=1)
     num_negatives = scores.shape[1] - num_positives
     return twice_u.double() / (2 * num_positives * num_negatives).double()
+
+
+@dataclass(frozen=True)
+class ClassScores:
+    """Per-class precision, recall, F1 and support from a confusion matrix (sklearn's
+    `precision_recall_fscore_support(labels, predictions, labels=range(C), zero_division=0)`)."""
+
+    precision: list[float]
+    recall: list[float]
+    f1: list[float]
+    support: list[int]
+
+
+def class_scores(confusion: Tensor) -> ClassScores:
+    confusion = confusion.double()
+    true_positives = confusion.diagonal()
+    support, predicted = confusion.sum(dim=1), confusion.sum(dim=0)
+    return ClassScores(
+        precision=(true_positives / predicted.clamp(min=1)).tolist(),
+        recall=(true_positives / support.clamp(min=1)).tolist(),
+        f1=(2 * true_positives / (support + predicted).clamp(min=1)).tolist(),
+        support=support.long().tolist(),
+    )
+
+
+def most_confused(confusion: Tensor, top: int) -> list[tuple[int, int, int]]:
+    """The `top` most frequent (true class, predicted class, count) mistakes, most first."""
+    mistakes = confusion.clone()
+    mistakes.fill_diagonal_(0)
+    counts, cells = mistakes.flatten().sort(descending=True, stable=True)
+    num_classes = confusion.shape[0]
+    return [(cell // num_classes, cell % num_classes, count)
+            for count, cell in zip(counts.tolist(), cells.tolist(), strict=True)
+            if count > 0][:top]
+
+
+def roc_curve(scores: Tensor, positives: Tensor) -> tuple[Tensor, Tensor]:
+    """False and true positive rates at every distinct threshold, from (0, 0) to (1, 1):
+    sklearn's `roc_curve(positives, scores, drop_intermediate=False)`."""
+    scores, positives = scores.double().flatten(), positives.bool().flatten()
+    order = scores.argsort(descending=True, stable=True)
+    scores, positives = scores[order], positives[order]
+    # The last sample of each run of equal scores closes one threshold.
+    last_of_threshold = torch.cat([scores[1:] != scores[:-1], scores.new_ones(1, dtype=torch.bool)])
+    true_positives = positives.double().cumsum(0)[last_of_threshold]
+    false_positives = (~positives).double().cumsum(0)[last_of_threshold]
+    zero = scores.new_zeros(1)
+    fpr = torch.cat([zero, false_positives / false_positives[-1].clamp(min=1)])
+    tpr = torch.cat([zero, true_positives / true_positives[-1].clamp(min=1)])
+    return fpr, tpr
+
+
+def macro_roc_curve(probabilities: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """The mean one-vs-rest ROC curve: each class's TPR interpolated on the union of all
+    classes' FPRs, then averaged (scikit-learn's documented recipe), over the classes present
+    in `labels` and not in every sample."""
+    one_hot = F.one_hot(labels, probabilities.shape[1]).bool()
+    curves = [roc_curve(probabilities[:, c], one_hot[:, c])
+              for c in range(probabilities.shape[1]) if 0 < one_hot[:, c].sum() < len(labels)]
+    grid = torch.cat([fpr for fpr, _ in curves]).unique()
+    mean_tpr = torch.stack([interpolate(grid, fpr, tpr) for fpr, tpr in curves]).mean(dim=0)
+    return grid, mean_tpr
+
+
+def interpolate(x: Tensor, xp: Tensor, fp: Tensor) -> Tensor:
+    """numpy.interp for increasing `xp` (repeated values allowed: the last one wins)."""
+    index = torch.searchsorted(xp, x, side="right").clamp(1, len(xp) - 1)
+    x0, x1, y0, y1 = xp[index - 1], xp[index], fp[index - 1], fp[index]
+    slope = torch.where(x1 > x0, (y1 - y0) / (x1 - x0).clamp(min=1e-300), torch.zeros_like(x0))
+    return torch.where(x >= xp[-1], fp[-1], y0 + slope * (x - x0))

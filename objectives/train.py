@@ -34,6 +34,8 @@ class TrialResult:
     device: str
     epochs: list[EpochStats]
     confusion: torch.Tensor  # [C, C] on the CPU, rows = true class
+    test_probabilities: torch.Tensor = field(repr=False)  # [N, C] float32 softmax, CPU
+    test_labels: torch.Tensor = field(repr=False)  # [N] int64, CPU
     weights: dict[str, torch.Tensor] = field(repr=False)  # adapters + head, CPU
 
     def summary(self) -> dict[str, float | int | str]:
@@ -189,6 +191,8 @@ def run_trial(spec: TrainSpec, lora: LoraParams | None, data: ImageSplits | None
         device=describe_device(device),
         epochs=history,
         confusion=confusion_matrix(test_logits.argmax(dim=1), test_y, data.num_classes).cpu(),
+        test_probabilities=test_logits.float().softmax(dim=1).cpu(),
+        test_labels=test_y.cpu(),
         weights=trainable_state_dict(model),
     )
 

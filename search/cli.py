@@ -201,6 +201,23 @@ def build_parser() -> ArgumentParser:
     add_worker_flags(worker, stored=False)
     add_local_fields(worker)
 
+    dashboard = commands.add_parser(
+        "dashboard", help="serve optuna-dashboard on the storage, with the trials' artifacts",
+        description="Serve optuna-dashboard on the study storage with the artifact store: the "
+                    "trial table is the leaderboard (value = validation accuracy; metrics, "
+                    "baseline flag and notes as user attributes), learning curves from the "
+                    "per-epoch validation accuracy, and each trial's artifacts. Listens on "
+                    "localhost unless --host says otherwise (the dashboard has no login).")
+    add_storage(dashboard)
+    dashboard.add_argument("--artifacts", metavar="DIR",
+                           help="artifact folder (default: the one the studies were created "
+                                "with)")
+    dashboard.add_argument("--host", default="127.0.0.1",
+                           help="address to listen on (default: 127.0.0.1; 0.0.0.0 for every "
+                                "interface, with a warning)")
+    dashboard.add_argument("--port", type=positive_int, default=8080,
+                           help="port (default: 8080)")
+
     board = commands.add_parser("leaderboard", help="all trials of a study, best first",
                                 description="All trials of a study, best validation accuracy "
                                             "first; the baseline is marked.")

@@ -12,6 +12,7 @@ from objectives.data import DatasetError, dataset_num_classes
 from objectives.export_model import ExportError
 from objectives.model import ModelError, planned_parameters
 from objectives.train import visible_gpus
+from search.dashboard import DashboardError, serve_dashboard
 from search.enqueue_lock import enqueue_lock
 from search.export import (
     best_trial,
@@ -32,7 +33,7 @@ from search.tpe import check_grid_fits, enqueue_tpe_budget, settle_search
 from search.worker import artifact_store, artifacts_folder, describe_report, run_worker
 
 USER_ERRORS = (SpecError, SpaceError, StorageError, StudyError, DatasetError, ModelError,
-               ExportError, HeartbeatError)
+               ExportError, HeartbeatError, DashboardError)
 # [train] field -> flag attribute
 TRAIN_FLAGS = {"model": "model", "weights": "weights", "targets": "targets", "dataset": "dataset",
                "epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "seed": "train_seed"}
@@ -50,7 +51,7 @@ def quiet_optuna() -> None:
 
 
 def run(args: argparse.Namespace, local: dict[str, Any]) -> int:
-    handler = {"grid": grid, "optuna": tpe_search, "worker": worker,
+    handler = {"grid": grid, "optuna": tpe_search, "worker": worker, "dashboard": dashboard,
                "leaderboard": show_leaderboard, "export": export}[args.command]
     return handler(args, local)
 
@@ -205,6 +206,11 @@ def study_from_args(args: argparse.Namespace):
                              f"{': ' + ', '.join(sorted(names)) if names else ''}")
         name = names[0]
     return find_study(storage, name)
+
+
+def dashboard(args: argparse.Namespace, local: dict[str, Any]) -> int:
+    serve_dashboard(args.storage, args.artifacts, args.host, args.port)
+    return 0
 
 
 def show_leaderboard(args: argparse.Namespace, local: dict[str, Any]) -> int:

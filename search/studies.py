@@ -23,6 +23,8 @@ from objectives.spec import LoraParams, TrainSpec
 from search.space import BASELINE_KEY, GridSpace, params_of, point_key, point_of
 from search.spec import SpecError, describe_differences, train_spec_from_dict
 
+OBJECTIVE = "val_acc"  # a trial's value: accuracy on the validation split
+
 
 class StudyError(ValueError):
     """A study that does not exist or does not match the command; one line for the user."""
@@ -65,6 +67,7 @@ def open_study_for_spec(storage: optuna.storages.BaseStorage, name: str, train: 
         return study, stored
     study = optuna.create_study(study_name=name, storage=storage, direction="maximize",
                                 load_if_exists=True)
+    study.set_metric_names([OBJECTIVE])  # the dashboard's name for the value
     study.set_user_attr("train_spec", train.to_dict())
     study.set_user_attr("artifacts", artifacts)
     return study, train

@@ -40,6 +40,7 @@ from objectives.train import TrialResult, run_trial
 from search.stopping import StopRequested
 from search.studies import is_baseline, trial_point
 from search.tpe import is_sampled
+from search.trial_artifacts import upload_trial_artifacts
 from search.trial_queue import requeue_trial
 
 WEIGHTS_FILE = "trained_weights.safetensors"
@@ -196,6 +197,7 @@ def run_claimed_trial(study: optuna.Study, frozen: FrozenTrial, spec: TrainSpec,
                            on_checkpoint=checkpoints.save, resume=resume)
         record_result(trial, result)
         upload_weights(trial, result, store)
+        upload_trial_artifacts(trial, result, data.classes, title, store)
     except optuna.TrialPruned:
         trial.set_user_attr("val_acc", epochs[-1].val_acc)
         record_history(trial, epochs)

@@ -38,8 +38,11 @@ def test_the_image_entrypoint_is_the_search_command():
 
 
 def test_the_dashboard_listens_on_localhost_only():
-    ports = COMPOSE["services"]["dashboard"]["ports"]
-    assert ports == ["127.0.0.1:8080:8080"]
+    dashboard = COMPOSE["services"]["dashboard"]
+    assert dashboard["ports"] == ["127.0.0.1:8080:8080"]
+    args = build_parser().parse_args(dashboard["command"])
+    assert args.command == "dashboard" and args.port == 8080
+    assert args.artifacts == "/app/search-artifacts"
 
 
 def test_postgres_accepts_the_connections_of_64_workers():

@@ -12,9 +12,13 @@ from sklearn.preprocessing import label_binarize
 
 from objectives.metrics import (
     ClassificationMetrics,
+    class_scores,
     classification_metrics,
     confusion_matrix,
+    macro_roc_curve,
+    most_confused,
     roc_auc,
+    roc_curve,
 )
 
 
@@ -148,3 +152,53 @@ def test_cuda_matches_cpu() -> None:
         assert on_cuda.to_dict()[name] == pytest.approx(value, abs=1e-12), name
     assert torch.equal(confusion_matrix(logits.argmax(1), labels, 10),
                        confusion_matrix(logits.cuda().argmax(1), labels.cuda(), 10).cpu())
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_class_scores_match_sklearn(seed: int) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 6, (300,), generator=generator)
+    predictions = torch.randint(0, 5, (300,), generator=generator)  # class 5 never predicted
+    scores = class_scores(confusion_matrix(predictions, labels, 6))
+    precision, recall, f1, support = skm.precision_recall_fscore_support(
+        labels.numpy(), predictions.numpy(), labels=range(6), zero_division=0)
+    np.testing.assert_allclose(scores.precision, precision, atol=1e-12)
+    np.testing.assert_allclose(scores.recall, recall, atol=1e-12)
+    np.testing.assert_allclose(scores.f1, f1, atol=1e-12)
+    assert scores.support == support.tolist()
+
+
+def test_most_confused_lists_mistakes_by_count() -> None:
+    confusion = torch.tensor([[5, 3, 0], [1, 7, 4], [0, 4, 9]])
+    assert most_confused(confusion, 3) == [(1, 2, 4), (2, 1, 4), (0, 1, 3)]
+    assert most_confused(torch.eye(3, dtype=torch.long), 5) == []
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_roc_curve_matches_sklearn_with_ties(seed: int) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    scores = torch.randint(0, 12, (200,), generator=generator).double() / 12  # many ties
+    positives = torch.rand(200, generator=generator) < 0.3
+    fpr, tpr = roc_curve(scores, positives)
+    expected_fpr, expected_tpr, _ = skm.roc_curve(positives.numpy(), scores.numpy(),
+                                                  drop_intermediate=False)
+    np.testing.assert_allclose(fpr.numpy(), expected_fpr, atol=1e-12)
+    np.testing.assert_allclose(tpr.numpy(), expected_tpr, atol=1e-12)
+    assert np.trapezoid(tpr.numpy(), fpr.numpy()) == pytest.approx(
+        roc_auc(scores, positives), abs=1e-12)
+
+
+def test_macro_roc_curve_is_sklearns_recipe() -> None:
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(400, 4, generator=generator)
+    labels = torch.randint(0, 4, (400,), generator=generator)
+    probabilities = logits.double().softmax(dim=1)
+    grid, mean_tpr = macro_roc_curve(probabilities, labels)
+    # scikit-learn's "ROC curve using the OvR macro-average" example, on the same inputs.
+    curves = [skm.roc_curve(labels.numpy() == c, probabilities[:, c].numpy(),
+                            drop_intermediate=False)[:2]
+              for c in range(4)]
+    expected_grid = np.unique(np.concatenate([fpr for fpr, _ in curves]))
+    expected = np.mean([np.interp(expected_grid, fpr, tpr) for fpr, tpr in curves], axis=0)
+    np.testing.assert_allclose(grid.numpy(), expected_grid, atol=1e-12)
+    np.testing.assert_allclose(mean_tpr.numpy(), expected, atol=1e-12)

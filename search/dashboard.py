@@ -1,0 +1,73 @@
+"""`search dashboard`: optuna-dashboard on the study storage, with the trials' artifacts.
+
+The dashboard shows what the studies already hold: the objective value is the validation
+accuracy (named `val_acc`), the metrics, baseline flag and notes are user attributes, the
+per-epoch validation accuracy are intermediate values (learning curves), and the artifacts
+(weights, and the pictures a trial uploads) are served from the artifact store.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import sys
+
+import optuna
+
+from search.storage import default_artifacts_dir, open_storage, shown
+from search.worker import artifact_store
+
+
+class DashboardError(ValueError):
+    """A dashboard that cannot start (port taken, unknown host); one line for the user."""
+
+
+def dashboard_artifacts(storage: optuna.storages.BaseStorage, url: str,
+                        override: str | None) -> str:
+    """The folder to serve: `override`, else the one the studies were created with (when
+    they agree), else the default beside the storage."""
+    if override:
+        return override
+    folders = {optuna.load_study(study_name=s.study_name, storage=storage)
+               .user_attrs.get("artifacts") for s in optuna.get_all_study_summaries(storage)}
+    folders.discard(None)
+    if len(folders) == 1:
+        return folders.pop()
+    return str(default_artifacts_dir(url))
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Refuse a taken port up front, as one line, rather than as a server traceback."""
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as error:
+        raise DashboardError(f"cannot listen on {host}:{port}: {error.strerror}") from None
+
+
+def serve_dashboard(url: str, artifacts: str | None, host: str, port: int) -> None:
+    """Serve until Ctrl-C."""
+    import optuna_dashboard
+
+    storage = open_storage(url, must_exist=True)
+    folder = dashboard_artifacts(storage, url, artifacts)
+    check_port_free(host, port)
+    if not is_loopback(host):
+        print(f"search dashboard: warning: listening on {host}, reachable from other "
+              "machines; the dashboard has no login, anyone who reaches it can read and "
+              "change the studies", file=sys.stderr)
+    shown_host = f"[{host}]" if ":" in host else host
+    print(f"dashboard of {shown(url)} (artifacts in {folder}) at http://{shown_host}:{port}/ "
+          "; Ctrl-C to stop", file=sys.stderr, flush=True)
+    optuna_dashboard.run_server(storage, host=host, port=port,
+                                artifact_store=artifact_store(folder))
