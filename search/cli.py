@@ -225,6 +225,20 @@ def build_parser() -> ArgumentParser:
     add_storage(board)
     board.add_argument("--format", choices=("table", "json", "csv"), default="table")
 
+    report = commands.add_parser(
+        "report", help="the study's comparison table and charts, as files in a folder",
+        description="Write the comparison of a study's completed trials: report.md and "
+                    "report.csv (method, model, rank, alpha, dropout, val/test accuracy, "
+                    "weighted F1, AUC micro/macro, trainable %%), a bar chart of the metrics "
+                    "per trial, test accuracy against trainable parameters, and the best "
+                    "trial's confusion matrix.")
+    report.add_argument("--study", help="study name (default: the storage's only study)")
+    add_storage(report)
+    report.add_argument("--out", type=Path, default=Path("report"), metavar="DIR",
+                        help="folder to write (default: report/)")
+    report.add_argument("--artifacts", metavar="DIR",
+                        help="artifact folder (default: the one the study was created with)")
+
     export = commands.add_parser(
         "export", help="write the best trial's params, metrics and spec (and weights)",
         description="Write the best completed trial's params, value, metrics and full training "

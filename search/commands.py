@@ -25,6 +25,7 @@ from search.export import (
 from search.heartbeat import HeartbeatError, HeartbeatSettings
 from search.leaderboard import best_versus_baseline, leaderboard, render
 from search.local_workers import run_local_workers
+from search.report import write_report
 from search.space import GridSpace, SpaceError, TpeSearch
 from search.spec import SpecError, StudySpec, load_spec, with_overrides
 from search.storage import StorageError, default_artifacts_dir, open_storage, shown
@@ -52,7 +53,7 @@ def quiet_optuna() -> None:
 
 def run(args: argparse.Namespace, local: dict[str, Any]) -> int:
     handler = {"grid": grid, "optuna": tpe_search, "worker": worker, "dashboard": dashboard,
-               "leaderboard": show_leaderboard, "export": export}[args.command]
+               "leaderboard": show_leaderboard, "report": report, "export": export}[args.command]
     return handler(args, local)
 
 
@@ -210,6 +211,14 @@ def study_from_args(args: argparse.Namespace):
 
 def dashboard(args: argparse.Namespace, local: dict[str, Any]) -> int:
     serve_dashboard(args.storage, args.artifacts, args.host, args.port)
+    return 0
+
+
+def report(args: argparse.Namespace, local: dict[str, Any]) -> int:
+    study = study_from_args(args)
+    store = artifact_store(artifacts_folder(study, args.storage, args.artifacts))
+    files = write_report(study, store, args.out)
+    print(f"wrote {args.out}/: {', '.join(files)}", file=sys.stderr)
     return 0
 
 

@@ -117,3 +117,28 @@ def test_a_public_address_warns_and_a_taken_port_exits_2(finished, capsys, monke
     assert code == 0 and "warning: listening on 0.0.0.0" in err and "no login" in err
     assert served and served[0]["host"] == "0.0.0.0"
     assert dashboard.is_loopback("::1") and not dashboard.is_loopback("10.0.0.5")
+
+
+def test_report_writes_the_comparison_table_and_charts(finished, tmp_path):
+    result = search("report", "--out", str(tmp_path / "report"), cwd=finished)
+    assert "wrote" in result.stderr
+    folder = tmp_path / "report"
+    rows = list(csv.DictReader((folder / "report.csv").open()))
+    board_rows = json.loads(search("leaderboard", "--format", "json", cwd=finished).stdout)
+    assert [int(row["trial"]) for row in rows] == [row["number"] for row in board_rows]
+    assert [row["method"] for row in rows].count("baseline (head only)") == 1
+    assert {row["method"] for row in rows} == {"baseline (head only)", "LoRA on q,k,v"}
+    for row, expected in zip(rows, board_rows, strict=True):
+        assert float(row["test_acc"]) == pytest.approx(expected["test_acc"])
+        assert float(row["trainable_pct"]) == pytest.approx(expected["trainable_pct"])
+    for name in ("metrics.png", "accuracy_vs_params.png", "best_confusion_matrix.png"):
+        assert (folder / name).read_bytes().startswith(PNG)
+    markdown = (folder / "report.md").read_text()
+    assert "| trial | method | model | rank | alpha | dropout | val_acc | test_acc | f1 |" in markdown
+    assert "![best trial's confusion matrix](best_confusion_matrix.png)" in markdown
+
+
+def test_report_of_a_study_without_completed_trials_exits_2(tmp_path, capsys, monkeypatch):
+    search("grid", *FAST, "--workers", "0", cwd=tmp_path)
+    code, _, err = search_in_process(["report", "--out", "r"], tmp_path, capsys, monkeypatch)
+    assert code == 2 and "no completed trial" in err and not (tmp_path / "r").exists()
