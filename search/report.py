@@ -128,7 +128,8 @@ def write_report(study: optuna.Study, store: optuna.artifacts.FileSystemArtifact
     folder.mkdir(parents=True, exist_ok=True)
     title = f"study {study.study_name}"
     table.to_csv(folder / "report.csv", index=False)
-    plot_metrics(table, folder / "metrics.png", f"{title}: metrics per trial (val acc; the rest on test)")
+    plot_metrics(table, folder / "metrics.png",
+                 f"{title}: metrics per trial (val acc; the rest on test)")
     plot_accuracy_vs_params(table, folder / "accuracy_vs_params.png",
                             f"{title}: accuracy against trainable parameters")
     has_confusion = copy_best_confusion(study, table, store,

@@ -134,7 +134,8 @@ def test_report_writes_the_comparison_table_and_charts(finished, tmp_path):
     for name in ("metrics.png", "accuracy_vs_params.png", "best_confusion_matrix.png"):
         assert (folder / name).read_bytes().startswith(PNG)
     markdown = (folder / "report.md").read_text()
-    assert "| trial | method | model | rank | alpha | dropout | val_acc | test_acc | f1 |" in markdown
+    header = "| trial | method | model | rank | alpha | dropout | val_acc | test_acc | f1 |"
+    assert header in markdown
     assert "![best trial's confusion matrix](best_confusion_matrix.png)" in markdown
 
 
