@@ -1,0 +1,102 @@
+"""The dashboard as a person sees it: a real headless Chromium opens a finished demo study.
+
+Debian's `chromium` and `chromium-driver` (scripts/test.sh and .ci/run install them where
+missing), driven by selenium. The screenshots land in docs/screenshots/ for the README.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+import urllib.request
+
+import pytest
+from postgres_cluster import free_port
+from run_cli import DEMO, ROOT, SEARCH, search
+
+SCREENSHOTS = ROOT / "docs" / "screenshots"
+CHROMEDRIVER = shutil.which("chromedriver")
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def browser():
+    if CHROMEDRIVER is None or CHROMIUM is None:
+        pytest.skip("no chromium/chromedriver (Debian packages chromium, chromium-driver; "
+                    "scripts/test.sh installs them when run as root)")
+    webdriver = pytest.importorskip("selenium.webdriver")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
+                 "--window-size=1600,1000"):
+        options.add_argument(flag)
+    return webdriver.Chrome(service=webdriver.ChromeService(executable_path=CHROMEDRIVER),
+                            options=options)
+
+
+@pytest.fixture(scope="module")
+def dashboard(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("browser")
+    search("grid", "--spec", DEMO, "--epochs", "2", "--ranks", "2", "8", "--alphas", "8",
+           "--workers", "1", cwd=folder)
+    port = free_port()
+    server = subprocess.Popen([*SEARCH, "dashboard", "--port", str(port)], cwd=folder,
+                              stderr=subprocess.DEVNULL,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(f"{base}/api/studies", timeout=5).close()
+            break
+        except OSError:
+            assert server.poll() is None and time.monotonic() < deadline, "no dashboard"
+            time.sleep(0.5)
+    yield base
+    server.terminate()
+    server.wait(timeout=30)
+
+
+def wait_for_text(driver, text: str, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while text not in driver.find_element("tag name", "body").text:
+        assert time.monotonic() < deadline, f"{text!r} never appeared"
+        time.sleep(0.25)
+
+
+def test_a_browser_finds_every_trial_and_the_best_trials_artifacts(dashboard):
+    with urllib.request.urlopen(f"{dashboard}/api/studies/1", timeout=10) as response:
+        study = json.loads(response.read())
+    best = study["best_trials"][0]["number"]
+    driver = browser()
+    try:
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        # The study page: validation accuracy of every trial, and what matters most.
+        driver.get(f"{dashboard}/dashboard/studies/1")
+        wait_for_text(driver, "val_acc")
+        time.sleep(2)  # the plots draw after the text
+        driver.save_screenshot(str(SCREENSHOTS / "study.png"))
+
+        # The trials page with the best trial open: every trial listed, its value, metrics
+        # (user attributes) and, further down, its artifacts.
+        driver.get(f"{dashboard}/dashboard/studies/1/trials?numbers={best}")
+        for number in range(len(study["trials"])):
+            wait_for_text(driver, f"Trial {number}")
+        wait_for_text(driver, "test_acc")
+        driver.save_screenshot(str(SCREENSHOTS / "trials.png"))
+        for name in ("confusion_matrix.png", "roc_curves.png", "learning_curves.png",
+                     "classification_report.csv"):
+            wait_for_text(driver, name)
+        images = [image for image in driver.find_elements("css selector", "img")
+                  if f"/artifacts/1/{study['best_trials'][0]['trial_id']}/"
+                  in (image.get_attribute("src") or "")]
+        assert images, "no artifact image of the best trial on its page"
+        driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", images[0])
+        time.sleep(1)
+        driver.save_screenshot(str(SCREENSHOTS / "trial_artifacts.png"))
+    finally:
+        driver.quit()
+    for name in ("study.png", "trials.png", "trial_artifacts.png"):
+        assert (SCREENSHOTS / name).stat().st_size > 20_000
