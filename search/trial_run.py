@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import optuna
+import optuna_dashboard
 from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.trial import FrozenTrial, TrialState
 from safetensors.torch import save_file
@@ -44,6 +45,8 @@ from search.trial_artifacts import upload_trial_artifacts
 from search.trial_queue import requeue_trial
 
 WEIGHTS_FILE = "trained_weights.safetensors"
+BASELINE_NOTE = ("**Baseline**: no LoRA; the pretrained backbone is frozen and only the "
+                 "classification head is trained.")
 
 
 def describe_point(point: LoraParams | None) -> str:
@@ -161,6 +164,8 @@ def run_claimed_trial(study: optuna.Study, frozen: FrozenTrial, spec: TrainSpec,
     if not is_baseline(frozen):
         point = suggest_point(trial, param_bounds(study, trial_point(frozen)))
     trial.set_user_attr("baseline", point is None)
+    if point is None:  # the dashboard shows a trial's note on top of its page
+        optuna_dashboard.save_note(trial, BASELINE_NOTE)
     prunable = is_sampled(frozen)
     checkpoints = Checkpoints(trial, frozen, store)
     resume = checkpoints.load(point, spec.epochs)

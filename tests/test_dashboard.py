@@ -143,3 +143,13 @@ def test_report_of_a_study_without_completed_trials_exits_2(tmp_path, capsys, mo
     search("grid", *FAST, "--workers", "0", cwd=tmp_path)
     code, _, err = search_in_process(["report", "--out", "r"], tmp_path, capsys, monkeypatch)
     assert code == 2 and "no completed trial" in err and not (tmp_path / "r").exists()
+
+
+def test_the_baseline_carries_a_note_the_dashboard_shows(finished):
+    from optuna_dashboard._note import get_note_from_system_attrs
+
+    study = stored_study(finished)
+    system_attrs = study._storage.get_study_system_attrs(study._study_id)
+    for trial in study.trials:
+        note = get_note_from_system_attrs(system_attrs, trial._trial_id)
+        assert ("**Baseline**" in note["body"]) == trial.user_attrs["baseline"]
