@@ -13,7 +13,6 @@ writes therefore run under a lock that lives where the study lives:
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,7 +20,7 @@ from contextlib import contextmanager
 import optuna
 import sqlalchemy
 
-from search.storage import sqlite_path
+from search.storage import sqlite_file_lock, sqlite_path
 
 
 def advisory_key(study_name: str) -> int:
@@ -51,6 +50,5 @@ def enqueue_lock(storage: optuna.storages.RDBStorage, url: str, study_name: str
     if path is None:  # in-memory SQLite: one process
         yield
         return
-    with open(path.with_name(f"{path.name}-enqueue.lock"), "a") as lock_file:
-        fcntl.flock(lock_file, fcntl.LOCK_EX)
-        yield  # closing the file releases the lock
+    with sqlite_file_lock(path):
+        yield

@@ -10,8 +10,11 @@ survives a database restart.
 
 from __future__ import annotations
 
+import fcntl
 import re
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import optuna
@@ -24,7 +27,7 @@ from search.heartbeat import HeartbeatSettings
 DEFAULT_STORAGE = "sqlite:///search.db"
 SQLITE_BUSY_TIMEOUT_S = 120
 SUPPORTED = ("sqlite", "postgresql")
-SCHEMA_RACE = re.compile(r"already exists|duplicate key")
+SCHEMA_RACE = re.compile(r"already exists|duplicate key|unique constraint", re.IGNORECASE)
 SCHEMA_RACE_ATTEMPTS = 5
 
 
@@ -88,9 +91,11 @@ def open_storage(url: str, must_exist: bool = False,
         engine_kwargs = {"pool_pre_ping": True, "pool_size": 1, "max_overflow": 1}
     for attempt in range(SCHEMA_RACE_ATTEMPTS):
         try:
-            storage = optuna.storages.RDBStorage(
-                with_driver(url), engine_kwargs=engine_kwargs,
-                **(heartbeat.storage_kwargs() if heartbeat else {}))
+            # SQLite: one process at a time creates or checks the schema of a file.
+            with sqlite_file_lock(path) if path is not None else nullcontext():
+                storage = optuna.storages.RDBStorage(
+                    with_driver(url), engine_kwargs=engine_kwargs,
+                    **(heartbeat.storage_kwargs() if heartbeat else {}))
             break
         except (sqlalchemy.exc.SQLAlchemyError, ImportError, RuntimeError) as error:
             reason = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
@@ -103,6 +108,18 @@ def open_storage(url: str, must_exist: bool = False,
     if path is not None:
         harden_sqlite(storage.engine)
     return storage
+
+
+@contextmanager
+def sqlite_file_lock(database: Path) -> Iterator[None]:
+    """An exclusive `flock` on a file beside a SQLite database, held for the block.
+
+    SQLite's own locks cannot span Optuna's separate transactions; this serialises whole
+    steps (creating the schema, reading then enqueueing) between processes of one host.
+    """
+    with open(database.with_name(f"{database.name}-enqueue.lock"), "a") as lock_file:
+        fcntl.flock(lock_file, fcntl.LOCK_EX)
+        yield  # closing the file releases the lock
 
 
 def harden_sqlite(engine: sqlalchemy.engine.Engine) -> None:
