@@ -40,7 +40,7 @@ import optuna  # noqa: E402
 import sqlalchemy  # noqa: E402
 
 from search.heartbeat import Heartbeat, HeartbeatSettings  # noqa: E402
-from search.storage import open_storage  # noqa: E402
+from search.storage import open_storage, with_driver  # noqa: E402
 from search.trial_queue import MAX_POLL_SECONDS, next_trial  # noqa: E402
 
 STUDY = "load"
@@ -86,8 +86,7 @@ def run_worker(url: str, start_line: Path) -> None:
 
 
 def count_connections(url: str, stop: threading.Event, peak: list[int]) -> None:
-    engine = sqlalchemy.create_engine(url.replace("postgresql://", "postgresql+psycopg://"),
-                                      poolclass=sqlalchemy.pool.NullPool)
+    engine = sqlalchemy.create_engine(with_driver(url), poolclass=sqlalchemy.pool.NullPool)
     query = sqlalchemy.text("SELECT count(*) FROM pg_stat_activity WHERE datname = "
                             "current_database() AND pid <> pg_backend_pid()")
     while not stop.is_set():

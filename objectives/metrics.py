@@ -49,15 +49,10 @@ def classification_metrics(logits: Tensor, labels: Tensor) -> ClassificationMetr
     probabilities = logits.double().softmax(dim=1)
     one_hot = F.one_hot(labels, num_classes).bool()
 
-    support = confusion.sum(dim=1)
-    predicted = confusion.sum(dim=0)
-    true_positives = confusion.diagonal()
-    # support + predicted == 0 only for a class that is neither true nor predicted; it has
-    # weight 0 either way, the guard just keeps 0/0 out of the sum.
-    f1 = 2 * true_positives / (support + predicted).clamp(min=1)
+    _, _, f1, support = per_class(confusion)
 
     accuracy, weighted_f1, auc_micro, auc_macro = torch.stack([
-        true_positives.sum() / support.sum(),
+        confusion.diagonal().sum() / support.sum(),
         (support * f1).sum() / support.sum(),
         _column_aucs(probabilities.reshape(-1, 1), one_hot.reshape(-1, 1))[0],
         _column_aucs(probabilities, one_hot).nanmean(),
@@ -119,16 +114,23 @@ class ClassScores:
     support: list[int]
 
 
-def class_scores(confusion: Tensor) -> ClassScores:
+def per_class(confusion: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Float64 precision, recall, F1 and support [C] of a confusion matrix (rows = true).
+
+    A 0/0 (a class never predicted, never true, or neither) counts as 0, sklearn's
+    `zero_division=0`; such a class has support 0, so it weighs nothing in weighted means.
+    """
     confusion = confusion.double()
     true_positives = confusion.diagonal()
     support, predicted = confusion.sum(dim=1), confusion.sum(dim=0)
-    return ClassScores(
-        precision=(true_positives / predicted.clamp(min=1)).tolist(),
-        recall=(true_positives / support.clamp(min=1)).tolist(),
-        f1=(2 * true_positives / (support + predicted).clamp(min=1)).tolist(),
-        support=support.long().tolist(),
-    )
+    return (true_positives / predicted.clamp(min=1), true_positives / support.clamp(min=1),
+            2 * true_positives / (support + predicted).clamp(min=1), support)
+
+
+def class_scores(confusion: Tensor) -> ClassScores:
+    precision, recall, f1, support = per_class(confusion)
+    return ClassScores(precision=precision.tolist(), recall=recall.tolist(), f1=f1.tolist(),
+                       support=support.long().tolist())
 
 
 def most_confused(confusion: Tensor, top: int) -> list[tuple[int, int, int]]:

@@ -73,6 +73,19 @@ def add_storage(parser: argparse.ArgumentParser) -> None:
                              "the current folder)")
 
 
+def add_existing_study_flags(parser: argparse.ArgumentParser, artifacts: bool = True) -> None:
+    """--study, --storage (and --artifacts) of a command that reads an existing study."""
+    parser.add_argument("--study", help="study name (default: the storage's only study)")
+    add_storage(parser)
+    if artifacts:
+        add_artifacts_override(parser)
+
+
+def add_artifacts_override(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--artifacts", metavar="DIR",
+                        help="artifact folder (default: the one the study was created with)")
+
+
 def add_local_fields(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", help="folder with the dataset files (torchvision layout)")
     parser.add_argument("--device", help="auto (default: first GPU, else CPU), cpu, cuda, cuda:N")
@@ -191,8 +204,7 @@ def build_parser() -> ArgumentParser:
                     "puts the trial in hand back in the queue and exits 143 / 130.")
     worker.add_argument("--study", required=True)
     add_storage(worker)
-    worker.add_argument("--artifacts", metavar="DIR",
-                        help="artifact folder (default: the one the study was created with)")
+    add_artifacts_override(worker)
     worker.add_argument("--workers", type=positive_int, metavar="N",
                         help="worker processes on this host (default: one per --gpus ID, else 1)")
     worker.add_argument("--threads", type=positive_int, help="CPU threads for this worker")
@@ -221,8 +233,7 @@ def build_parser() -> ArgumentParser:
     board = commands.add_parser("leaderboard", help="all trials of a study, best first",
                                 description="All trials of a study, best validation accuracy "
                                             "first; the baseline is marked.")
-    board.add_argument("--study", help="study name (default: the storage's only study)")
-    add_storage(board)
+    add_existing_study_flags(board, artifacts=False)
     board.add_argument("--format", choices=("table", "json", "csv"), default="table")
 
     report = commands.add_parser(
@@ -232,19 +243,15 @@ def build_parser() -> ArgumentParser:
                     "weighted F1, AUC micro/macro, trainable %%), a bar chart of the metrics "
                     "per trial, test accuracy against trainable parameters, and the best "
                     "trial's confusion matrix.")
-    report.add_argument("--study", help="study name (default: the storage's only study)")
-    add_storage(report)
+    add_existing_study_flags(report)
     report.add_argument("--out", type=Path, default=Path("report"), metavar="DIR",
                         help="folder to write (default: report/)")
-    report.add_argument("--artifacts", metavar="DIR",
-                        help="artifact folder (default: the one the study was created with)")
 
     export = commands.add_parser(
         "export", help="write the best trial's params, metrics and spec (and weights)",
         description="Write the best completed trial's params, value, metrics and full training "
                     "spec; with --weights, also a peft adapter folder and merged weights.")
-    export.add_argument("--study", help="study name (default: the storage's only study)")
-    add_storage(export)
+    add_existing_study_flags(export)
     export.add_argument("--trial", type=non_negative_int, metavar="NUMBER",
                         help="export this completed trial instead of the best one")
     export.add_argument("--out", default="best.json", type=Path,
@@ -252,8 +259,6 @@ def build_parser() -> ArgumentParser:
     export.add_argument("--weights", type=Path, metavar="DIR",
                         help="also write the model: adapter_config.json, "
                              "adapter_model.safetensors, model.safetensors (merged)")
-    export.add_argument("--artifacts", metavar="DIR",
-                        help="artifact folder (default: the one the study was created with)")
     return parser
 
 

@@ -31,7 +31,7 @@ from search.spec import SpecError, StudySpec, load_spec, with_overrides
 from search.storage import StorageError, default_artifacts_dir, open_storage, shown
 from search.studies import StudyError, enqueue_grid, find_study, open_study_for_spec
 from search.tpe import check_grid_fits, enqueue_tpe_budget, settle_search
-from search.worker import artifact_store, artifacts_folder, describe_report, run_worker
+from search.worker import artifact_store, artifacts_folder
 
 USER_ERRORS = (SpecError, SpaceError, StorageError, StudyError, DatasetError, ModelError,
                ExportError, HeartbeatError, DashboardError)
@@ -185,14 +185,9 @@ def tpe_search(args: argparse.Namespace, local: dict[str, Any]) -> int:
 
 def worker(args: argparse.Namespace, local: dict[str, Any]) -> int:
     gpus = list(args.gpus or [])
-    workers = args.workers or max(1, len(gpus))
-    if workers == 1 and not gpus:
-        report = run_worker(args.storage, args.study, args.artifacts, args.position,
-                            args.threads, local, heartbeat_flags(args))
-        print(describe_report(args.study, report), file=sys.stderr)
-        return report.exit_code
-    return run_local_workers(args.storage, args.study, args.artifacts, workers, gpus, local,
-                             heartbeat_flags(args))
+    return run_local_workers(args.storage, args.study, args.artifacts,
+                             args.workers or max(1, len(gpus)), gpus, local,
+                             heartbeat_flags(args), args.threads, args.position)
 
 
 def study_from_args(args: argparse.Namespace):

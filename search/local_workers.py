@@ -50,15 +50,20 @@ def worker_environment(index: int, gpu_ids: list[int]) -> dict[str, str]:
 
 def run_local_workers(storage_url: str, study_name: str, artifacts: str | None, workers: int,
                       gpu_ids: list[int], local_overrides: dict[str, Any],
-                      heartbeat_overrides: dict[str, int | None]) -> int:
-    """Run `workers` workers until the study has no work left; the worst exit code."""
-    threads = threads_per_worker(workers) if not gpu_ids else 1
+                      heartbeat_overrides: dict[str, int | None], threads: int | None = None,
+                      position: int = 0) -> int:
+    """Run `workers` workers until the study has no work left; the worst exit code.
+
+    `threads` (default: this host's cores split between CPU workers) and `position` (the
+    progress-bar row) are for a single worker running in this process.
+    """
     if workers == 1 and not gpu_ids:
-        report = run_worker(storage_url, study_name, artifacts, threads=threads,
-                            local_overrides=local_overrides,
-                            heartbeat_overrides=heartbeat_overrides)
+        report = run_worker(storage_url, study_name, artifacts, position,
+                            threads or threads_per_worker(1), local_overrides,
+                            heartbeat_overrides)
         print(describe_report(study_name, report), file=sys.stderr)
         return report.exit_code
+    threads = threads_per_worker(workers) if not gpu_ids else 1
     processes = [
         subprocess.Popen(worker_command(storage_url, study_name, artifacts, index, threads,
                                         local_overrides, heartbeat_overrides),

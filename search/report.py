@@ -13,16 +13,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import optuna
+import pandas as pd
+from optuna.artifacts.exceptions import ArtifactNotFound
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import optuna  # noqa: E402
-import pandas as pd  # noqa: E402
-from optuna.artifacts.exceptions import ArtifactNotFound  # noqa: E402
-
-from search.leaderboard import leaderboard  # noqa: E402
-from search.studies import StudyError, stored_train_spec  # noqa: E402
+from search.figures import new_figure, save_figure
+from search.leaderboard import leaderboard
+from search.studies import StudyError, stored_train_spec
 
 METRICS = {"val_acc": "val acc", "test_acc": "test acc", "f1": "weighted F1",
            "auc_micro": "AUC micro", "auc_macro": "AUC macro"}
@@ -44,7 +41,7 @@ def report_table(study: optuna.Study) -> pd.DataFrame:
 
 
 def label(row: pd.Series) -> str:
-    if row["rank"] is pd.NA or pd.isna(row["rank"]):
+    if pd.isna(row["rank"]):
         return f"#{row['trial']} baseline"
     return f"#{row['trial']} r{row['rank']} a{row['alpha']:g} d{row['dropout']:.2g}"
 
@@ -52,7 +49,7 @@ def label(row: pd.Series) -> str:
 def plot_metrics(table: pd.DataFrame, path: Path, title: str) -> None:
     labels = [label(row) for _, row in table.iterrows()]
     width = 0.8 / len(METRICS)
-    figure, axes = plt.subplots(figsize=(max(7, 0.9 * len(table) + 3), 4.8))
+    figure, axes = new_figure(size=(max(7, 0.9 * len(table) + 3), 4.8))
     for index, (column, name) in enumerate(METRICS.items()):
         positions = [i + (index - (len(METRICS) - 1) / 2) * width for i in range(len(table))]
         axes.bar(positions, table[column].astype(float), width, label=name)
@@ -64,13 +61,11 @@ def plot_metrics(table: pd.DataFrame, path: Path, title: str) -> None:
     axes.legend(fontsize=8, ncols=len(METRICS), loc="upper center",
                 bbox_to_anchor=(0.5, -0.28))
     axes.set_title(title)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def plot_accuracy_vs_params(table: pd.DataFrame, path: Path, title: str) -> None:
-    figure, axes = plt.subplots(figsize=(7, 5))
+    figure, axes = new_figure(size=(7, 5))
     baseline = table["rank"].isna()
     for rows, marker, name in ((table[~baseline], "o", "LoRA"),
                                (table[baseline], "s", "baseline (head only)")):
@@ -85,9 +80,7 @@ def plot_accuracy_vs_params(table: pd.DataFrame, path: Path, title: str) -> None
     axes.grid(alpha=0.3)
     axes.legend()
     axes.set_title(title)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def copy_best_confusion(study: optuna.Study, table: pd.DataFrame,

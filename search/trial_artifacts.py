@@ -18,22 +18,19 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
+import optuna
+import torch
+import torch.nn.functional as F
 
-matplotlib.use("Agg")  # files only; never a window, also on machines without a display
-import matplotlib.pyplot as plt  # noqa: E402
-import optuna  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-from objectives.checkpoint import EpochStats  # noqa: E402
-from objectives.metrics import (  # noqa: E402
+from objectives.checkpoint import EpochStats
+from objectives.metrics import (
     class_scores,
     macro_roc_curve,
     most_confused,
     roc_curve,
 )
-from objectives.train import TrialResult  # noqa: E402
+from objectives.train import TrialResult
+from search.figures import new_figure, save_figure
 
 TOP_CONFUSIONS = 20
 # One ROC line per class is readable up to about this many classes; beyond, only averages.
@@ -44,7 +41,7 @@ MIMETYPES = {".png": "image/png", ".csv": "text/csv"}
 def plot_confusion_matrix(confusion: torch.Tensor, classes: Sequence[str], path: Path,
                           title: str) -> None:
     size = min(24, max(5, 0.32 * len(classes) + 2))
-    figure, axes = plt.subplots(figsize=(size, size * 0.9))
+    figure, axes = new_figure(size=(size, size * 0.9))
     image = axes.imshow(confusion.numpy(), cmap="Blues")
     figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04, label="test images")
     ticks = range(len(classes))
@@ -62,14 +59,12 @@ def plot_confusion_matrix(confusion: torch.Tensor, classes: Sequence[str], path:
                 axes.text(column, row, str(count), ha="center", va="center", fontsize=7,
                           color="white" if count > high else "black")
     axes.set_title(title)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def plot_learning_curves(epochs: Sequence[EpochStats], path: Path, title: str) -> None:
     x = [e.epoch for e in epochs]
-    figure, (loss, accuracy) = plt.subplots(1, 2, figsize=(10, 4))
+    figure, (loss, accuracy) = new_figure(1, 2, size=(10, 4))
     loss.plot(x, [e.train_loss for e in epochs], "o-", label="train")
     loss.plot(x, [e.val_loss for e in epochs], "o-", label="validation")
     loss.set_ylabel("cross-entropy loss")
@@ -82,15 +77,13 @@ def plot_learning_curves(epochs: Sequence[EpochStats], path: Path, title: str) -
         axes.grid(alpha=0.3)
         axes.legend()
     figure.suptitle(title)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def plot_roc_curves(result: TrialResult, classes: Sequence[str], path: Path, title: str) -> None:
     probabilities, labels = result.test_probabilities, result.test_labels
     one_hot = F.one_hot(labels, probabilities.shape[1]).bool()
-    figure, axes = plt.subplots(figsize=(6.5, 6))
+    figure, axes = new_figure(size=(6.5, 6))
     if len(classes) <= MAX_CLASS_CURVES:
         for index, name in enumerate(classes):
             if 0 < one_hot[:, index].sum() < len(labels):
@@ -105,9 +98,7 @@ def plot_roc_curves(result: TrialResult, classes: Sequence[str], path: Path, tit
     axes.set_ylabel("true positive rate")
     axes.legend(fontsize=7, loc="lower right")
     axes.set_title(title)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def write_classification_report(confusion: torch.Tensor, classes: Sequence[str],

@@ -30,6 +30,11 @@ FIRST_POLL_SECONDS = 0.5
 MAX_POLL_SECONDS = 5.0
 
 
+def has_heartbeats(storage: optuna.storages.BaseStorage) -> bool:
+    """Whether the storage was opened with heartbeats (only RDB storages have them)."""
+    return getattr(storage, "get_heartbeat_interval", lambda: None)() is not None
+
+
 def claim_next_trial(storage: optuna.storages.BaseStorage, study: optuna.Study
                      ) -> FrozenTrial | None:
     """Move the oldest WAITING trial to RUNNING for this process; None when none is left.
@@ -37,7 +42,7 @@ def claim_next_trial(storage: optuna.storages.BaseStorage, study: optuna.Study
     The queue is read through the study (which registers the trials in Optuna's storage
     cache, needed to set their params later); the claim goes to the database itself.
     """
-    heartbeats = getattr(storage, "get_heartbeat_interval", lambda: None)() is not None
+    heartbeats = has_heartbeats(storage)
     for trial in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
         try:
             if heartbeats:
@@ -106,7 +111,7 @@ def adopt_heartbeats(storage: optuna.storages.BaseStorage, running: list[FrozenT
     keeps beating, for which the extra beat is harmless (it delays noticing a trial that just
     died by at most one grace period).
     """
-    if getattr(storage, "get_heartbeat_interval", lambda: None)() is None:
+    if not has_heartbeats(storage):
         return
     for trial in running:
         if trial._trial_id not in adopted:
