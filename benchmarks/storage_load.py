@@ -39,13 +39,13 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 import optuna  # noqa: E402
 import sqlalchemy  # noqa: E402
 
+from benchmarks.markdown_section import write_section  # noqa: E402
 from search.heartbeat import Heartbeat, HeartbeatSettings  # noqa: E402
 from search.storage import open_storage, with_driver  # noqa: E402
 from search.trial_queue import MAX_POLL_SECONDS, next_trial  # noqa: E402
 
 STUDY = "load"
 BEATS = HeartbeatSettings()  # the defaults a user gets: 60 s / 180 s / 2 retries
-MARKERS = ("<!-- storage_load -->", "<!-- /storage_load -->")
 
 
 def quiet() -> None:
@@ -174,18 +174,6 @@ def machine() -> str:
             f"Optuna {optuna.__version__}, SQLAlchemy {sqlalchemy.__version__}")
 
 
-def write_section(text: str, path: Path) -> None:
-    document = path.read_text()
-    start, end = MARKERS
-    section = f"{start}\n{text}\n{end}"
-    if start in document:
-        document = re.sub(f"{re.escape(start)}.*?{re.escape(end)}", lambda _: section,
-                          document, flags=re.S)
-    else:
-        document = document.rstrip() + "\n\n" + section + "\n"
-    path.write_text(document)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--child", nargs=2, metavar=("URL", "START_LINE"),
@@ -232,7 +220,7 @@ def main() -> int:
             f"{args.trials_per_worker}`.\n\n{table(rows)}")
     print(text)
     if not args.no_write:
-        write_section(text, ROOT / "BENCHMARKS.md")
+        write_section("storage_load", text)
     return 0
 
 

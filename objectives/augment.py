@@ -3,6 +3,7 @@
 `train_batch` reproduces, in distribution, the torchvision pipeline
 
     Resize(image_size) -> RandomHorizontalFlip(hflip) -> RandomCrop(image_size, crop_padding)
+    -> RandomAffine(affine_degrees, (affine_translate,) * 2, affine_scale)
     -> ColorJitter(*color_jitter) -> Normalize(mean, std)
 
 on a whole uint8 batch at once: every random parameter is drawn as a [B] tensor from the
@@ -52,6 +53,8 @@ def train_batch(images: Tensor, spec: AugmentSpec, image_size: int,
         top, left = torch.randint(2 * spec.crop_padding + 1, (2, size), device=device,
                                   generator=generator)
         batch = padded_crop(batch, top, left, spec.crop_padding)
+    if spec.affine_degrees > 0 or spec.affine_translate > 0 or spec.affine_scale != (1, 1):
+        batch = affine(batch, *draw_affine(spec, size, image_size, generator))
     # torchvision's ColorJitter applies the four ops in a random order per call; we use one
     # fixed order. Brightness, contrast and saturation are linear blends that commute with each
     # other except for the clamps (which rarely engage at strengths of a few tenths) and the
@@ -113,6 +116,48 @@ def padded_crop(images: Tensor, top: Tensor, left: Tensor, padding: int) -> Tens
     cropped = cropped.gather(3, col_index.expand(-1, channels, height, -1))
     inside = rows_inside.view(batch, 1, height, 1) & cols_inside.view(batch, 1, 1, width)
     return cropped * inside
+
+
+def draw_affine(spec: AugmentSpec, size: int, image_size: int, generator: torch.Generator
+                ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Per-sample angle (degrees), whole-pixel shifts x and y, and scale, each [size], drawn as
+    `torchvision.transforms.RandomAffine.get_params` draws one sample's."""
+    device = generator.device
+
+    def uniform(low: float, high: float) -> Tensor:
+        return torch.rand(size, device=device, generator=generator) * (high - low) + low
+
+    angle = uniform(-spec.affine_degrees, spec.affine_degrees)
+    max_shift = spec.affine_translate * image_size
+    shift_x, shift_y = (uniform(-max_shift, max_shift).round() for _ in range(2))
+    scale = uniform(*spec.affine_scale)
+    return angle, shift_x, shift_y, scale
+
+
+def affine(images: Tensor, angle: Tensor, shift_x: Tensor, shift_y: Tensor, scale: Tensor
+           ) -> Tensor:
+    """Rotate by `angle` degrees and scale about the centre, then shift by (shift_x, shift_y)
+    pixels, each [B] per sample; bilinear with zeros outside, as `TF.affine` without shear.
+
+    Builds torchvision's inverse matrix (output pixel -> input pixel, in pixel units about the
+    centre) for the whole batch and samples once with `grid_sample`.
+    """
+    height, width = images.shape[-2:]
+    radians = torch.deg2rad(angle)
+    cos, sin = radians.cos() / scale, radians.sin() / scale
+    # Rows of torchvision's inverse matrix, each divided by half the extent it maps to, since
+    # grid_sample wants input coordinates in [-1, 1].
+    theta = torch.stack([
+        torch.stack([cos, sin, -(cos * shift_x + sin * shift_y)], dim=1) / (width / 2),
+        torch.stack([-sin, cos, sin * shift_x - cos * shift_y], dim=1) / (height / 2),
+    ], dim=1)  # [B, 2, 3]
+    xs = torch.arange(width, device=images.device) - (width - 1) / 2
+    ys = torch.arange(height, device=images.device) - (height - 1) / 2
+    grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
+    points = torch.stack([grid_x, grid_y, torch.ones_like(grid_x)], dim=-1)  # [H, W, 3]
+    grid = torch.einsum("hwk,bjk->bhwj", points, theta)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros",
+                         align_corners=False)
 
 
 def adjust_brightness(images: Tensor, factor: Tensor) -> Tensor:

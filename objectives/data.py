@@ -8,6 +8,13 @@ Datasets (`TrainSpec.dataset`):
 - "cifar10", "cifar100", "mnist", "fashion_mnist": torchvision's files under `data_dir`,
   downloaded there when absent and `download` allows it; the official test split is the test
   split.
+- "emnist_balanced" (47 classes), "emnist_byclass" (62), "emnist_bymerge" (47),
+  "emnist_letters" (26), "emnist_digits" (10), "emnist_mnist" (10): the EMNIST splits, read
+  the same way from `data_dir/EMNIST/raw/emnist-SPLIT-{train,test}-{images-idx3,labels-idx1}-
+  ubyte` (torchvision's download fetches all six splits at once, about 0.5 GB). Classes are
+  torchvision's `EMNIST.classes_split_dict[SPLIT]`, except that "emnist_letters" drops its
+  unused "N/A" class 0 and numbers a..z from 0. Images are transposed to stand upright (see
+  `_upright`).
 - "digits": scikit-learn's bundled 8x8 digits (offline); `test_fraction` is held out as test.
 - "imagefolder:PATH": one subfolder of images per class, decoded with PIL, converted to RGB
   and resized to `image_size` so they stack. When PATH has a `train/` subfolder, `train/`,
@@ -38,14 +45,22 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 from objectives.spec import TrainSpec
 
 IMAGEFOLDER = "imagefolder:"
-NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "mnist": 10, "fashion_mnist": 10, "digits": 10}
+# Dataset name -> torchvision's EMNIST `split`.
+EMNIST_SPLITS = {f"emnist_{split}": split
+                 for split in ("balanced", "byclass", "bymerge", "letters", "digits", "mnist")}
+NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "mnist": 10, "fashion_mnist": 10, "digits": 10,
+               "emnist_balanced": 47, "emnist_byclass": 62, "emnist_bymerge": 47,
+               "emnist_letters": 26, "emnist_digits": 10, "emnist_mnist": 10}
 _TORCHVISION = {
     "cifar10": torchvision.datasets.CIFAR10,
     "cifar100": torchvision.datasets.CIFAR100,
     "mnist": torchvision.datasets.MNIST,
     "fashion_mnist": torchvision.datasets.FashionMNIST,
+    **{name: torchvision.datasets.EMNIST for name in EMNIST_SPLITS},
 }
 _SPLITS = ("train", "val", "test")
+# Datasets whose images are decoded with one channel (augment.to_float_rgb repeats it to three).
+GRAYSCALE = frozenset({"mnist", "fashion_mnist", "digits", *EMNIST_SPLITS})
 
 Split = tuple[Tensor, Tensor]  # (uint8 images [N, C, H, W], int64 labels [N])
 
@@ -110,6 +125,8 @@ def load_splits(spec: TrainSpec) -> ImageSplits:
         train, val, test, classes = _read_imagefolder(spec)
     elif spec.dataset == "digits":
         train, classes = _read_digits()
+    elif spec.dataset in EMNIST_SPLITS:
+        train, test, classes = _read_emnist(spec)
     else:
         train, test, classes = _read_torchvision(spec)
 
@@ -156,30 +173,58 @@ def _short(error: BaseException) -> str:
 
 def _read_torchvision(spec: TrainSpec) -> tuple[Split, Split, list[str]]:
     dataset_class = _TORCHVISION[spec.dataset]
+    options = {"split": EMNIST_SPLITS[spec.dataset]} if spec.dataset in EMNIST_SPLITS else {}
     # Where torchvision looks for the files, so the message can say where to put them.
     subfolder = getattr(dataset_class, "base_folder", None) or f"{dataset_class.__name__}/raw"
     folder = Path(spec.data_dir) / subfolder
-    hint = (f"put torchvision's {spec.dataset} files there, or point --data-dir at the folder "
-            f"holding {subfolder}/")
+    what = (f"the emnist-{options['split']}-*-ubyte files (EMNIST's gzip.zip, gunzipped)"
+            if options else f"torchvision's {spec.dataset} files")
+    hint = f"put {what} there, or point --data-dir at the folder holding {subfolder}/"
     try:
-        train = dataset_class(spec.data_dir, train=True, download=False)
+        train = dataset_class(spec.data_dir, train=True, download=False, **options)
     except RuntimeError:  # torchvision's "Dataset not found": the one failure a download fixes
         if not spec.download:
             raise DatasetError(f"{spec.dataset} not found in {folder} and downloading is "
                                f"off; {hint}") from None
         try:
-            train = dataset_class(spec.data_dir, train=True, download=True)
+            train = dataset_class(spec.data_dir, train=True, download=True, **options)
         except Exception as error:  # urllib, http, ssl and torchvision each raise their own
             raise DatasetError(f"{spec.dataset} not found in {folder} and downloading it "
                                f"failed ({_short(error)}); {hint}") from None
     except Exception as error:  # present but damaged: torchvision asserts or unpickles
         raise DatasetError(f"cannot read {spec.dataset} from {folder}: {_short(error)}") from None
     try:
-        test = dataset_class(spec.data_dir, train=False, download=False)
+        test = dataset_class(spec.data_dir, train=False, download=False, **options)
     except Exception as error:
         raise DatasetError(f"cannot read {spec.dataset}'s test split from {folder}: "
                            f"{_short(error)}") from None
     return _arrays(train), _arrays(test), list(train.classes)
+
+
+def _read_emnist(spec: TrainSpec) -> tuple[Split, Split, list[str]]:
+    train, test, classes = _read_torchvision(spec)
+    train, test = _upright(train), _upright(test)
+    if EMNIST_SPLITS[spec.dataset] == "letters":
+        # torchvision lists a class "N/A" at index 0 that no image has (the letters are 1..26):
+        # kept, it would be a head output no image asks for and an empty row in every
+        # per-class report, so a..z become 0..25.
+        train, test, classes = _shift_down(train), _shift_down(test), classes[1:]
+    return train, test, list(classes)
+
+
+def _upright(split: Split) -> Split:
+    """EMNIST's idx files store each image transposed relative to MNIST's (row i of the stored
+    array is column i of the character), so torchvision's tensors show every character
+    mirrored and turned by 90 degrees. Swapping H and W makes them upright as MNIST's digits
+    are: a backbone trained on MNIST then sees the orientation it knows, and the confusion
+    matrices and pictures of a study read as the characters they are."""
+    images, labels = split
+    return images.transpose(2, 3).contiguous(), labels
+
+
+def _shift_down(split: Split) -> Split:
+    images, labels = split
+    return images, labels - 1
 
 
 def _arrays(dataset: torchvision.datasets.VisionDataset) -> Split:
@@ -264,9 +309,24 @@ def _read_images(folder: Path, classes: list[str], size: int, every_class: bool)
 
 
 def _decode(path: Path, size: int) -> Tensor:
+    return decode_image(path, grayscale=False, size=size)
+
+
+def decode_image(path: str | Path, grayscale: bool, size: int | None = None) -> Tensor:
+    """One image file as uint8 [C, H, W]: C = 1 (PIL mode "L") when `grayscale`, else 3 (RGB);
+    resized to size × size with PIL's bicubic filter when `size` is given, as an imagefolder's
+    images are when they are loaded."""
     try:
         with Image.open(path) as image:
-            rgb = image.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
+            decoded = image.convert("L" if grayscale else "RGB")
+            if size is not None:
+                decoded = decoded.resize((size, size), Image.Resampling.BICUBIC)
     except (OSError, ValueError, Image.DecompressionBombError) as error:
         raise DatasetError(f"cannot read image {path}: {_short(error)}") from None
-    return torch.from_numpy(np.array(rgb)).permute(2, 0, 1)
+    array = torch.from_numpy(np.array(decoded))
+    return array.unsqueeze(0) if grayscale else array.permute(2, 0, 1)
+
+
+def dataset_is_grayscale(name: str) -> bool:
+    """Whether `load_splits` gives the dataset's images one channel rather than three."""
+    return name in GRAYSCALE

@@ -4,7 +4,8 @@ A LoRA trial becomes a peft adapter folder (`adapter_config.json`, `adapter_mode
 the trained head included) that `PeftModel.from_pretrained` loads onto `create_backbone(spec,
 num_classes)`, plus `model.safetensors`: the adapters merged into the backbone, with q/k/v
 fused back, so it loads into a plain `timm.create_model(spec.model, num_classes=...)`.
-A baseline trial has no adapter: only `model.safetensors` is written.
+A baseline trial has no adapter: only `model.safetensors` is written. The folder also serves
+as another study's starting backbone (`objectives.export_folder`).
 """
 
 from __future__ import annotations
@@ -14,10 +15,9 @@ from pathlib import Path
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from objectives.export_folder import MERGED_FILE
 from objectives.model import build_model, fuse_qkv_state_dict
 from objectives.spec import LoraParams, TrainSpec
-
-MERGED_FILE = "model.safetensors"
 
 
 class ExportError(ValueError):

@@ -3,7 +3,8 @@
 Two shapes of trial share one backbone builder:
 - `build_baseline_model`: backbone frozen, only the classification head trains (the no-LoRA
   baseline of every study);
-- `build_lora_model`: peft LoRA adapters on the attention projections plus a trainable head.
+- `build_lora_model`: peft LoRA adapters on the spec's target layers (a ViT's attention
+  projections, a CNN's convolutions or any Linear) plus a trainable head.
 
 timm fuses q, k and v into one `qkv` Linear. The model card puts separate adapters on q, k and
 v, which is not the same as one adapter on the fused layer (r=8: 259,684 trainable parameters
@@ -14,12 +15,15 @@ three Linears sliced from the fused weight whose concatenated output is identica
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import timm
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 
+from objectives import export_folder
 from objectives.spec import LoraParams, TrainSpec
 
 
@@ -79,32 +83,145 @@ def head_name(model: nn.Module) -> str:
 
 
 def create_backbone(spec: TrainSpec, num_classes: int, pretrained: bool | None = None) -> nn.Module:
-    """The timm model with a fresh `num_classes` head, q/k/v split when the targets ask for it.
+    """The timm model with a fresh `num_classes` head (an MLP when `spec.head_hidden`), q/k/v
+    split when the targets name them, attention through SDPA.
 
-    Weights come from `spec.weights` (a local file) when given, else from the hub when
-    `spec.pretrained`; `pretrained=False` overrides both (used to count parameters offline).
+    Weights come from `spec.weights` when given, else from the hub when `spec.pretrained`;
+    `pretrained=False` overrides both (used to count parameters offline). `spec.weights` is a
+    timm checkpoint file, or a folder written by `search export --weights` whose merged
+    `model.safetensors` gives every weight but the head (see `load_exported_backbone`).
     """
+    load = spec.pretrained if pretrained is None else pretrained
+    from_export = load and spec.weights is not None and Path(spec.weights).is_dir()
+    overlay = {}
+    if load and spec.weights and not from_export:
+        # custom_load off: timm's ViT configs point at .npz files with their own loader.
+        overlay["pretrained_cfg_overlay"] = {"file": spec.weights, "custom_load": False}
+    model = _timm_model(spec, num_classes, load and not from_export, **overlay)
+    if from_export:
+        # Before the split: the merged file holds timm's fused qkv weights.
+        load_exported_backbone(model, spec)
+    if spec.head_hidden:
+        replace_head(model, spec.head_hidden, num_classes)
+    if spec.splits_qkv:
+        split_qkv(model)
+    use_sdpa(model)
+    return model
+
+
+def replace_head(model: nn.Module, hidden: int, num_classes: int) -> None:
+    """Swap the timm classifier for Linear -> ReLU -> Linear with `hidden` units: the bigger
+    heads that head-only CNN baselines train (the paper's 8-11% trainable)."""
+    name = head_name(model)
+    old = model.get_submodule(name)
+    if not isinstance(old, nn.Linear):
+        raise ModelError(f"head_hidden: the head '{name}' of '{model.__class__.__name__}' is "
+                         f"a {old.__class__.__name__}, not a Linear layer to replace")
+    factory = {"device": old.weight.device, "dtype": old.weight.dtype}
+    model.set_submodule(name, nn.Sequential(
+        nn.Linear(old.in_features, hidden, **factory), nn.ReLU(),
+        nn.Linear(hidden, num_classes, **factory)))
+
+
+def use_sdpa(model: nn.Module) -> None:
+    """Make every timm attention block use `F.scaled_dot_product_attention` (flash / memory-
+    efficient kernels on a GPU) even where the TIMM_FUSED_ATTN environment turned it off."""
+    for module in model.modules():
+        if getattr(module, "fused_attn", None) is False:
+            module.fused_attn = True
+
+
+def lora_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """The layers LoRA can adapt here, by path: Linear layers and ungrouped convolutions
+    (peft cannot merge an adapter into a grouped / depthwise convolution)."""
+    return {name: module for name, module in model.named_modules()
+            if isinstance(module, nn.Linear)
+            or (isinstance(module, nn.Conv2d) and module.groups == 1)}
+
+
+def check_targets(spec: TrainSpec, num_classes: int) -> None:
+    """Raise ModelError unless every name in `spec.targets` matches some layer LoRA can adapt
+    (builds the model on the meta device: no weights are loaded)."""
+    with torch.device("meta"):
+        model = create_backbone(spec, num_classes, pretrained=False)
+    layers = lora_layers(model)
+    head = head_name(model)
+    for target in spec.target_modules:
+        if not any(path == target or path.endswith("." + target) for path in layers
+                   if not path.startswith(head)):
+            names = sorted({path.rsplit(".", 1)[-1] for path in layers
+                            if not path.startswith(head)})
+            raise ModelError(f"targets: '{spec.model}' has no Linear or ungrouped Conv2d layer "
+                             f"named '{target}'; its layer names: {', '.join(names[:20])}")
+
+
+def _timm_model(spec: TrainSpec, num_classes: int, pretrained: bool, **extra: Any) -> nn.Module:
     if not timm.is_model(spec.model):
         raise ModelError(f"unknown timm model '{spec.model}' (see timm.list_models())")
-    load = spec.pretrained if pretrained is None else pretrained
-    kwargs = dict(spec.model_kwargs)
-    if load and spec.weights:
-        # custom_load off: timm's ViT configs point at .npz files with their own loader.
-        kwargs["pretrained_cfg_overlay"] = {"file": spec.weights, "custom_load": False}
     try:
-        model = timm.create_model(spec.model, pretrained=load, num_classes=num_classes, **kwargs)
+        return timm.create_model(spec.model, pretrained=pretrained, num_classes=num_classes,
+                                 **spec.model_kwargs, **extra)
     except (OSError, RuntimeError, ValueError) as error:
         source = spec.weights or "the model hub"
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise ModelError(
-            f"cannot build '{spec.model}' with weights from {source}: {reason}; "
+            f"cannot build '{spec.model}' with weights from {source}: {_first_line(error)}; "
             "pass --weights PATH to a local checkpoint, or pretrained = false") from None
     except TypeError as error:  # a model_kwargs entry the architecture does not take
         raise ModelError(f"cannot build '{spec.model}': {error}") from None
-    if spec.targets != "qkv" and split_qkv(model) == 0:
-        raise ModelError(f"'{spec.model}' has no fused qkv attention layers to split for "
-                         f"targets {spec.targets}")
-    return model
+
+
+def load_exported_backbone(model: nn.Module, spec: TrainSpec) -> None:
+    """Load the merged weights of the export folder `spec.weights` into the plain timm
+    `model`, all but its head.
+
+    The head keeps its fresh, seeded initialisation whether or not the old study had as many
+    classes: a new study's head is always new. Its classes are its own even when they count
+    the same, and its no-LoRA baseline (frozen backbone, trained head) must start from an
+    untrained head, as on any other backbone. Every other weight must fit exactly: a key
+    missing on either side or a shape that differs is a ModelError naming what differs.
+    """
+    file = _check_export_fits(model, spec)
+    try:
+        state = export_folder.backbone_state(file, head_name(model))
+    except export_folder.UNREADABLE as error:
+        raise ModelError(f"cannot read {file}: {_first_line(error)}") from None
+    model.load_state_dict(state, strict=False)  # _check_export_fits: only the head is missing
+
+
+def check_export_folder(spec: TrainSpec) -> None:
+    """Raise ModelError unless the export folder `spec.weights` holds merged weights that fit
+    the spec's model, head aside. Reads only the file's header and builds the model on the
+    meta device, so a spec can be checked before a study is created."""
+    with torch.device("meta"):
+        model = _timm_model(spec, 1, pretrained=False)
+    _check_export_fits(model, spec)
+
+
+def _check_export_fits(model: nn.Module, spec: TrainSpec) -> Path:
+    """The folder's merged weights file, once its tensors are known to fit `model`."""
+    folder = Path(spec.weights)
+    file = export_folder.merged_file(folder)
+    if file is None:
+        raise ModelError(f"weights folder {folder} has no {export_folder.MERGED_FILE}: pass a "
+                         "folder written by `search export --weights DIR`, or a checkpoint file")
+    try:
+        stored = export_folder.stored_shapes(file)
+    except export_folder.UNREADABLE as error:
+        raise ModelError(f"cannot read {file}: {_first_line(error)}") from None
+    expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
+    problems = export_folder.misfits(expected, stored, head_name(model))
+    if problems:
+        differences = export_folder.exporter_differences(folder, spec.model, spec.model_kwargs)
+        why = (f"the exporting study differs in {'; '.join(differences)}" if differences
+               else "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more"
+                                                   if len(problems) > 3 else ""))
+        raise ModelError(f"the weights in {file} do not fit '{spec.model}' with "
+                         f"model_kwargs {spec.model_kwargs}: {why}")
+    return file
+
+
+def _first_line(error: BaseException) -> str:
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
 
 
 def build_baseline_model(spec: TrainSpec, num_classes: int, pretrained: bool | None = None
@@ -128,6 +245,9 @@ def build_lora_model(spec: TrainSpec, num_classes: int, lora: LoraParams,
     """LoRA adapters on the spec's targets plus a trainable head; the rest frozen."""
     torch.manual_seed(spec.seed)
     backbone = create_backbone(spec, num_classes, pretrained)
+    if spec.splits_qkv and not any(isinstance(m, SplitQKV) for m in backbone.modules()):
+        raise ModelError(f"'{spec.model}' has no fused qkv attention layers to split for "
+                         f"targets {spec.targets}")
     try:
         return get_peft_model(backbone, lora_config(spec, lora, head_name(backbone)))
     except ValueError as error:

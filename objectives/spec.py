@@ -11,13 +11,12 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-TARGETS = {
-    # How LoRA attaches to a timm ViT attention block. timm fuses q, k, v in one `qkv` Linear;
-    # "q,k,v" and "q,v" split it into separate Linears first (the model card / paper setups).
-    "q,k,v": ("q", "k", "v"),
-    "q,v": ("q", "v"),
-    "qkv": ("qkv",),
-}
+# The layers LoRA attaches to, as comma-separated module names (a name matches every layer
+# whose path ends in it: "conv2" is each ResNet block's second convolution). timm's ViTs fuse
+# q, k, v in one `qkv` Linear: "qkv" adapts the fused layer, and any of "q", "k", "v" split it
+# into three Linears first (the model card's "q,k,v", the paper's "q,v").
+SPLIT_QKV_NAMES = frozenset({"q", "k", "v"})
+VIT_TARGETS = ("q,k,v", "q,v", "qkv")
 
 
 @dataclass(frozen=True)
@@ -26,6 +25,11 @@ class AugmentSpec:
 
     hflip: float = 0.5
     crop_padding: int = 28
+    # RandomAffine: rotation in ±degrees, translation up to ±fraction of width/height,
+    # scale drawn from the range; all off by default (the paper's pipeline turns them on).
+    affine_degrees: float = 0.0
+    affine_translate: float = 0.0
+    affine_scale: tuple[float, float] = (1.0, 1.0)
     color_jitter: tuple[float, float, float, float] = (0.3, 0.3, 0.3, 0.05)
     mean: tuple[float, float, float] = (0.5071, 0.4867, 0.4408)
     std: tuple[float, float, float] = (0.2675, 0.2565, 0.2761)
@@ -48,7 +52,8 @@ class TrainSpec:
     pretrained: bool = True
     weights: str | None = None  # local checkpoint used instead of the hub's pretrained weights
     model_kwargs: dict[str, Any] = field(default_factory=dict)  # passed to timm.create_model
-    targets: str = "q,k,v"
+    targets: str = "q,k,v"  # LoRA's layers: see SPLIT_QKV_NAMES above
+    head_hidden: int = 0  # > 0: the head is Linear -> ReLU -> Linear with this many units
     dataset: str = "cifar100"
     data_dir: str = "data"
     download: bool = True
@@ -63,10 +68,16 @@ class TrainSpec:
     augment: AugmentSpec = field(default_factory=AugmentSpec)
     seed: int = 0
     device: str = "auto"  # "auto": the first visible CUDA device, else CPU
+    bf16: bool = True  # bf16 autocast on CUDA; off for GPUs without bf16. The CPU stays fp32.
+    compile: bool = False  # torch.compile the model: pays off on long trials on a GPU
 
     @property
     def target_modules(self) -> tuple[str, ...]:
-        return TARGETS[self.targets]
+        return tuple(name.strip() for name in self.targets.split(","))
+
+    @property
+    def splits_qkv(self) -> bool:
+        return bool(SPLIT_QKV_NAMES & set(self.target_modules))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -81,22 +81,43 @@ def describe_device(device: torch.device) -> str:
     return f"cpu ({torch.get_num_threads()} threads)"
 
 
+Forward = Callable[[torch.Tensor], torch.Tensor]
+
+
+def compile_full_batches(model: nn.Module, batch_sizes: set[int]) -> Forward:
+    """`model`'s forward, compiled for batches of exactly `batch_sizes` images.
+
+    Compiling with static shapes gives one graph per (size, train/eval mode); the last,
+    smaller batch of an epoch or evaluation runs eagerly instead of costing another compile
+    (or a slower dynamic-shape graph) for a single batch.
+    """
+    compiled = torch.compile(model, dynamic=False)
+
+    def forward(images: torch.Tensor) -> torch.Tensor:
+        return compiled(images) if len(images) in batch_sizes else model(images)
+
+    return forward
+
+
 @torch.no_grad()
-def predict(model: nn.Module, images: torch.Tensor, spec: TrainSpec) -> torch.Tensor:
-    """Float32 logits for uint8 images already on the model's device."""
+def predict(model: nn.Module, images: torch.Tensor, spec: TrainSpec,
+            forward: Forward | None = None) -> torch.Tensor:
+    """Float32 logits for uint8 images already on the model's device; `forward` (default: the
+    model's) is a compiled forward of the same model."""
     model.eval()
+    forward = forward or model
     outputs = []
     for start in range(0, len(images), spec.eval_batch_size):
         batch = augment.eval_batch(images[start:start + spec.eval_batch_size], spec.augment,
                                    spec.image_size)
-        with autocast(images.device):
-            outputs.append(model(batch).float())
+        with autocast(images.device, spec.bf16):
+            outputs.append(forward(batch).float())
     return torch.cat(outputs)
 
 
-def autocast(device: torch.device):
+def autocast(device: torch.device, bf16: bool = True):
     # bf16 on CUDA keeps the frozen matmuls fast; the CPU stays in fp32 for exact repeatability.
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda")
 
 
 def run_trial(spec: TrainSpec, lora: LoraParams | None, data: ImageSplits | None = None,
@@ -114,6 +135,8 @@ def run_trial(spec: TrainSpec, lora: LoraParams | None, data: ImageSplits | None
     data = data if data is not None else load_splits(spec)
     model = build_model(spec, data.num_classes, lora).to(device)
     parameters = count_parameters(model)
+    forward = (compile_full_batches(model, {spec.batch_size, spec.eval_batch_size})
+               if spec.compile else model)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=spec.lr, weight_decay=spec.weight_decay,
                                   fused=device.type == "cuda")
@@ -143,8 +166,8 @@ def run_trial(spec: TrainSpec, lora: LoraParams | None, data: ImageSplits | None
             index = order[start:start + spec.batch_size]
             images = augment.train_batch(train_x[index], spec.augment, spec.image_size, generator)
             labels = train_y[index]
-            with autocast(device):
-                logits = model(images)
+            with autocast(device, spec.bf16):
+                logits = forward(images)
                 loss = F.cross_entropy(logits.float(), labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -159,7 +182,7 @@ def run_trial(spec: TrainSpec, lora: LoraParams | None, data: ImageSplits | None
         epoch_train_seconds = time.perf_counter() - epoch_start
         step_seconds += epoch_train_seconds
 
-        val_logits = predict(model, val_x, spec)
+        val_logits = predict(model, val_x, spec, forward)
         stats = EpochStats(
             epoch=epoch,
             train_loss=loss_sum.item() / len(train_y),
@@ -181,7 +204,7 @@ def run_trial(spec: TrainSpec, lora: LoraParams | None, data: ImageSplits | None
             on_epoch(stats)
 
     test_y = data.test_labels.to(device)
-    test_logits = predict(model, data.test_images.to(device), spec)
+    test_logits = predict(model, data.test_images.to(device), spec, forward)
     return TrialResult(
         val_acc=history[-1].val_acc,
         test=classification_metrics(test_logits, test_y),

@@ -89,6 +89,10 @@ def add_artifacts_override(parser: argparse.ArgumentParser) -> None:
 def add_local_fields(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", help="folder with the dataset files (torchvision layout)")
     parser.add_argument("--device", help="auto (default: first GPU, else CPU), cpu, cuda, cuda:N")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction,
+                        help="torch.compile the model (default: the spec's, off). Costs a "
+                             "compile per trial; on a GPU it pays off on trials of minutes "
+                             "(see BENCHMARKS.md)")
 
 
 def add_study_flags(parser: argparse.ArgumentParser) -> None:
@@ -111,6 +115,9 @@ def add_worker_flags(parser: argparse.ArgumentParser, stored: bool) -> None:
                         help="GPU indices for this host's workers: one worker process per GPU "
                              f"(CUDA_VISIBLE_DEVICES), round robin with --workers (default: "
                              f"{every})")
+    parser.add_argument("--workers-per-gpu", type=positive_int, metavar="K",
+                        help="K worker processes on each GPU (of --gpus, else every visible "
+                             "one): small models that cannot fill a GPU alone share it")
     beats = parser.add_argument_group(
         "dead workers (a killed worker's trial is failed after the grace period and re-run, "
         "resuming from its last finished epoch; " +
@@ -129,9 +136,16 @@ def add_train_overrides(parser: argparse.ArgumentParser) -> None:
     overrides = parser.add_argument_group("spec overrides (single fields of [train])")
     overrides.add_argument("--model", help="timm model name, e.g. vit_small_patch16_224")
     overrides.add_argument("--weights", metavar="PATH", type=lambda p: str(Path(p).resolve()),
-                           help="local pretrained checkpoint instead of the model hub's")
-    overrides.add_argument("--targets", help="LoRA targets: q,k,v | q,v | qkv")
+                           help="local pretrained checkpoint instead of the model hub's, or "
+                                "a `search export --weights` folder: its model, head aside, "
+                                "starts this study")
+    overrides.add_argument("--targets", help="LoRA's layers, comma-separated names: q,k,v | q,v | "
+                                             "qkv for a ViT; convolutions or Linears of a CNN, "
+                                             "e.g. conv2 or conv1,conv2,conv3 (ResNet), "
+                                             "conv_pw,conv_pwl (EfficientNet)")
     overrides.add_argument("--dataset", help="cifar10 | cifar100 | mnist | fashion_mnist | "
+                                             "emnist_balanced | emnist_byclass | emnist_bymerge "
+                                             "| emnist_letters | emnist_digits | emnist_mnist | "
                                              "digits | imagefolder:PATH")
     overrides.add_argument("--epochs", type=positive_int)
     overrides.add_argument("--batch-size", type=positive_int)
@@ -259,12 +273,34 @@ def build_parser() -> ArgumentParser:
     export.add_argument("--weights", type=Path, metavar="DIR",
                         help="also write the model: adapter_config.json, "
                              "adapter_model.safetensors, model.safetensors (merged)")
+
+    predict = commands.add_parser(
+        "predict", help="classify image files with a model written by `export --weights`",
+        description="Classify image files with the model in a folder written by `search "
+                    "export --weights DIR`, preparing each image as the trial evaluated its "
+                    "test images (decoded as grayscale or RGB like the training data, resized "
+                    "to the spec's image_size, normalised). Uses the merged model.safetensors "
+                    "when the folder has it (no peft, no backbone file needed), else the peft "
+                    "adapter on the spec's pretrained backbone. Runs on the first GPU if there "
+                    "is one, else on the CPU. Needs no study or database.")
+    predict.add_argument("--model", required=True, type=Path, metavar="DIR",
+                         help="folder written by `search export --weights DIR` (with "
+                              "search_export.json)")
+    predict.add_argument("images", nargs="+", metavar="IMAGE",
+                         help="image files in any format PIL reads (PNG, JPEG, ...)")
+    predict.add_argument("--top-k", type=positive_int, default=5, metavar="K",
+                         help="classes to show per image, most probable first (default: 5; at "
+                              "most the number of classes)")
+    predict.add_argument("--format", choices=("table", "json"), default="table",
+                         help="table: per image, its file then class and probability in %%; "
+                              "json: a list of {image, predictions: [{class, index, "
+                              "probability}]} (default: table)")
     return parser
 
 
 def local_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """Host-local spec fields given on the command line (see `search.spec.LOCAL_FIELDS`)."""
-    values = {key: getattr(args, key, None) for key in ("data_dir", "device")}
+    values = {key: getattr(args, key, None) for key in ("data_dir", "device", "compile")}
     return {key: value for key, value in values.items() if value is not None}
 
 

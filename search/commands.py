@@ -10,8 +10,15 @@ from typing import Any
 
 from objectives.data import DatasetError, dataset_num_classes
 from objectives.export_model import ExportError
+from objectives.inference import (
+    InferenceError,
+    check_image_files,
+    classify_images,
+    load_exported_model,
+)
 from objectives.model import ModelError, planned_parameters
-from objectives.train import visible_gpus
+from objectives.train import resolve_device, visible_gpus
+from search.baselines import baseline_train_spec
 from search.dashboard import DashboardError, serve_dashboard
 from search.enqueue_lock import enqueue_lock
 from search.export import (
@@ -24,17 +31,24 @@ from search.export import (
 )
 from search.heartbeat import HeartbeatError, HeartbeatSettings
 from search.leaderboard import best_versus_baseline, leaderboard, render
-from search.local_workers import run_local_workers
+from search.local_workers import WorkerCountError, run_local_workers, worker_count
+from search.predict import prediction_records, read_export, render_predictions
 from search.report import write_report
 from search.space import GridSpace, SpaceError, TpeSearch
 from search.spec import SpecError, StudySpec, load_spec, with_overrides
 from search.storage import StorageError, default_artifacts_dir, open_storage, shown
-from search.studies import StudyError, enqueue_grid, find_study, open_study_for_spec
+from search.studies import (
+    StudyError,
+    enqueue_grid,
+    find_study,
+    open_study_for_spec,
+    store_baselines,
+)
 from search.tpe import check_grid_fits, enqueue_tpe_budget, settle_search
 from search.worker import artifact_store, artifacts_folder
 
 USER_ERRORS = (SpecError, SpaceError, StorageError, StudyError, DatasetError, ModelError,
-               ExportError, HeartbeatError, DashboardError)
+               ExportError, HeartbeatError, DashboardError, InferenceError, WorkerCountError)
 # [train] field -> flag attribute
 TRAIN_FLAGS = {"model": "model", "weights": "weights", "targets": "targets", "dataset": "dataset",
                "epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "seed": "train_seed"}
@@ -53,7 +67,8 @@ def quiet_optuna() -> None:
 
 def run(args: argparse.Namespace, local: dict[str, Any]) -> int:
     handler = {"grid": grid, "optuna": tpe_search, "worker": worker, "dashboard": dashboard,
-               "leaderboard": show_leaderboard, "report": report, "export": export}[args.command]
+               "leaderboard": show_leaderboard, "report": report, "export": export,
+               "predict": predict_images}[args.command]
     return handler(args, local)
 
 
@@ -96,6 +111,7 @@ def open_study(args: argparse.Namespace, spec: StudySpec, storage):
     artifacts = str(Path(args.artifacts).resolve()) if args.artifacts else \
         str(default_artifacts_dir(args.storage))
     study, _ = open_study_for_spec(storage, spec.name, spec.train, artifacts, spec_given(args))
+    store_baselines(study, spec.baselines, args.spec is not None)
     store_heartbeat(study, spec.heartbeat,
                     args.spec is not None or any(v is not None for v in heartbeat_flags(args)
                                                  .values()))
@@ -108,13 +124,17 @@ def store_heartbeat(study, settings: HeartbeatSettings, given: bool) -> None:
         study.set_user_attr("heartbeat", settings.to_dict())
 
 
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def gpu_ids(args: argparse.Namespace) -> list[int]:
     return list(args.gpus) if args.gpus else list(range(visible_gpus()))
 
 
-def run_workers_and_report(args: argparse.Namespace, local: dict[str, Any], study) -> int:
+def run_workers_and_report(args: argparse.Namespace, local: dict[str, Any], study,
+                           workers: int) -> int:
     gpus = gpu_ids(args)
-    workers = args.workers if args.workers is not None else max(1, len(gpus))
     if workers == 0:
         print(f"start workers with: search worker --study {study.study_name} "
               f"--storage {shown(args.storage)}", file=sys.stderr)
@@ -129,12 +149,16 @@ def run_workers_and_report(args: argparse.Namespace, local: dict[str, Any], stud
 
 
 def planned_trials(spec: StudySpec) -> list[dict[str, Any]]:
-    """Baseline first, then the grid, each with its parameter counts (no weights loaded)."""
+    """Baselines first, then the grid, each with its parameter counts (no weights loaded)."""
     num_classes = dataset_num_classes(spec.train)
+    trials = [(baseline_train_spec(spec.train, b.train_overrides()), None)
+              for b in spec.baselines]
+    trials += [(spec.train, point) for point in spec.grid.points()]
     plan = []
-    for point in [None, *spec.grid.points()]:
-        count = planned_parameters(spec.train, num_classes, point)
-        plan.append({"baseline": point is None,
+    for train, point in trials:
+        count = planned_parameters(train, num_classes, point)
+        plan.append({"model": train.model, "method": "lora" if point else "head",
+                     "baseline": point is None,
                      "rank": point.rank if point else None,
                      "alpha": point.alpha if point else None,
                      "dropout": point.dropout if point else None,
@@ -144,6 +168,7 @@ def planned_trials(spec: StudySpec) -> list[dict[str, Any]]:
 
 
 def grid(args: argparse.Namespace, local: dict[str, Any]) -> int:
+    workers = worker_count(args.workers, args.workers_per_gpu, gpu_ids(args))
     spec = spec_from_flags(args, local)
     spec = with_overrides(spec, grid=grid_from_flags(args, spec))
     if args.dry_run:
@@ -162,12 +187,13 @@ def grid(args: argparse.Namespace, local: dict[str, Any]) -> int:
         check_grid_fits(study, spec.grid.to_dict())
         report = enqueue_grid(study, spec.grid)
     print(f"study {study.study_name!r} in {shown(args.storage)}: queued "
-          f"{'the baseline and ' if report.baseline_added else ''}{len(report.added)} grid "
+          f"{plural(report.baselines_added, 'baseline')} and {len(report.added)} grid "
           f"point(s); {report.already_there} already there", file=sys.stderr)
-    return run_workers_and_report(args, local, study)
+    return run_workers_and_report(args, local, study, workers)
 
 
 def tpe_search(args: argparse.Namespace, local: dict[str, Any]) -> int:
+    workers = worker_count(args.workers, args.workers_per_gpu, gpu_ids(args))
     spec = spec_from_flags(args, local)
     asked, given = tpe_from_flags(args, spec)
     storage = open_storage(args.storage)
@@ -176,17 +202,19 @@ def tpe_search(args: argparse.Namespace, local: dict[str, Any]) -> int:
         search = settle_search(study, asked, given)
         report = enqueue_tpe_budget(study, search)
     print(f"study {study.study_name!r} in {shown(args.storage)}: "
-          f"{'queued the baseline; ' if report.baseline_added else ''}"
+          f"queued {plural(report.baselines_added, 'baseline')}; "
           f"{report.finished} finished and {report.pending} queued or running LoRA trial(s); "
           f"queued {report.added} TPE trial(s) to reach {search.trials} "
           f"(pruner: {search.pruner}, seed {search.seed})", file=sys.stderr)
-    return run_workers_and_report(args, local, study)
+    return run_workers_and_report(args, local, study, workers)
 
 
 def worker(args: argparse.Namespace, local: dict[str, Any]) -> int:
     gpus = list(args.gpus or [])
+    if args.workers_per_gpu is not None:  # sharing GPUs: every visible one unless named
+        gpus = gpu_ids(args)
     return run_local_workers(args.storage, args.study, args.artifacts,
-                             args.workers or max(1, len(gpus)), gpus, local,
+                             worker_count(args.workers, args.workers_per_gpu, gpus), gpus, local,
                              heartbeat_flags(args), args.threads, args.position)
 
 
@@ -236,4 +264,16 @@ def export(args: argparse.Namespace, local: dict[str, Any]) -> int:
     which = "best trial" if args.trial is None else "trial"
     print(f"{which} {trial.number} (val_acc {trial.value:.4f}) -> {args.out}",
           file=sys.stderr)
+    return 0
+
+
+def predict_images(args: argparse.Namespace, local: dict[str, Any]) -> int:
+    exported = read_export(args.model)
+    # Missing files are reported before the model is loaded, not after.
+    check_image_files(args.images)
+    model = load_exported_model(args.model, exported.spec, len(exported.classes),
+                                resolve_device("auto"))
+    probabilities = classify_images(model, args.images, exported.spec)
+    records = prediction_records(args.images, probabilities, exported.classes, args.top_k)
+    print(render_predictions(records, args.format))
     return 0

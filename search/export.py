@@ -12,7 +12,14 @@ from optuna.trial import FrozenTrial, TrialState
 
 from objectives.export_model import load_trained_model, write_model_folder
 from search.space import params_of
-from search.studies import StudyError, is_baseline, stored_train_spec, trial_point
+from search.studies import (
+    StudyError,
+    is_baseline,
+    stored_train_spec,
+    trial_method,
+    trial_point,
+    trial_train_spec,
+)
 
 METRIC_KEYS = ("val_acc", "test_acc", "f1", "auc_micro", "auc_macro", "trainable_params",
                "total_params", "trainable_pct", "train_seconds", "images_per_second", "device")
@@ -40,6 +47,8 @@ def completed_trial(study: optuna.Study, number: int) -> FrozenTrial:
 
 def export_document(study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]:
     point = trial_point(trial)
+    spec = stored_train_spec(study)
+    model, method = trial_method(trial, spec)
     return {
         "study": study.study_name,
         "trial": trial.number,
@@ -47,7 +56,9 @@ def export_document(study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]:
         "params": params_of(point) if point else {},
         "value": trial.value,
         "metrics": {key: trial.user_attrs[key] for key in METRIC_KEYS if key in trial.user_attrs},
-        "spec": stored_train_spec(study).to_dict(),
+        "model": model,
+        "method": method,
+        "spec": trial_train_spec(spec, trial).to_dict(),
         "classes": study.user_attrs.get("classes", []),
     }
 
@@ -95,6 +106,7 @@ def export_weights(study: optuna.Study, trial: FrozenTrial, store: Any, folder: 
         except FileNotFoundError:
             raise StudyError(f"weights of trial {trial.number} ({artifact_id}) are not in the "
                              "artifact store; pass --artifacts DIR") from None
-        model = load_trained_model(stored_train_spec(study), len(classes), trial_point(trial),
+        spec = trial_train_spec(stored_train_spec(study), trial)
+        model = load_trained_model(spec, len(classes), trial_point(trial),
                                    weights)
     return write_model_folder(model, trial_point(trial), folder)

@@ -8,9 +8,10 @@ from optuna.trial import TrialState
 
 from search.studies import is_baseline, trial_point
 
-COLUMNS = ["number", "state", "baseline", "rank", "alpha", "dropout", "epochs", "val_acc",
-           "test_acc", "f1", "auc_micro", "auc_macro", "trainable_params", "trainable_pct",
-           "train_seconds", "note"]
+METRICS = ["test_acc", "f1", "auc_micro", "auc_macro", "trainable_params", "trainable_pct",
+           "train_seconds"]
+COLUMNS = ["number", "state", "model", "method", "baseline", "rank", "alpha", "dropout",
+           "epochs", "val_acc", *METRICS, "note"]
 # Finished trials first: a trial pruned early is not better than a complete one that beat it.
 STATE_ORDER = {"COMPLETE": 0, "PRUNED": 1, "RUNNING": 2, "WAITING": 3, "FAIL": 4}
 FORMATS = ("table", "json", "csv")
@@ -24,19 +25,24 @@ def leaderboard(study: optuna.Study) -> pd.DataFrame:
     # A retry's system attributes name the trials it retries, the last one its direct origin.
     retried_as = {t.system_attrs["retry_history"][-1]: t.number for t in trials
                   if t.system_attrs.get("retry_history")}
+    # The stored dict, not a validated spec: a leaderboard must show on any host.
+    study_model = study.user_attrs.get("train_spec", {}).get("model")
     for trial in trials:
         point = trial_point(trial)
         attrs = trial.user_attrs
         rows.append({
             "number": trial.number,
             "state": trial.state.name,
+            "model": (attrs.get("model") or (attrs.get("train_overrides") or {}).get("model")
+                      or study_model),
+            "method": "head" if is_baseline(trial) else "lora",
             "baseline": is_baseline(trial),
             "rank": point.rank if point else None,
             "alpha": point.alpha if point else None,
             "dropout": point.dropout if point else None,
             "epochs": attrs.get("epochs_done"),
             "val_acc": trial.value if trial.state == TrialState.COMPLETE else attrs.get("val_acc"),
-            **{key: attrs.get(key) for key in COLUMNS[8:-1]},
+            **{key: attrs.get(key) for key in METRICS},
             "note": trial_note(trial, retried_as),
         })
     frame = pd.DataFrame(rows, columns=COLUMNS).astype(
@@ -69,7 +75,7 @@ def trial_note(trial: optuna.trial.FrozenTrial, retried_as: dict[int, int]) -> s
 
 
 def best_versus_baseline(frame: pd.DataFrame) -> str:
-    """One line: the best LoRA trial against the baseline, as the model card reports them."""
+    """One line: the best LoRA trial against the baselines, as the model card reports them."""
     done = frame[frame["state"] == "COMPLETE"]
     lora, baseline = done[~done["baseline"]], done[done["baseline"]]
     if lora.empty:
@@ -78,9 +84,10 @@ def best_versus_baseline(frame: pd.DataFrame) -> str:
     line = (f"best LoRA: trial {best['number']} (rank {best['rank']}, alpha {best['alpha']:g}, "
             f"dropout {best['dropout']:.3g}) val_acc {best['val_acc']:.4f}, "
             f"test_acc {best['test_acc']:.4f}")
-    if not baseline.empty:
-        base = baseline.iloc[0]
-        line += f"; baseline val_acc {base['val_acc']:.4f}, test_acc {base['test_acc']:.4f}"
+    several = baseline["model"].nunique() > 1
+    for _, base in baseline.iterrows():
+        name = f"baseline {base['model']}" if several else "baseline"
+        line += f"; {name} val_acc {base['val_acc']:.4f}, test_acc {base['test_acc']:.4f}"
     return line
 
 

@@ -18,6 +18,22 @@ from search.stopping import SIGNALS
 from search.worker import describe_report, run_worker
 
 
+class WorkerCountError(ValueError):
+    """Flags that do not say how many workers to start; one line for the user."""
+
+
+def worker_count(workers: int | None, workers_per_gpu: int | None, gpu_ids: list[int]) -> int:
+    """--workers N, or K per GPU with --workers-per-gpu K, or one per GPU, or 1."""
+    if workers_per_gpu is None:
+        return workers if workers is not None else max(1, len(gpu_ids))
+    if workers is not None:
+        raise WorkerCountError("give --workers N or --workers-per-gpu K, not both")
+    if not gpu_ids:
+        raise WorkerCountError("--workers-per-gpu: no GPU is visible here and none was named "
+                               "with --gpus; use --workers N on a CPU host")
+    return workers_per_gpu * len(gpu_ids)
+
+
 def threads_per_worker(workers: int) -> int:
     """Split this host's cores between CPU workers so they do not oversubscribe them."""
     return max(1, (os.cpu_count() or 1) // workers)
@@ -31,7 +47,11 @@ def worker_command(storage_url: str, study_name: str, artifacts: str | None, pos
     if artifacts:
         command += ["--artifacts", artifacts]
     for field_name, value in local_overrides.items():
-        command += ["--" + field_name.replace("_", "-"), str(value)]
+        flag = field_name.replace("_", "-")
+        if isinstance(value, bool):
+            command.append(f"--{flag}" if value else f"--no-{flag}")
+        else:
+            command += [f"--{flag}", str(value)]
     flags = {"interval": "--heartbeat-interval", "grace_period": "--grace-period",
              "max_retries": "--max-retries"}
     for key, value in heartbeat_overrides.items():
@@ -41,7 +61,8 @@ def worker_command(storage_url: str, study_name: str, artifacts: str | None, pos
 
 
 def worker_environment(index: int, gpu_ids: list[int]) -> dict[str, str]:
-    """One GPU per worker process, round robin, when there are GPUs."""
+    """One GPU per worker process, round robin, when there are GPUs (K workers per GPU for
+    K x len(gpu_ids) workers)."""
     env = dict(os.environ)
     if gpu_ids:
         env["CUDA_VISIBLE_DEVICES"] = str(gpu_ids[index % len(gpu_ids)])

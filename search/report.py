@@ -36,13 +36,12 @@ def report_table(study: optuna.Study) -> pd.DataFrame:
     spec = stored_train_spec(study)
     method = frame["baseline"].map({True: "baseline (head only)",
                                     False: f"LoRA on {spec.targets}"})
-    return frame.assign(trial=frame["number"], method=method, model=spec.model)[COLUMNS] \
-        .reset_index(drop=True)
+    return frame.assign(trial=frame["number"], method=method)[COLUMNS].reset_index(drop=True)
 
 
 def label(row: pd.Series) -> str:
     if pd.isna(row["rank"]):
-        return f"#{row['trial']} baseline"
+        return f"#{row['trial']} {row['model']} head"
     return f"#{row['trial']} r{row['rank']} a{row['alpha']:g} d{row['dropout']:.2g}"
 
 

@@ -2,7 +2,8 @@
 
 A spec file has these tables:
 
-    [study]   name = "..."                       the default study name
+    [study]   name = "...", baselines = [...]    the default study name; extra no-LoRA
+              reference trials, e.g. ["head", "resnet50:head"] (see `search.baselines`)
     [grid]    ranks = [...], alphas = [...], dropouts = [...]
     [optuna]  trials, ranks, alphas, dropout_range = [lo, hi], seed, pruner, startup_trials
     [heartbeat] interval, grace_period, max_retries (seconds, seconds, count; see
@@ -24,15 +25,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from objectives.spec import TARGETS, AugmentSpec, TrainSpec
+from objectives.spec import VIT_TARGETS, AugmentSpec, TrainSpec
+from search.baselines import DEFAULT_BASELINES, Baseline, BaselineError, parse_baselines
 from search.heartbeat import HeartbeatError, HeartbeatSettings
 from search.space import GridSpace, SpaceError, TpeSearch
 
 STUDIES_DIR = Path(__file__).resolve().parent.parent / "studies"
 DEFAULT_SPEC = STUDIES_DIR / "cifar100-vit-s.toml"
-# Fields that say where this host finds things, not what a trial computes: each command or
-# worker may set its own without conflicting with the study's stored spec.
-LOCAL_FIELDS = ("data_dir", "download", "device")
+# Fields that say where this host finds things or how fast it computes, not what a trial
+# computes: each command or worker may set its own without conflicting with the study's stored spec.
+LOCAL_FIELDS = ("data_dir", "download", "device", "compile")
 
 
 class SpecError(ValueError):
@@ -46,6 +48,7 @@ class StudySpec:
     grid: GridSpace
     tpe: TpeSearch = dataclasses.field(default_factory=TpeSearch)
     heartbeat: HeartbeatSettings = dataclasses.field(default_factory=HeartbeatSettings)
+    baselines: tuple[Baseline, ...] = DEFAULT_BASELINES
 
 
 def load_spec(path: str | Path | None = None) -> StudySpec:
@@ -73,11 +76,17 @@ def parse_spec(document: dict[str, Any], source: str, default_name: str) -> Stud
                         "expected study, grid, optuna, heartbeat, train")
     study = dict(document.get("study", {}))
     name = study.pop("name", default_name)
+    listed_baselines = study.pop("baselines", ["head"])
     if study:
         raise SpecError(f"{source}: unknown key(s) in [study]: {sorted(study)}")
     if not isinstance(name, str) or not name.strip():
         raise SpecError(f"{source}: study.name must be a non-empty string")
     train = train_spec_from_dict(document.get("train", {}), source)
+    spec_folder = Path(source).parent if Path(source).is_file() else None
+    try:
+        baselines = parse_baselines(listed_baselines, train, spec_folder)
+    except BaselineError as error:
+        raise SpecError(f"{source}: study.{error}") from None
     grid_values = dict(document.get("grid", {}))
     unknown = set(grid_values) - {"ranks", "alphas", "dropouts"}
     if unknown:
@@ -94,7 +103,8 @@ def parse_spec(document: dict[str, Any], source: str, default_name: str) -> Stud
         heartbeat = HeartbeatSettings.from_dict(document.get("heartbeat", {}))
     except HeartbeatError as error:
         raise SpecError(f"{source}: {error}") from None
-    return StudySpec(name=name, train=train, grid=grid, tpe=tpe, heartbeat=heartbeat)
+    return StudySpec(name=name, train=train, grid=grid, tpe=tpe, heartbeat=heartbeat,
+                     baselines=baselines)
 
 
 def train_spec_from_dict(values: dict[str, Any], source: str) -> TrainSpec:
@@ -159,8 +169,10 @@ def validate_train_spec(spec: TrainSpec, source: str) -> None:
         if not condition:
             raise SpecError(f"{source}: train.{message}")
 
-    require(spec.targets in TARGETS, f"targets must be one of {', '.join(TARGETS)}, "
-                                     f"got {spec.targets!r}")
+    require(re.fullmatch(r"[\w.]+(,[\w.]+)*", spec.targets.replace(" ", "")) is not None,
+            f"targets must be comma-separated layer names ({', '.join(VIT_TARGETS)} for a ViT; "
+            f"e.g. conv2 or conv1,conv2 for a ResNet), got {spec.targets!r}")
+    require(spec.head_hidden >= 0, f"head_hidden must be >= 0, got {spec.head_hidden}")
     require(spec.epochs >= 1, f"epochs must be >= 1, got {spec.epochs}")
     require(spec.batch_size >= 1, f"batch_size must be >= 1, got {spec.batch_size}")
     require(spec.eval_batch_size >= 1, f"eval_batch_size must be >= 1, got {spec.eval_batch_size}")
@@ -172,16 +184,24 @@ def validate_train_spec(spec: TrainSpec, source: str) -> None:
             f"test_fraction must be in (0, 1), got {spec.test_fraction}")
     require(re.fullmatch(r"auto|cpu|cuda(:\d+)?", spec.device) is not None,
             f"device must be auto, cpu, cuda or cuda:N, got {spec.device!r}")
-    require(spec.weights is None or Path(spec.weights).is_file(),
-            f"weights: no such file {spec.weights!r}")
+    require(spec.weights is None or Path(spec.weights).exists(),
+            f"weights: no such file or folder {spec.weights!r}")
     augment = spec.augment
     require(0 <= augment.hflip <= 1, f"augment.hflip must be in [0, 1], got {augment.hflip}")
     require(augment.crop_padding >= 0,
             f"augment.crop_padding must be >= 0, got {augment.crop_padding}")
+    require(0 <= augment.affine_degrees <= 180,
+            f"augment.affine_degrees must be in [0, 180], got {augment.affine_degrees}")
+    require(0 <= augment.affine_translate < 1,
+            f"augment.affine_translate must be in [0, 1), got {augment.affine_translate}")
+    low, high = augment.affine_scale
+    require(0 < low <= high, f"augment.affine_scale must be [low, high] with 0 < low <= high, "
+                             f"got {list(augment.affine_scale)}")
     require(all(x >= 0 for x in augment.color_jitter) and augment.color_jitter[3] <= 0.5,
             f"augment.color_jitter must be >= 0 with hue <= 0.5, got {augment.color_jitter}")
     require(all(s > 0 for s in augment.std), f"augment.std must be > 0, got {augment.std}")
     check_names(spec, source)
+    check_weights_folder(spec, source)
 
 
 def check_names(spec: TrainSpec, source: str) -> None:
@@ -196,6 +216,30 @@ def check_names(spec: TrainSpec, source: str) -> None:
         check_dataset_name(spec.dataset)
     except DatasetError as error:
         raise SpecError(f"{source}: {error}") from None
+    check_layers(spec, source)
+
+
+def check_layers(spec: TrainSpec, source: str) -> None:
+    """LoRA's target layers must exist in the model and the head must be replaceable."""
+    from objectives.model import ModelError, check_targets
+
+    try:
+        check_targets(spec, num_classes=2)  # any class count: the head is not a target
+    except ModelError as error:
+        raise SpecError(f"{source}: train.{error}") from None
+
+
+def check_weights_folder(spec: TrainSpec, source: str) -> None:
+    """A `weights` folder (an earlier study's export) must hold merged weights that fit the
+    model, checked now so that a misfit stops the command before it creates a study."""
+    if spec.weights is None or not Path(spec.weights).is_dir():
+        return
+    from objectives.model import ModelError, check_export_folder
+
+    try:
+        check_export_folder(spec)
+    except ModelError as error:
+        raise SpecError(f"{source}: train.weights: {error}") from None
 
 
 def with_overrides(spec: StudySpec, name: str | None = None, grid: GridSpace | None = None,
@@ -212,7 +256,7 @@ def with_overrides(spec: StudySpec, name: str | None = None, grid: GridSpace | N
     except HeartbeatError as error:
         raise SpecError(f"command line: {error}") from None
     return StudySpec(name=name or spec.name, train=train, grid=grid or spec.grid, tpe=spec.tpe,
-                     heartbeat=beats)
+                     heartbeat=beats, baselines=spec.baselines)
 
 
 def describe_differences(stored: TrainSpec, asked: TrainSpec) -> list[str]:

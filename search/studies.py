@@ -7,8 +7,10 @@ knowing only the storage URL and the study name:
     space        ranks / alphas / dropouts enqueued so far (grows with wider grids)
     tpe          the TPE search's settings, when `search optuna` ran (see `search.tpe`)
     artifacts    the artifact folder chosen at creation (a worker may override it)
+    baselines    the study's no-LoRA reference trials (see `search.baselines`)
 
-Each trial carries `baseline` (bool) in its user attributes; the baseline trial has no params.
+Each trial carries `baseline` (bool) in its user attributes; baseline trials have no params,
+and those of another model than the study's carry `train_overrides`.
 """
 
 from __future__ import annotations
@@ -20,6 +22,12 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from objectives.spec import LoraParams, TrainSpec
+from search.baselines import (
+    DEFAULT_BASELINES,
+    Baseline,
+    baseline_train_spec,
+    baselines_from_dicts,
+)
 from search.space import BASELINE_KEY, GridSpace, params_of, point_key, point_of
 from search.spec import SpecError, describe_differences, train_spec_from_dict
 
@@ -85,16 +93,28 @@ def trial_point(trial: FrozenTrial) -> LoraParams | None:
     return point_of(params) if params else None
 
 
+def trial_train_spec(spec: TrainSpec, trial: FrozenTrial) -> TrainSpec:
+    """What `trial` trains: the study's spec, or a baseline's with its model's fields."""
+    return baseline_train_spec(spec, trial.user_attrs.get("train_overrides"))
+
+
+def trial_method(trial: FrozenTrial, spec: TrainSpec) -> tuple[str, str]:
+    """(model, method) of a trial: its timm model and "head" (baseline) or "lora"."""
+    trained = trial_train_spec(spec, trial)
+    return trained.model, "head" if is_baseline(trial) else "lora"
+
+
 def trial_key(trial: FrozenTrial) -> tuple | None:
     if is_baseline(trial):
-        return BASELINE_KEY
+        overrides = trial.user_attrs.get("train_overrides")
+        return Baseline(**overrides).key() if overrides else BASELINE_KEY
     point = trial_point(trial)
     return point_key(point) if point is not None else None
 
 
 @dataclass
 class EnqueueReport:
-    baseline_added: bool = False
+    baselines_added: int = 0
     added: list[LoraParams] = field(default_factory=list)
     already_there: int = 0
 
@@ -104,12 +124,31 @@ def held_keys(study: optuna.Study) -> set:
     return {trial_key(t) for t in study.get_trials(deepcopy=False) if t.state != TrialState.FAIL}
 
 
-def enqueue_baseline(study: optuna.Study) -> bool:
-    """Queue the no-LoRA baseline unless the study holds it; True when it was queued."""
-    if BASELINE_KEY in held_keys(study):
-        return False
-    study.enqueue_trial({}, user_attrs={"baseline": True})
-    return True
+def store_baselines(study: optuna.Study, baselines: tuple[Baseline, ...], given: bool) -> None:
+    """Keep the study's baselines unless this command named some (a spec file)."""
+    if given or "baselines" not in study.user_attrs:
+        study.set_user_attr("baselines", [b.to_dict() for b in baselines])
+
+
+def stored_baselines(study: optuna.Study) -> tuple[Baseline, ...]:
+    return baselines_from_dicts(study.user_attrs.get("baselines")
+                                or [b.to_dict() for b in DEFAULT_BASELINES])
+
+
+def enqueue_baselines(study: optuna.Study) -> int:
+    """Queue each of the study's baselines it does not hold yet; how many were queued."""
+    held, added = held_keys(study), 0
+    for baseline in stored_baselines(study):
+        if baseline.key() in held:
+            continue
+        attrs = {"baseline": True, "method": baseline.method}
+        if baseline.model is not None:  # the study model's is filled in when it runs
+            attrs["model"] = baseline.model
+        if baseline.train_overrides():
+            attrs["train_overrides"] = baseline.train_overrides()
+        study.enqueue_trial({}, user_attrs=attrs)
+        added += 1
+    return added
 
 
 def enqueue_grid(study: optuna.Study, grid: GridSpace) -> EnqueueReport:
@@ -119,7 +158,7 @@ def enqueue_grid(study: optuna.Study, grid: GridSpace) -> EnqueueReport:
     failing, so re-running a command adds nothing, a wider grid adds only its new points, and
     a failed point is queued again.
     """
-    report = EnqueueReport(baseline_added=enqueue_baseline(study))
+    report = EnqueueReport(baselines_added=enqueue_baselines(study))
     held = held_keys(study)
     for point in grid.points():
         if point_key(point) in held:

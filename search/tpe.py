@@ -25,7 +25,7 @@ from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
 
 from search.space import SpaceError, TpeSearch, space_disagreements
-from search.studies import StudyError, enqueue_baseline, is_baseline
+from search.studies import StudyError, enqueue_baselines, is_baseline
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 PENDING = (TrialState.WAITING, TrialState.RUNNING)
@@ -83,24 +83,24 @@ def is_sampled(trial: FrozenTrial) -> bool:
 
 @dataclass
 class TopUpReport:
-    baseline_added: bool
+    baselines_added: int
     finished: int  # LoRA trials complete or pruned
     pending: int  # LoRA trials waiting or running
     added: int
 
 
 def enqueue_tpe_budget(study: optuna.Study, search: TpeSearch) -> TopUpReport:
-    """Store `search` in the study, queue the baseline if missing, and queue one sampled trial
+    """Store `search` in the study, queue its baselines if missing, and queue one sampled trial
     per LoRA trial missing from `search.trials` (failed trials do not count)."""
     study.set_user_attr("tpe", search.to_dict())
-    baseline_added = enqueue_baseline(study)
+    baselines_added = enqueue_baselines(study)
     lora = [t for t in study.get_trials(deepcopy=False) if not is_baseline(t)]
     finished = sum(t.state in FINISHED for t in lora)
     pending = sum(t.state in PENDING for t in lora)
     missing = max(0, search.trials - finished - pending)
     for _ in range(missing):
         study.enqueue_trial({}, user_attrs={"baseline": False, "sampled": True})
-    return TopUpReport(baseline_added, finished, pending, missing)
+    return TopUpReport(baselines_added, finished, pending, missing)
 
 
 class LoraSpaceSampler(BaseSampler):

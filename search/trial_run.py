@@ -39,19 +39,22 @@ from objectives.data import ImageSplits
 from objectives.spec import LoraParams, TrainSpec
 from objectives.train import TrialResult, run_trial
 from search.stopping import StopRequested
-from search.studies import is_baseline, trial_point
+from search.studies import is_baseline, trial_point, trial_train_spec
 from search.tpe import is_sampled
 from search.trial_artifacts import upload_trial_artifacts
 from search.trial_queue import requeue_trial
 
 WEIGHTS_FILE = "trained_weights.safetensors"
-BASELINE_NOTE = ("**Baseline**: no LoRA; the pretrained backbone is frozen and only the "
-                 "classification head is trained.")
 
 
-def describe_point(point: LoraParams | None) -> str:
+def baseline_note(model: str) -> str:
+    return (f"**Baseline** ({model}, head only): no LoRA; the pretrained backbone is frozen "
+            "and only the classification head is trained.")
+
+
+def describe_point(point: LoraParams | None, model: str | None = None) -> str:
     if point is None:
-        return "baseline (head only)"
+        return f"baseline {model + ' ' if model else ''}(head only)"
     return f"r={point.rank} alpha={point.alpha:g} dropout={point.dropout:g}"
 
 
@@ -160,17 +163,21 @@ def run_claimed_trial(study: optuna.Study, frozen: FrozenTrial, spec: TrainSpec,
     points and always run every epoch.
     """
     trial = optuna.Trial(study, frozen._trial_id)
+    spec = trial_train_spec(spec, frozen)
     point = None
     if not is_baseline(frozen):
         point = suggest_point(trial, param_bounds(study, trial_point(frozen)))
     trial.set_user_attr("baseline", point is None)
+    trial.set_user_attr("model", spec.model)
+    trial.set_user_attr("method", "lora" if point is not None else "head")
     if point is None:  # the dashboard shows a trial's note on top of its page
-        optuna_dashboard.save_note(trial, BASELINE_NOTE)
+        optuna_dashboard.save_note(trial, baseline_note(spec.model))
     prunable = is_sampled(frozen)
     checkpoints = Checkpoints(trial, frozen, store)
     resume = checkpoints.load(point, spec.epochs)
 
-    title = f"trial {frozen.number} {describe_point(point)}"
+    extra_model = spec.model if "train_overrides" in frozen.user_attrs else None
+    title = f"trial {frozen.number} {describe_point(point, extra_model)}"
     if resume is not None:
         tqdm.write(f"{title}: resuming after epoch {resume.epoch} of {spec.epochs}",
                    file=sys.stderr)

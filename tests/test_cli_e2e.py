@@ -13,10 +13,11 @@ from run_cli import FAST, board, search, search_in_process
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory) -> Path:
-    """A demo study (baseline + 1 x 2 grid, one epoch) finished by two local workers."""
+    """A demo study (baseline + 1 x 2 grid, one epoch) finished by two local workers, both
+    given GPU 0 (on a host without CUDA they train on the CPU)."""
     folder = tmp_path_factory.mktemp("study")
-    result = search("grid", *FAST, "--ranks", "2", "--alphas", "2", "4", "--workers", "2",
-                    cwd=folder)
+    result = search("grid", *FAST, "--ranks", "2", "--alphas", "2", "4", "--gpus", "0",
+                    "--workers-per-gpu", "2", cwd=folder)
     (folder / "grid.stderr").write_text(result.stderr)
     return folder
 
@@ -55,11 +56,11 @@ def test_trial_counts_match_the_dry_run(finished):
 def test_grid_is_idempotent_and_a_wider_grid_adds_only_new_points(finished):
     again = search("grid", *FAST, "--ranks", "2", "--alphas", "2", "4", "--workers", "0",
                    cwd=finished)
-    assert "queued 0 grid point(s); 2 already there" in again.stderr
+    assert "queued 0 baselines and 0 grid point(s); 2 already there" in again.stderr
     assert len(board(finished)) == 3
     wider = search("grid", *FAST, "--ranks", "2", "4", "--alphas", "2", "4", "--workers", "0",
                    "--study", "demo", cwd=finished)
-    assert "queued 2 grid point(s); 2 already there" in wider.stderr
+    assert "queued 0 baselines and 2 grid point(s); 2 already there" in wider.stderr
     rows = board(finished)
     assert sorted(row["state"] for row in rows) == ["COMPLETE"] * 3 + ["WAITING"] * 2
 
@@ -128,7 +129,11 @@ BAD_INPUT = [
      "must be longer than the heartbeat interval"),
     (["grid", "--heartbeat-interval", "0"], "must be a positive integer"),
     (["export", "--study", "demo", "--out", "best.txt"], "use a file ending in"),
-]
+    (["grid", *FAST, "--workers", "2", "--workers-per-gpu", "2"], "not both"),
+    (["worker", "--study", "demo", "--workers", "2", "--workers-per-gpu", "2"], "not both"),
+] + ([] if torch.cuda.is_available() else [
+    (["grid", *FAST, "--workers-per-gpu", "2"], "no GPU is visible"),
+])
 
 
 @pytest.mark.parametrize("args, message", BAD_INPUT)

@@ -131,7 +131,84 @@ def test_mnist_read_from_raw_idx_files(tmp_path: Path) -> None:
     assert train_and_val == rows(torch.from_numpy(train_x).unsqueeze(1), torch.from_numpy(train_y))
 
 
-@pytest.mark.parametrize("dataset", ["mnist", "cifar100"])
+def upright_glyph(index: int) -> np.ndarray:
+    """A 28x28 image that changes under any flip or transpose: an 'L' (a long bar down the
+    left, a short foot along the bottom) and a dot top right whose value is `index` + 1."""
+    image = np.zeros((28, 28), dtype=np.uint8)
+    image[2:24, 4] = 255
+    image[23, 4:12] = 200
+    image[1, 20] = index + 1
+    return image
+
+
+def write_emnist(root: Path, split: str, train_labels: list[int], test_labels: list[int]
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """EMNIST's raw layout as torchvision reads it (root/EMNIST/raw/emnist-SPLIT-PART-...,
+    gunzipped): images stored transposed, as in the real files. Returns the upright images."""
+    raw = root / "EMNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    upright = {}
+    for part, labels in (("train", train_labels), ("test", test_labels)):
+        images = np.stack([upright_glyph(i) for i in range(len(labels))])
+        upright[part] = images
+        write_idx(raw / f"emnist-{split}-{part}-images-idx3-ubyte", images.transpose(0, 2, 1))
+        write_idx(raw / f"emnist-{split}-{part}-labels-idx1-ubyte", np.array(labels))
+    return upright["train"], upright["test"]
+
+
+def test_emnist_balanced_is_read_upright_with_torchvisions_classes(tmp_path: Path) -> None:
+    train_labels = [label for label in range(47) for _ in range(2)]  # two images per class
+    test_labels = [46, 0, 10, 36]
+    train_x, test_x = write_emnist(tmp_path, "balanced", train_labels, test_labels)
+    spec = TrainSpec(dataset="emnist_balanced", data_dir=str(tmp_path), download=False,
+                     val_fraction=0.5)
+    assert dataset_num_classes(spec) == 47
+    splits = load_splits(spec)
+    assert splits.num_classes == 47
+    assert splits.classes[:11] == [*"0123456789", "A"]
+    assert splits.classes[36:] == [*"abdefghnqrt"]  # lower case only where it differs
+    assert splits.test_labels.tolist() == test_labels  # the official test split, in order
+    assert splits.test_images.shape == (4, 1, 28, 28) and splits.test_images.dtype == torch.uint8
+    assert splits.test_images.is_contiguous()
+    # Upright: the 'L' stands as drawn, not as stored (its transpose).
+    assert torch.equal(splits.test_images[:, 0], torch.from_numpy(test_x))
+    assert splits.test_images[0, 0, 20, 4] == 255 and splits.test_images[0, 0, 4, 20] == 0
+    train_and_val = (rows(splits.train_images, splits.train_labels)
+                     + rows(splits.val_images, splits.val_labels))
+    assert train_and_val == rows(torch.from_numpy(train_x).unsqueeze(1),
+                                 torch.tensor(train_labels))
+    assert len(splits.val_labels) == 47  # one of each class's two
+
+
+def test_emnist_byclass_and_letters_classes(tmp_path: Path) -> None:
+    write_emnist(tmp_path, "byclass", [0, 0, 61, 61, 35, 35], [61, 0])
+    byclass = load_splits(TrainSpec(dataset="emnist_byclass", data_dir=str(tmp_path),
+                                    download=False, val_fraction=0.5))
+    assert byclass.num_classes == 62 == dataset_num_classes(TrainSpec(dataset="emnist_byclass"))
+    assert byclass.classes[35:37] == ["Z", "a"] and byclass.classes[61] == "z"
+    assert byclass.test_labels.tolist() == [61, 0]
+
+    # torchvision numbers the letters 1..26 after an unused "N/A" class: here they are 0..25.
+    write_emnist(tmp_path, "letters", [1, 1, 26, 26], [26, 1])
+    letters = load_splits(TrainSpec(dataset="emnist_letters", data_dir=str(tmp_path),
+                                    download=False, val_fraction=0.5))
+    assert letters.classes == list("abcdefghijklmnopqrstuvwxyz")
+    assert dataset_num_classes(TrainSpec(dataset="emnist_letters")) == 26
+    assert letters.test_labels.tolist() == [25, 0]
+    assert sorted(torch.cat([letters.train_labels, letters.val_labels]).tolist()) == [0, 0, 25, 25]
+
+
+def test_emnist_split_files_are_told_apart(tmp_path: Path) -> None:
+    write_emnist(tmp_path, "digits", [0, 0, 9, 9], [9])
+    with pytest.raises(DatasetError) as caught:  # the digits split's files are not balanced's
+        load_splits(TrainSpec(dataset="emnist_balanced", data_dir=str(tmp_path),
+                              download=False))
+    message = str(caught.value)
+    assert "emnist-balanced-*-ubyte files" in message and "EMNIST/raw" in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("dataset", ["mnist", "cifar100", "emnist_balanced"])
 def test_missing_dataset_without_download(tmp_path: Path, dataset: str) -> None:
     with pytest.raises(DatasetError) as caught:
         load_splits(TrainSpec(dataset=dataset, data_dir=str(tmp_path), download=False))
@@ -220,6 +297,7 @@ def test_num_classes_of_named_datasets_touches_nothing(tmp_path: Path) -> None:
     missing = str(tmp_path / "nowhere")
     assert dataset_num_classes(TrainSpec(dataset="cifar100", data_dir=missing)) == 100
     assert dataset_num_classes(TrainSpec(dataset="fashion_mnist", data_dir=missing)) == 10
+    assert dataset_num_classes(TrainSpec(dataset="emnist_balanced", data_dir=missing)) == 47
     assert not (tmp_path / "nowhere").exists()
 
 

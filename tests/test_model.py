@@ -71,3 +71,22 @@ def test_lora_trains_adapters_and_head_only_and_starts_as_the_backbone():
     # LoRA's B starts at zero and both models are built from the same seed.
     torch.testing.assert_close(lora(x), baseline(x))
     assert count_parameters(lora).trainable == 2 * 3 * 2 * (48 + 48) + 48 * 5 + 5
+
+
+def test_attention_runs_through_sdpa_even_when_timm_was_told_otherwise(monkeypatch):
+    import timm.layers.config
+
+    monkeypatch.setattr(timm.layers.config, "_USE_FUSED_ATTN", 0)  # TIMM_FUSED_ATTN=0
+    spec = TrainSpec(model="vit_tiny_patch16_224", pretrained=False, model_kwargs={
+        "img_size": 16, "patch_size": 8, "embed_dim": 24, "depth": 2, "num_heads": 2})
+    model = build_lora_model(spec, 3, LoraParams(2, 4, 0.0)).eval()
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", counted)
+    model(torch.rand(2, 3, 16, 16))
+    assert len(calls) == 2  # one per block

@@ -79,11 +79,11 @@ def test_bad_settings_are_refused(values, message):
 def test_budget_counts_finished_lora_trials_and_tops_up():
     storage, study = new_study()
     report = enqueue_tpe_budget(study, TpeSearch(trials=4))
-    assert (report.baseline_added, report.added) == (True, 4)
+    assert (report.baselines_added, report.added) == (1, 4)
     assert enqueue_tpe_budget(study, TpeSearch(trials=4)).added == 0  # queued ones count
     run_queue(storage, study)
     again = enqueue_tpe_budget(study, TpeSearch(trials=4))
-    assert (again.baseline_added, again.finished, again.added) == (False, 4, 0)
+    assert (again.baselines_added, again.finished, again.added) == (0, 4, 0)
     assert enqueue_tpe_budget(study, TpeSearch(trials=6)).added == 2
     trials = run_queue(storage, study)
     assert [is_baseline(t) for t in trials].count(True) == 1

@@ -110,3 +110,18 @@ def test_a_checkpoint_of_other_params_or_a_damaged_one_is_refused(digits):
     data = training_state_bytes(states[0])
     with pytest.raises(CheckpointError, match="unreadable checkpoint"):
         read_training_state(io.BytesIO(data[: len(data) // 2]))
+
+
+def test_a_compiled_trial_matches_the_eager_one(digits):
+    """`compile = true` changes speed, not the trial: full batches run through the compiled
+    graph (train and eval mode), the last, smaller batch eagerly, with the same numbers."""
+    spec = replace(TINY, epochs=1, model_kwargs={**TINY.model_kwargs, "depth": 1},
+                   eval_batch_size=64)
+    eager = run_trial(spec, LORA, digits)
+    compiled = run_trial(replace(spec, compile=True), LORA, digits)
+    assert torch.compiler.is_compiling() is False
+    for ours, theirs in zip(compiled.epochs, eager.epochs, strict=True):
+        assert ours.train_loss == pytest.approx(theirs.train_loss, rel=1e-4)
+        assert ours.val_loss == pytest.approx(theirs.val_loss, rel=1e-4)
+    assert compiled.test.accuracy == pytest.approx(eager.test.accuracy, abs=2 / len(
+        digits.test_labels))
