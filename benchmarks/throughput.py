@@ -28,7 +28,6 @@ import dataclasses
 import datetime
 import json
 import os
-import platform
 import sys
 import time
 import warnings
@@ -184,7 +183,7 @@ def describe(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     cores = os.cpu_count()
-    return f"CPU, {cores} cores, {torch.get_num_threads()} torch threads ({platform.processor()})"
+    return f"CPU, {cores} cores, {torch.get_num_threads()} torch threads"
 
 
 def run(args: argparse.Namespace) -> dict:
