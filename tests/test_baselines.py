@@ -125,6 +125,7 @@ dropouts = [0.0]
 [train]
 model = "resnet18"
 pretrained = false
+model_kwargs = { zero_init_last = false }
 targets = "conv2"
 dataset = "digits"
 image_size = 32
@@ -175,3 +176,15 @@ def test_the_report_and_export_name_each_trials_model(cnn_study):
     assert (document["model"], document["method"]) == ("mobilenetv3_small_050", "head")
     assert document["spec"]["model"] == "mobilenetv3_small_050"
     assert document["spec"]["head_hidden"] == 16
+
+
+def test_every_cnn_adapter_receives_gradient():
+    # timm zero-initialises each residual block's last BatchNorm (`zero_init_last`), which
+    # blocks the gradient to conv2 of a randomly initialised ResNet; pretrained ones are not.
+    spec = TrainSpec(**{**RESNET.__dict__, "model_kwargs": {"zero_init_last": False}})
+    model = build_model(spec, 10, LoraParams(4, 8, 0.0)).train()
+    images, labels = torch.rand(8, 3, 32, 32), torch.randint(10, (8,))
+    torch.nn.functional.cross_entropy(model(images), labels).backward()
+    adapters = {name: p.grad for name, p in model.named_parameters() if "lora_B" in name}
+    assert len(adapters) == len(BLOCK_CHANNELS)
+    assert all(grad is not None and grad.abs().sum() > 0 for grad in adapters.values())
