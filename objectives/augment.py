@@ -43,10 +43,7 @@ def train_batch(images: Tensor, spec: AugmentSpec, image_size: int,
     """
     batch = resize(to_float_rgb(images), image_size)
     size, device = len(batch), batch.device
-
-    def uniform(low: float, high: float) -> Tensor:
-        return torch.rand(size, device=device, generator=generator) * (high - low) + low
-
+    uniform = functools.partial(draw_uniform, size, generator)
     if spec.hflip > 0:
         batch = hflip(batch, uniform(0, 1) < spec.hflip)
     if spec.crop_padding > 0:
@@ -118,15 +115,16 @@ def padded_crop(images: Tensor, top: Tensor, left: Tensor, padding: int) -> Tens
     return cropped * inside
 
 
+def draw_uniform(size: int, generator: torch.Generator, low: float, high: float) -> Tensor:
+    """[size] values uniform in [low, high), on the generator's device."""
+    return torch.rand(size, device=generator.device, generator=generator) * (high - low) + low
+
+
 def draw_affine(spec: AugmentSpec, size: int, image_size: int, generator: torch.Generator
                 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Per-sample angle (degrees), whole-pixel shifts x and y, and scale, each [size], drawn as
     `torchvision.transforms.RandomAffine.get_params` draws one sample's."""
-    device = generator.device
-
-    def uniform(low: float, high: float) -> Tensor:
-        return torch.rand(size, device=device, generator=generator) * (high - low) + low
-
+    uniform = functools.partial(draw_uniform, size, generator)
     angle = uniform(-spec.affine_degrees, spec.affine_degrees)
     max_shift = spec.affine_translate * image_size
     shift_x, shift_y = (uniform(-max_shift, max_shift).round() for _ in range(2))

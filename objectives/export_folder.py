@@ -31,9 +31,10 @@ def merged_file(folder: Path) -> Path | None:
     return path if path.is_file() else None
 
 
-def is_head_key(key: str, head: str) -> bool:
-    """Whether state-dict `key` belongs to the head module named `head` (e.g. "head")."""
-    return key.startswith(head + ".")
+def is_head_key(key: str, head: str | None) -> bool:
+    """Whether state-dict `key` belongs to the head module named `head` (e.g. "head");
+    never, for `head=None`."""
+    return head is not None and key.startswith(head + ".")
 
 
 def stored_shapes(path: Path) -> Shapes:
@@ -52,9 +53,10 @@ def backbone_state(path: Path, head: str) -> dict[str, Tensor]:
     return {key: value for key, value in state.items() if not is_head_key(key, head)}
 
 
-def misfits(expected: Shapes, stored: Shapes, head: str) -> list[str]:
+def misfits(expected: Shapes, stored: Shapes, head: str | None) -> list[str]:
     """What keeps `stored` from loading into a model whose state has the `expected` shapes,
-    the head excluded on both sides: keys the file lacks, keys the model lacks, other shapes."""
+    the head (unless None) excluded on both sides: keys the file lacks, keys the model lacks,
+    other shapes."""
     model = {key: shape for key, shape in expected.items() if not is_head_key(key, head)}
     file = {key: shape for key, shape in stored.items() if not is_head_key(key, head)}
     problems = [f"{key} missing from the file" for key in model if key not in file]
@@ -62,6 +64,16 @@ def misfits(expected: Shapes, stored: Shapes, head: str) -> list[str]:
     problems += [f"{key} is {list(file[key])} in the file, {list(shape)} in the model"
                  for key, shape in model.items() if key in file and file[key] != shape]
     return problems
+
+
+def shapes_of(state: dict[str, Tensor]) -> Shapes:
+    return {key: tuple(value.shape) for key, value in state.items()}
+
+
+def describe_misfits(problems: list[str]) -> str:
+    """The first three problems, and how many more there are."""
+    more = f"; and {len(problems) - 3} more" if len(problems) > 3 else ""
+    return "; ".join(problems[:3]) + more
 
 
 def exporter_differences(folder: Path, model: str, model_kwargs: dict[str, Any]) -> list[str]:

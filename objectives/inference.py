@@ -25,7 +25,7 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from objectives.data import IMAGEFOLDER, dataset_is_grayscale, decode_image
-from objectives.export_folder import MERGED_FILE
+from objectives.export_folder import MERGED_FILE, describe_misfits, misfits, shapes_of
 from objectives.model import create_backbone
 from objectives.spec import TrainSpec
 from objectives.train import predict
@@ -106,23 +106,10 @@ def read_weights(file: Path) -> dict[str, Tensor]:
 def check_weights_fit(expected: dict[str, Tensor], stored: dict[str, Tensor], file: Path,
                       spec: TrainSpec, num_classes: int) -> None:
     """Raise InferenceError unless `stored` has exactly the names and shapes of `expected`."""
-    missing = sorted(set(expected) - set(stored))
-    extra = sorted(set(stored) - set(expected))
-    reshaped = sorted(name for name in set(expected) & set(stored)
-                      if expected[name].shape != stored[name].shape)
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} weight(s) missing ({missing[0]}, ...)")
-    if extra:
-        problems.append(f"{len(extra)} unknown weight(s) ({extra[0]}, ...)")
-    if reshaped:
-        name = reshaped[0]
-        problems.append(f"{len(reshaped)} of another shape ({name}: "
-                        f"{list(stored[name].shape)} in the file, "
-                        f"{list(expected[name].shape)} in the model)")
+    problems = misfits(shapes_of(expected), shapes_of(stored), head=None)
     if problems:
         raise InferenceError(f"{file} does not fit {spec.model} with {num_classes} classes: "
-                             f"{'; '.join(problems)}")
+                             f"{describe_misfits(problems)}")
 
 
 def reason(error: BaseException) -> str:

@@ -144,13 +144,13 @@ def check_targets(spec: TrainSpec, num_classes: int) -> None:
     (builds the model on the meta device: no weights are loaded)."""
     with torch.device("meta"):
         model = create_backbone(spec, num_classes, pretrained=False)
-    layers = lora_layers(model)
     head = head_name(model)
+    # The head trains whole: it is never a LoRA target.
+    layers = [path for path in lora_layers(model)
+              if path != head and not export_folder.is_head_key(path, head)]
     for target in spec.target_modules:
-        if not any(path == target or path.endswith("." + target) for path in layers
-                   if not path.startswith(head)):
-            names = sorted({path.rsplit(".", 1)[-1] for path in layers
-                            if not path.startswith(head)})
+        if not any(path == target or path.endswith("." + target) for path in layers):
+            names = sorted({path.rsplit(".", 1)[-1] for path in layers})
             raise ModelError(f"targets: '{spec.model}' has no Linear or ungrouped Conv2d layer "
                              f"named '{target}'; its layer names: {', '.join(names[:20])}")
 
@@ -208,13 +208,12 @@ def _check_export_fits(model: nn.Module, spec: TrainSpec) -> Path:
         stored = export_folder.stored_shapes(file)
     except export_folder.UNREADABLE as error:
         raise ModelError(f"cannot read {file}: {_first_line(error)}") from None
-    expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
+    expected = export_folder.shapes_of(model.state_dict())
     problems = export_folder.misfits(expected, stored, head_name(model))
     if problems:
         differences = export_folder.exporter_differences(folder, spec.model, spec.model_kwargs)
         why = (f"the exporting study differs in {'; '.join(differences)}" if differences
-               else "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more"
-                                                   if len(problems) > 3 else ""))
+               else export_folder.describe_misfits(problems))
         raise ModelError(f"the weights in {file} do not fit '{spec.model}' with "
                          f"model_kwargs {spec.model_kwargs}: {why}")
     return file

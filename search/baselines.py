@@ -57,9 +57,6 @@ class Baseline:
         overrides = self.train_overrides()
         return ("baseline", json.dumps(overrides, sort_keys=True)) if overrides else ("baseline",)
 
-    def label(self, study_model: str) -> str:
-        return f"{self.model or study_model}:{self.method}"
-
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

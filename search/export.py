@@ -17,6 +17,7 @@ from search.studies import (
     is_baseline,
     stored_train_spec,
     trial_method,
+    trial_model,
     trial_point,
     trial_train_spec,
 )
@@ -48,7 +49,6 @@ def completed_trial(study: optuna.Study, number: int) -> FrozenTrial:
 def export_document(study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]:
     point = trial_point(trial)
     spec = stored_train_spec(study)
-    model, method = trial_method(trial, spec)
     return {
         "study": study.study_name,
         "trial": trial.number,
@@ -56,8 +56,8 @@ def export_document(study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]:
         "params": params_of(point) if point else {},
         "value": trial.value,
         "metrics": {key: trial.user_attrs[key] for key in METRIC_KEYS if key in trial.user_attrs},
-        "model": model,
-        "method": method,
+        "model": trial_model(trial, spec.model),
+        "method": trial_method(trial),
         "spec": trial_train_spec(spec, trial).to_dict(),
         "classes": study.user_attrs.get("classes", []),
     }

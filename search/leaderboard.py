@@ -6,7 +6,7 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
-from search.studies import is_baseline, trial_point
+from search.studies import is_baseline, trial_method, trial_model, trial_point
 
 METRICS = ["test_acc", "f1", "auc_micro", "auc_macro", "trainable_params", "trainable_pct",
            "train_seconds"]
@@ -33,9 +33,8 @@ def leaderboard(study: optuna.Study) -> pd.DataFrame:
         rows.append({
             "number": trial.number,
             "state": trial.state.name,
-            "model": (attrs.get("model") or (attrs.get("train_overrides") or {}).get("model")
-                      or study_model),
-            "method": "head" if is_baseline(trial) else "lora",
+            "model": trial_model(trial, study_model),
+            "method": trial_method(trial),
             "baseline": is_baseline(trial),
             "rank": point.rank if point else None,
             "alpha": point.alpha if point else None,

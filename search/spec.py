@@ -109,13 +109,17 @@ def parse_spec(document: dict[str, Any], source: str, default_name: str) -> Stud
 
 def train_spec_from_dict(values: dict[str, Any], source: str) -> TrainSpec:
     """A validated `TrainSpec` from plain values (a TOML table or a study's stored dict)."""
-    values = dict(values)
-    augment = convert_fields(AugmentSpec, values.pop("augment", {}) or {},
-                             f"{source}: train.augment")
-    fields = convert_fields(TrainSpec, values, f"{source}: train")
-    spec = TrainSpec(augment=AugmentSpec(**augment), **fields)
+    spec = typed_train_spec(values, f"{source}: train")
     validate_train_spec(spec, source)
     return spec
+
+
+def typed_train_spec(values: dict[str, Any], where: str) -> TrainSpec:
+    """A `TrainSpec` with every value's type checked, and nothing else: ranges, files and
+    names are `validate_train_spec`'s."""
+    values = dict(values)
+    augment = convert_fields(AugmentSpec, values.pop("augment", {}) or {}, f"{where}.augment")
+    return TrainSpec(augment=AugmentSpec(**augment), **convert_fields(TrainSpec, values, where))
 
 
 def convert_fields(cls: type, values: dict[str, Any], where: str) -> dict[str, Any]:

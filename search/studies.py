@@ -98,10 +98,13 @@ def trial_train_spec(spec: TrainSpec, trial: FrozenTrial) -> TrainSpec:
     return baseline_train_spec(spec, trial.user_attrs.get("train_overrides"))
 
 
-def trial_method(trial: FrozenTrial, spec: TrainSpec) -> tuple[str, str]:
-    """(model, method) of a trial: its timm model and "head" (baseline) or "lora"."""
-    trained = trial_train_spec(spec, trial)
-    return trained.model, "head" if is_baseline(trial) else "lora"
+def trial_model(trial: FrozenTrial, study_model: str) -> str:
+    """The timm model a trial trains: a baseline's own, else the study's."""
+    return (trial.user_attrs.get("train_overrides") or {}).get("model") or study_model
+
+
+def trial_method(trial: FrozenTrial) -> str:
+    return "head" if is_baseline(trial) else "lora"
 
 
 def trial_key(trial: FrozenTrial) -> tuple | None:
