@@ -1,7 +1,7 @@
 """Aggregate trials per hour with K workers sharing each GPU (`--workers-per-gpu K`).
 
     python benchmarks/gpu_sharing.py                    # K = 1, 2, 4 on GPU 0
-    python benchmarks/gpu_sharing.py --ks 1 2 --epochs 1 --no-write   # a quick check
+    python benchmarks/gpu_sharing.py --ks 1 2 --epochs 1   # a quick check (prints only)
 
 For each K, a fresh SQLite study of the offline demo (`studies/demo.toml`: tiny ViT at 32 px,
 baseline + 3 x 3 grid) runs through the real command, `search grid --gpus 0
@@ -72,7 +72,8 @@ def main() -> int:
     parser.add_argument("--ks", nargs="+", type=int, default=[1, 2, 4])
     parser.add_argument("--epochs", type=int, default=20,
                         help="epochs per trial (default 20: long enough to keep a GPU busy)")
-    parser.add_argument("--no-write", action="store_true", help="print, leave BENCHMARKS.md")
+    parser.add_argument("--write", action="store_true",
+                        help="also write the table into BENCHMARKS.md (default: print only)")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as folder:
@@ -84,7 +85,7 @@ def main() -> int:
             f"--epochs {args.epochs}` (demo study: baseline + 9 LoRA trials, "
             f"{args.epochs} epochs each).\n\n{table(rows)}")
     print(text)
-    if not args.no_write:
+    if args.write:
         write_section("gpu_sharing", text)
     return 0
 

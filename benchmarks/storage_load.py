@@ -1,9 +1,9 @@
 """Storage load: many worker processes on one study with a trivial objective.
 
-    python benchmarks/storage_load.py                      # 32 and 64 workers, both backends
-    python benchmarks/storage_load.py --workers 8 --backends sqlite --no-write
+    python benchmarks/storage_load.py --workers 8 --backends sqlite   # a quick check, print only
+    python benchmarks/storage_load.py --write       # 32 and 64 workers, both backends, recorded
 
-Each worker process runs the real worker's queue code (`search.trial_queue.next_trial`:
+Each worker process runs the real worker's queue code (`search.worker.trial_queue.next_trial`:
 fail stale trials, claim by compare-and-set, wait while others run; a heartbeat thread per
 trial, as `search worker` does) but the objective is trivial: register the grid point's
 params, report one value, finish. What is left is the storage's cost. PostgreSQL runs in a
@@ -14,8 +14,8 @@ database recorded them), errors raised in workers, lost trials (queued but not C
 the end) and duplicated trials (run to completion more than once, or more trials than
 queued), and for PostgreSQL the most connections open at once. "span" runs from the first
 claim to the last finish as the database recorded them, "wall" from the start signal to the
-last worker's exit (workers wait, ready, until all are started). The table goes into
-BENCHMARKS.md between the `storage_load` markers.
+last worker's exit (workers wait, ready, until all are started). The table is printed; with
+`--write` it also goes into BENCHMARKS.md between the `storage_load` markers.
 """
 
 from __future__ import annotations
@@ -40,9 +40,10 @@ import optuna  # noqa: E402
 import sqlalchemy  # noqa: E402
 
 from benchmarks.markdown_section import write_section  # noqa: E402
-from search.heartbeat import Heartbeat, HeartbeatSettings  # noqa: E402
-from search.storage import open_storage, with_driver  # noqa: E402
-from search.trial_queue import MAX_POLL_SECONDS, next_trial  # noqa: E402
+from search.study.heartbeat_settings import HeartbeatSettings  # noqa: E402
+from search.study.storage import open_storage, with_driver  # noqa: E402
+from search.worker.heartbeat import Heartbeat  # noqa: E402
+from search.worker.trial_queue import MAX_POLL_SECONDS, next_trial  # noqa: E402
 
 STUDY = "load"
 BEATS = HeartbeatSettings()  # the defaults a user gets: 60 s / 180 s / 2 retries
@@ -183,7 +184,9 @@ def main() -> int:
     parser.add_argument("--backends", nargs="+", choices=("sqlite", "postgresql"),
                         default=["sqlite", "postgresql"])
     parser.add_argument("--postgres", metavar="URL", help="an existing database to use")
-    parser.add_argument("--no-write", action="store_true", help="print, leave BENCHMARKS.md")
+    parser.add_argument("--write", action="store_true",
+                        help="put the table into BENCHMARKS.md (section storage_load); "
+                             "without it the table is only printed")
     args = parser.parse_args()
     if args.child:
         run_worker(args.child[0], Path(args.child[1]))
@@ -219,7 +222,7 @@ def main() -> int:
             f"--workers {' '.join(map(str, args.workers))} --trials-per-worker "
             f"{args.trials_per_worker}`.\n\n{table(rows)}")
     print(text)
-    if not args.no_write:
+    if args.write:
         write_section("storage_load", text)
     return 0
 

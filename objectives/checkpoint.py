@@ -18,11 +18,12 @@ from typing import Any, BinaryIO
 import torch
 
 from objectives.spec import LoraParams
+from objectives.user_error import UserError, first_line
 
 FORMAT = 1
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint that cannot be read or belongs to another trial; one line for the user."""
 
 
@@ -84,5 +85,4 @@ def read_training_state(stream: BinaryIO) -> TrainingState:
         raise
     except Exception as error:  # truncated file, not a torch file, missing keys
         raise CheckpointError(f"unreadable checkpoint ({type(error).__name__}: "
-                              f"{str(error).strip().splitlines()[0] if str(error).strip() else ''})"
-                              ) from None
+                              f"{first_line(error)})") from None

@@ -38,11 +38,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torchvision
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from objectives.spec import TrainSpec
+from objectives.user_error import UserError
 
 IMAGEFOLDER = "imagefolder:"
 # Dataset name -> torchvision's EMNIST `split`.
@@ -61,11 +62,19 @@ _TORCHVISION = {
 _SPLITS = ("train", "val", "test")
 # Datasets whose images are decoded with one channel (augment.to_float_rgb repeats it to three).
 GRAYSCALE = frozenset({"mnist", "fashion_mnist", "digits", *EMNIST_SPLITS})
+# The image files an imagefolder is made of and `search predict` accepts, lower case:
+# torchvision's ImageFolder list (.jpg .jpeg .png .ppm .bmp .pgm .tif .tiff .webp), so a folder
+# holds the same images here as under torchvision. PIL's `registered_extensions()` is no
+# better: it also names formats PIL can only write (.pdf) or reads through outside tools
+# (.eps: Ghostscript), and animated ones (.gif) of which only the first frame would be seen.
+IMAGE_EXTENSIONS: tuple[str, ...] = IMG_EXTENSIONS
+# At most this many unreadable files are named in check_dataset's message; the rest counted.
+SHOWN_UNREADABLE = 20
 
 Split = tuple[Tensor, Tensor]  # (uint8 images [N, C, H, W], int64 labels [N])
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError):
     """A dataset that cannot be found, read or downloaded; the message is one line for the user."""
 
 
@@ -130,12 +139,176 @@ def load_splits(spec: TrainSpec) -> ImageSplits:
     else:
         train, test, classes = _read_torchvision(spec)
 
-    generator = torch.Generator().manual_seed(spec.seed)
-    if test is None:
-        train, test = _hold_out(train, spec.test_fraction, generator)
-    if val is None:
-        train, val = _hold_out(train, spec.val_fraction, generator)
+    images, labels = train
+    kept, val_index, test_index = _hold_out_indices(labels, spec, val is None, test is None)
+    if test_index is not None:
+        test = images[test_index], labels[test_index]
+    if val_index is not None:
+        val = images[val_index], labels[val_index]
+    if len(kept) < len(labels):
+        train = images[kept], labels[kept]
     return ImageSplits(*train, *val, *test, classes=classes)
+
+
+@dataclass(frozen=True)
+class DatasetSummary:
+    """The split sizes and classes that `load_splits` will give a spec (see `check_dataset`)."""
+
+    train_size: int
+    val_size: int
+    test_size: int
+    classes: tuple[str, ...]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def describe(self) -> str:
+        """One line, e.g. "train 1,700 / val 300 / test 500 images, 10 classes"."""
+        noun = "class" if self.num_classes == 1 else "classes"
+        return (f"train {self.train_size:,} / val {self.val_size:,} / test {self.test_size:,} "
+                f"images, {self.num_classes:,} {noun}")
+
+
+def check_dataset(spec: TrainSpec) -> DatasetSummary:
+    """What `load_splits(spec)` will give, checked before any study is created or changed.
+
+    Raises DatasetError (one line) when loading would fail or a split would be empty or lack
+    a class: an imagefolder's files are each decoded as the loader decodes them (the resize
+    aside), and every unreadable one is reported at once (the first SHOWN_UNREADABLE named,
+    the rest counted); a split is refused naming it and its counts. Split sizes come from the
+    labels alone, through `load_splits`' own seeded hold-out. Named datasets are read as
+    `load_splits` reads them (downloaded when absent and `spec.download` allows) and only
+    their labels kept; "digits" is bundled.
+    """
+    check_dataset_name(spec.dataset)
+    hint = ""
+    if spec.dataset.startswith(IMAGEFOLDER):
+        shipped, classes, names, hint = _imagefolder_labels(spec)
+    elif spec.dataset == "digits":
+        (_, labels), classes = _read_digits()
+        shipped = {"train": labels, "val": None, "test": None}
+        names = {"train": spec.dataset}
+    else:
+        train, test = _torchvision_datasets(spec)
+        classes = list(train.classes)
+        shipped = {"train": _targets(train), "val": None, "test": _targets(test)}
+        if _drops_first_class(spec):
+            shipped = {"train": shipped["train"] - 1, "val": None, "test": shipped["test"] - 1}
+            classes = classes[1:]
+        names = {split: f"{spec.dataset}'s {split} split" for split in _SPLITS}
+    return _summarise(spec, shipped, classes, names, hint)
+
+
+def _targets(dataset: torchvision.datasets.VisionDataset) -> Tensor:
+    return torch.as_tensor(dataset.targets, dtype=torch.int64)
+
+
+def _imagefolder_labels(spec: TrainSpec) -> tuple[dict[str, Tensor | None], list[str],
+                                                  dict[str, str], str]:
+    """The labels of an imagefolder's split folders (None for a split it lacks), its classes,
+    each folder's name for messages and a hint on adding splits; every file decoded first."""
+    root = _imagefolder_root(spec.dataset)
+    folders = _split_folders(root)
+    classes = _class_names(folders["train"])
+    listed = {split: _list_images(folder, classes, split == "train")
+              for split, folder in folders.items() if folder is not None}
+    _check_readable(root, [file for files, _ in listed.values() for file in files])
+    shipped = {split: torch.tensor(listed[split][1], dtype=torch.int64) if split in listed
+               else None for split in _SPLITS}
+    names = {split: str(folder) for split, folder in folders.items() if folder is not None}
+    if folders["train"] == root:
+        hint = f"add images, or split them into {root}/train, {root}/val and {root}/test"
+    else:
+        hint = f"add images, or give {root} its own {{split}}/ folder"
+    return shipped, classes, names, hint
+
+
+def _check_readable(root: Path, files: list[Path]) -> None:
+    """Raise DatasetError naming the files below `root` that do not decode, all in one line."""
+    # Threads, as the loader: PIL releases the GIL while it decodes.
+    with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
+        reasons = list(pool.map(_unreadable, files))
+    bad = [f"{file.relative_to(root)} ({reason})"
+           for file, reason in zip(files, reasons, strict=True) if reason is not None]
+    if bad:
+        shown = ", ".join(bad[:SHOWN_UNREADABLE])
+        more = (f", and {len(bad) - SHOWN_UNREADABLE:,} more" if len(bad) > SHOWN_UNREADABLE
+                else "")
+        raise DatasetError(f"{len(bad):,} unreadable image{'' if len(bad) == 1 else 's'} in "
+                           f"{root}: {shown}{more}")
+
+
+def _unreadable(path: Path) -> str | None:
+    """Why `path` does not decode as `decode_image` decodes an imagefolder's files, or None.
+
+    All of the file is decoded (`convert` loads every pixel), so a truncated JPEG or PNG
+    fails here, as it would in the loader, and not only its header is read."""
+    try:
+        with Image.open(path) as image:
+            image.convert("RGB")
+    except UnidentifiedImageError:  # its message repeats the path
+        return "cannot identify image file"
+    except Exception as error:  # whatever a damaged file makes PIL raise, it cannot be used
+        return _short(error)
+    return None
+
+
+def _summarise(spec: TrainSpec, shipped: dict[str, Tensor | None], classes: list[str],
+               names: dict[str, str], hint: str) -> DatasetSummary:
+    """The split sizes `load_splits` gives from the `shipped` splits' labels (None: held out
+    of train); DatasetError when a split would miss a class. `names` names each shipped split
+    in messages; `hint` ("{split}" filled in) says how to give a held-out split more images."""
+    train = shipped["train"]
+    held_val, held_test = shipped["val"] is None, shipped["test"] is None
+    kept, val_index, test_index = _hold_out_indices(train, spec, held_val, held_test)
+    splits = {"train": train[kept],
+              "val": train[val_index] if held_val else shipped["val"],
+              "test": train[test_index] if held_test else shipped["test"]}
+    for split in ("train", "test", "val"):  # test is held out first
+        missing = [classes[label] for label, count in enumerate(_class_counts(splits[split],
+                                                                             classes)) if not count]
+        if not missing:
+            continue
+        if split == "train" or not (held_val if split == "val" else held_test):
+            raise DatasetError(f"{names[split]} has no image of {_which(missing, classes)} "
+                               f"({len(splits[split]):,} images of {len(classes) - len(missing)} "
+                               f"classes); each split needs images of every class")
+        problem = ("be empty" if len(missing) == len(classes)
+                   else f"have no image of {_which(missing, classes)}")
+        counts = _class_counts(train, classes)
+        message = (f"{split} split would {problem}: {names['train']} has {len(train):,} images "
+                   f"in {len(classes)} classes ({_per_class(counts)} a class)")
+        left = ""
+        if split == "val" and held_test:
+            pool = _class_counts(torch.cat([splits["train"], splits["val"]]), classes)
+            message += (f"; test_fraction {spec.test_fraction} holds out "
+                        f"{len(splits['test']):,} of them as the test split, leaving "
+                        f"{_per_class(pool)} a class")
+            left = " left"
+        fraction = spec.val_fraction if split == "val" else spec.test_fraction
+        message += (f"; {split}_fraction {fraction} holds out images only of classes with 2 or "
+                    f"more{left}")
+        raise DatasetError(message + (f"; {hint.format(split=split)}" if hint else ""))
+    return DatasetSummary(len(splits["train"]), len(splits["val"]), len(splits["test"]),
+                          tuple(classes))
+
+
+def _class_counts(labels: Tensor, classes: list[str]) -> list[int]:
+    return torch.bincount(labels, minlength=len(classes)).tolist()
+
+
+def _per_class(counts: list[int]) -> str:
+    low, high = min(counts), max(counts)
+    return f"{low:,}" if low == high else f"{low:,} to {high:,}"
+
+
+def _which(missing: list[str], classes: list[str], shown: int = 10) -> str:
+    if len(missing) == 1:
+        return f"class {missing[0]!r}"
+    names = ", ".join(repr(name) for name in missing[:shown])
+    more = f", ... ({len(missing) - shown} more)" if len(missing) > shown else ""
+    return f"{len(missing)} of {len(classes)} classes ({names}{more})"
 
 
 def stratified_split(labels: Tensor, fraction: float,
@@ -159,10 +332,21 @@ def stratified_split(labels: Tensor, fraction: float,
     return torch.cat(kept).sort().values, torch.cat(held).sort().values
 
 
-def _hold_out(split: Split, fraction: float, generator: torch.Generator) -> tuple[Split, Split]:
-    images, labels = split
-    kept, held = stratified_split(labels, fraction, generator)
-    return (images[kept], labels[kept]), (images[held], labels[held])
+def _hold_out_indices(labels: Tensor, spec: TrainSpec, val: bool, test: bool
+                      ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """Sorted indices into `labels` (a dataset's train split) of the train, val and test
+    splits that `load_splits` holds out of it: test first when `test`, then val from what is
+    left when `val`; None for a split not held out. Labels alone decide them, so
+    `check_dataset` sizes the splits without the images."""
+    generator = torch.Generator().manual_seed(spec.seed)
+    kept = torch.arange(len(labels))
+    held: dict[str, Tensor] = {}
+    for split, fraction, wanted in (("test", spec.test_fraction, test),
+                                    ("val", spec.val_fraction, val)):
+        if wanted:
+            keep, out = stratified_split(labels[kept], fraction, generator)
+            kept, held[split] = kept[keep], kept[out]
+    return kept, held.get("val"), held.get("test")
 
 
 def _short(error: BaseException) -> str:
@@ -172,6 +356,14 @@ def _short(error: BaseException) -> str:
 
 
 def _read_torchvision(spec: TrainSpec) -> tuple[Split, Split, list[str]]:
+    train, test = _torchvision_datasets(spec)
+    return _arrays(train), _arrays(test), list(train.classes)
+
+
+def _torchvision_datasets(spec: TrainSpec) -> tuple[torchvision.datasets.VisionDataset,
+                                                     torchvision.datasets.VisionDataset]:
+    """torchvision's train and test datasets of `spec.dataset`, downloaded when absent and
+    `spec.download` allows."""
     dataset_class = _TORCHVISION[spec.dataset]
     options = {"split": EMNIST_SPLITS[spec.dataset]} if spec.dataset in EMNIST_SPLITS else {}
     # Where torchvision looks for the files, so the message can say where to put them.
@@ -198,18 +390,22 @@ def _read_torchvision(spec: TrainSpec) -> tuple[Split, Split, list[str]]:
     except Exception as error:
         raise DatasetError(f"cannot read {spec.dataset}'s test split from {folder}: "
                            f"{_short(error)}") from None
-    return _arrays(train), _arrays(test), list(train.classes)
+    return train, test
 
 
 def _read_emnist(spec: TrainSpec) -> tuple[Split, Split, list[str]]:
     train, test, classes = _read_torchvision(spec)
     train, test = _upright(train), _upright(test)
-    if EMNIST_SPLITS[spec.dataset] == "letters":
-        # torchvision lists a class "N/A" at index 0 that no image has (the letters are 1..26):
-        # kept, it would be a head output no image asks for and an empty row in every
-        # per-class report, so a..z become 0..25.
+    if _drops_first_class(spec):
         train, test, classes = _shift_down(train), _shift_down(test), classes[1:]
     return train, test, list(classes)
+
+
+def _drops_first_class(spec: TrainSpec) -> bool:
+    # torchvision lists a class "N/A" at index 0 that no EMNIST letter has (they are 1..26):
+    # kept, it would be a head output no image asks for and an empty row in every per-class
+    # report, so a..z become 0..25.
+    return EMNIST_SPLITS.get(spec.dataset) == "letters"
 
 
 def _upright(split: Split) -> Split:
@@ -276,8 +472,15 @@ def _read_imagefolder(spec: TrainSpec) -> tuple[Split, Split | None, Split | Non
     return splits["train"], splits.get("val"), splits.get("test"), classes
 
 
-def _read_images(folder: Path, classes: list[str], size: int, every_class: bool) -> Split:
-    """Decode `folder`'s images, labelled by their class folder's index in `classes`.
+def has_image_extension(path: str | Path) -> bool:
+    """Whether the file name ends in one of IMAGE_EXTENSIONS, in any case."""
+    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _list_images(folder: Path, classes: list[str], every_class: bool
+                 ) -> tuple[list[Path], list[int]]:
+    """`folder`'s image files, sorted by class, and their labels: each file's class folder's
+    index in `classes` (files are found at any depth below it).
 
     `every_class`: each class must have images here (the train split); val and test may
     lack some classes but must not add any.
@@ -290,16 +493,21 @@ def _read_images(folder: Path, classes: list[str], size: int, every_class: bool)
     labels: list[int] = []
     for label, name in enumerate(classes):
         found = sorted(p for p in (folder / name).rglob("*")
-                       if p.suffix.lower() in IMG_EXTENSIONS and p.is_file()
+                       if has_image_extension(p) and p.is_file()
                        and not p.name.startswith("."))
         if not found and every_class:
             raise DatasetError(f"class folder {folder / name} has no images "
-                               f"({', '.join(IMG_EXTENSIONS)})")
+                               f"({', '.join(IMAGE_EXTENSIONS)})")
         files += found
         labels += [label] * len(found)
     if not files:
-        raise DatasetError(f"{folder} has no images ({', '.join(IMG_EXTENSIONS)})")
+        raise DatasetError(f"{folder} has no images ({', '.join(IMAGE_EXTENSIONS)})")
+    return files, labels
 
+
+def _read_images(folder: Path, classes: list[str], size: int, every_class: bool) -> Split:
+    """Decode `folder`'s images (see `_list_images`), labelled by their class's index."""
+    files, labels = _list_images(folder, classes, every_class)
     images = torch.empty((len(files), 3, size, size), dtype=torch.uint8)
     # Threads suffice: PIL releases the GIL while it decodes and resizes.
     with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:

@@ -15,12 +15,13 @@ from pathlib import Path
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from objectives.export_folder import MERGED_FILE
-from objectives.model import build_model, fuse_qkv_state_dict
+from objectives.export_folder import MERGED_FILE, describe_misfits
+from objectives.model import build_model, fuse_qkv_state_dict, load_trainable_state
 from objectives.spec import LoraParams, TrainSpec
+from objectives.user_error import UserError
 
 
-class ExportError(ValueError):
+class ExportError(UserError):
     """Weights that do not fit the model they should belong to; one line for the user."""
 
 
@@ -28,15 +29,10 @@ def load_trained_model(spec: TrainSpec, num_classes: int, lora: LoraParams | Non
                        weights_file: str | Path) -> nn.Module:
     """Rebuild the trial's model (same seed, same backbone weights) and load what it trained."""
     model = build_model(spec, num_classes, lora)
-    trained = load_file(str(weights_file))
-    result = model.load_state_dict(trained, strict=False)
-    if result.unexpected_keys:
-        raise ExportError(f"{weights_file} holds weights this model does not have: "
-                          f"{result.unexpected_keys[:3]}")
-    expected = {name for name, p in model.named_parameters() if p.requires_grad}
-    if expected - set(trained):
-        missing = sorted(expected - set(trained))[:3]
-        raise ExportError(f"{weights_file} lacks trained weights: {missing}")
+    problems = load_trainable_state(model, load_file(str(weights_file)))
+    if problems:
+        raise ExportError(f"{weights_file} does not fit the trial's model: "
+                          f"{describe_misfits(problems)}")
     return model.eval()
 
 

@@ -24,17 +24,24 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from objectives.data import IMAGEFOLDER, dataset_is_grayscale, decode_image
+from objectives.data import (
+    IMAGE_EXTENSIONS,
+    IMAGEFOLDER,
+    dataset_is_grayscale,
+    decode_image,
+    has_image_extension,
+)
 from objectives.export_folder import MERGED_FILE, describe_misfits, misfits, shapes_of
 from objectives.model import create_backbone
 from objectives.spec import TrainSpec
 from objectives.train import predict
+from objectives.user_error import UserError, first_line
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
-class InferenceError(ValueError):
+class InferenceError(UserError):
     """An exported model or an image that cannot be used for inference; one line for the user."""
 
 
@@ -89,7 +96,7 @@ def load_adapter(folder: Path, spec: TrainSpec, num_classes: int) -> nn.Module:
             warnings.simplefilter("ignore")
             model = PeftModel.from_pretrained(backbone, str(folder))
     except (RuntimeError, ValueError, TypeError, KeyError, OSError, SafetensorError) as error:
-        raise InferenceError(f"cannot load the adapter in {folder}: {reason(error)}") from None
+        raise InferenceError(f"cannot load the adapter in {folder}: {first_line(error)}") from None
     file = folder / ADAPTER_WEIGHTS
     check_weights_fit(get_peft_model_state_dict(model), read_weights(file), file, spec,
                       num_classes)
@@ -100,7 +107,7 @@ def read_weights(file: Path) -> dict[str, Tensor]:
     try:
         return load_file(str(file))
     except (OSError, SafetensorError) as error:
-        raise InferenceError(f"cannot read {file}: {reason(error)}") from None
+        raise InferenceError(f"cannot read {file}: {first_line(error)}") from None
 
 
 def check_weights_fit(expected: dict[str, Tensor], stored: dict[str, Tensor], file: Path,
@@ -112,14 +119,6 @@ def check_weights_fit(expected: dict[str, Tensor], stored: dict[str, Tensor], fi
                              f"{describe_misfits(problems)}")
 
 
-def reason(error: BaseException) -> str:
-    # torch's load_state_dict errors open with a header line ending in ":" and list the
-    # details below it, one per line; the first detail says most.
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    details = [line for line in lines if not line.endswith(":")]
-    return (details or lines or [type(error).__name__])[0]
-
-
 def read_image(path: str | Path, spec: TrainSpec) -> Tensor:
     """One image file as the trial's data loader would have decoded it: uint8 [C, H, W], with
     C = 1 for a grayscale dataset, 3 otherwise, at image_size for an imagefolder."""
@@ -129,11 +128,25 @@ def read_image(path: str | Path, spec: TrainSpec) -> Tensor:
 
 
 def check_image_files(paths: Sequence[str | Path]) -> None:
-    """Raise InferenceError naming the first of `paths` that is not a file."""
-    missing = [str(path) for path in paths if not Path(path).is_file()]
-    if missing:
-        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        raise InferenceError(f"no such image file: {missing[0]}{more}")
+    """Raise InferenceError naming the first of `paths` that is not an image file a study
+    could have trained on: missing, a directory, or not named with one of IMAGE_EXTENSIONS
+    (the files an imagefolder is read from); the count of any others follows it."""
+    problems = [problem for path in paths if (problem := image_file_problem(path))]
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise InferenceError(f"{problems[0]}{more}")
+
+
+def image_file_problem(path: str | Path) -> str | None:
+    """Why `path` is not an image file to classify, or None."""
+    if Path(path).is_dir():
+        return f"{path} is a directory, not an image file"
+    if not Path(path).is_file():
+        return f"no such image file: {path}"
+    if not has_image_extension(path):
+        kind = f"a {Path(path).suffix} file" if Path(path).suffix else "a file without extension"
+        return f"{path} is {kind}; supported image files: {', '.join(IMAGE_EXTENSIONS)}"
+    return None
 
 
 def classify_images(model: nn.Module, paths: Sequence[str | Path], spec: TrainSpec

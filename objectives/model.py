@@ -25,9 +25,10 @@ from torch import nn
 
 from objectives import export_folder
 from objectives.spec import LoraParams, TrainSpec
+from objectives.user_error import UserError, first_line
 
 
-class ModelError(ValueError):
+class ModelError(UserError):
     """A model that cannot be built; the message is one line for the user."""
 
 
@@ -142,17 +143,61 @@ def lora_layers(model: nn.Module) -> dict[str, nn.Module]:
 def check_targets(spec: TrainSpec, num_classes: int) -> None:
     """Raise ModelError unless every name in `spec.targets` matches some layer LoRA can adapt
     (builds the model on the meta device: no weights are loaded)."""
+    adapted_layers(spec, num_classes)
+
+
+def adapted_layers(spec: TrainSpec, num_classes: int) -> dict[str, dict[str, nn.Module]]:
+    """The layers LoRA adapts, by target name and then path, of the model built on the meta
+    device; ModelError for a target that matches none."""
     with torch.device("meta"):
         model = create_backbone(spec, num_classes, pretrained=False)
     head = head_name(model)
     # The head trains whole: it is never a LoRA target.
-    layers = [path for path in lora_layers(model)
-              if path != head and not export_folder.is_head_key(path, head)]
+    layers = {path: module for path, module in lora_layers(model).items()
+              if path != head and not export_folder.is_head_key(path, head)}
+    adapted = {}
     for target in spec.target_modules:
-        if not any(path == target or path.endswith("." + target) for path in layers):
+        adapted[target] = {path: module for path, module in layers.items()
+                           if path == target or path.endswith("." + target)}
+        if not adapted[target]:
             names = sorted({path.rsplit(".", 1)[-1] for path in layers})
             raise ModelError(f"targets: '{spec.model}' has no Linear or ungrouped Conv2d layer "
                              f"named '{target}'; its layer names: {', '.join(names[:20])}")
+    return adapted
+
+
+def rank_limit(layer: nn.Module) -> int:
+    """The largest LoRA rank that `layer` can use: the rank of its weight as the matrix peft
+    factors it. A Linear's is min(in, out); a Conv2d's update is lora_B (1x1 conv,
+    r -> out_channels) after lora_A (r filters of in_channels x kh x kw), i.e. of
+    [out_channels, in_channels * kh * kw]. A higher rank adds parameters, not capacity."""
+    if isinstance(layer, nn.Conv2d):
+        height, width = layer.kernel_size
+        return min(layer.out_channels, layer.in_channels // layer.groups * height * width)
+    return min(layer.in_features, layer.out_features)
+
+
+def max_rank(spec: TrainSpec, num_classes: int) -> int:
+    """The largest LoRA rank the spec's targets allow: `rank_limit` of the smallest adapted
+    layer (the model is built on the meta device: nothing is loaded or allocated)."""
+    return _smallest_layer(spec, num_classes)[0]
+
+
+def check_rank(spec: TrainSpec, num_classes: int, rank: int) -> None:
+    """Raise ModelError when `rank` exceeds `max_rank(spec, num_classes)`."""
+    limit, target = _smallest_layer(spec, num_classes)
+    if rank > limit:
+        raise ModelError(f"rank {rank} is larger than the smallest adapted layer allows "
+                         f"({limit} for '{target}' in {spec.model})")
+
+
+def _smallest_layer(spec: TrainSpec, num_classes: int) -> tuple[int, str]:
+    """`max_rank` and the target name of a layer that sets it (the first in `spec.targets`
+    of those that do)."""
+    limits = [(rank_limit(layer), target)
+              for target, layers in adapted_layers(spec, num_classes).items()
+              for layer in layers.values()]
+    return min(limits, key=lambda limit: limit[0])
 
 
 def _timm_model(spec: TrainSpec, num_classes: int, pretrained: bool, **extra: Any) -> nn.Module:
@@ -164,7 +209,7 @@ def _timm_model(spec: TrainSpec, num_classes: int, pretrained: bool, **extra: An
     except (OSError, RuntimeError, ValueError) as error:
         source = spec.weights or "the model hub"
         raise ModelError(
-            f"cannot build '{spec.model}' with weights from {source}: {_first_line(error)}; "
+            f"cannot build '{spec.model}' with weights from {source}: {first_line(error)}; "
             "pass --weights PATH to a local checkpoint, or pretrained = false") from None
     except TypeError as error:  # a model_kwargs entry the architecture does not take
         raise ModelError(f"cannot build '{spec.model}': {error}") from None
@@ -184,7 +229,7 @@ def load_exported_backbone(model: nn.Module, spec: TrainSpec) -> None:
     try:
         state = export_folder.backbone_state(file, head_name(model))
     except export_folder.UNREADABLE as error:
-        raise ModelError(f"cannot read {file}: {_first_line(error)}") from None
+        raise ModelError(f"cannot read {file}: {first_line(error)}") from None
     model.load_state_dict(state, strict=False)  # _check_export_fits: only the head is missing
 
 
@@ -207,7 +252,7 @@ def _check_export_fits(model: nn.Module, spec: TrainSpec) -> Path:
     try:
         stored = export_folder.stored_shapes(file)
     except export_folder.UNREADABLE as error:
-        raise ModelError(f"cannot read {file}: {_first_line(error)}") from None
+        raise ModelError(f"cannot read {file}: {first_line(error)}") from None
     expected = export_folder.shapes_of(model.state_dict())
     problems = export_folder.misfits(expected, stored, head_name(model))
     if problems:
@@ -217,10 +262,6 @@ def _check_export_fits(model: nn.Module, spec: TrainSpec) -> Path:
         raise ModelError(f"the weights in {file} do not fit '{spec.model}' with "
                          f"model_kwargs {spec.model_kwargs}: {why}")
     return file
-
-
-def _first_line(error: BaseException) -> str:
-    return str(error).splitlines()[0] if str(error) else type(error).__name__
 
 
 def build_baseline_model(spec: TrainSpec, num_classes: int, pretrained: bool | None = None
@@ -294,3 +335,14 @@ def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The weights a trial trained (adapters and head), detached on the CPU."""
     return {name: parameter.detach().to("cpu", copy=True).contiguous()
             for name, parameter in model.named_parameters() if parameter.requires_grad}
+
+
+def load_trainable_state(model: nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
+    """Load weights that `trainable_state_dict` saved into `model` (built as the trial built
+    it); what keeps them from fitting: weights the model lacks, trained weights `state` lacks.
+    Empty when they fit."""
+    result = model.load_state_dict(state, strict=False)
+    trainable = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
+    problems = [f"{key} unknown to the model" for key in result.unexpected_keys]
+    problems += [f"{key} missing" for key in sorted(trainable & set(result.missing_keys))]
+    return problems

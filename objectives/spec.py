@@ -8,8 +8,12 @@ only reads it.
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any
+
+from objectives.user_error import UserError
 
 # The layers LoRA attaches to, as comma-separated module names (a name matches every layer
 # whose path ends in it: "conv2" is each ResNet block's second convolution). timm's ViTs fuse
@@ -69,7 +73,9 @@ class TrainSpec:
     seed: int = 0
     device: str = "auto"  # "auto": the first visible CUDA device, else CPU
     bf16: bool = True  # bf16 autocast on CUDA; off for GPUs without bf16. The CPU stays fp32.
-    compile: bool = False  # torch.compile the model: pays off on long trials on a GPU
+    # torch.compile the model. Measured on the CPU demo only (BENCHMARKS.md): +3.9% images/s
+    # for 19.2 s of compiling per trial; no GPU figure yet. Off by default.
+    compile: bool = False
 
     @property
     def target_modules(self) -> tuple[str, ...]:
@@ -83,8 +89,65 @@ class TrainSpec:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> TrainSpec:
+    def from_dict(cls, values: dict[str, Any], where: str = "train") -> TrainSpec:
+        """The spec from plain values (a TOML table, a study's or an export's stored dict),
+        every value's type checked against its field (SpecError naming `where`.key
+        otherwise), lists made tuples; nothing else: ranges, files and names are checked by
+        `search.study.study_spec.validate_train_spec`."""
         values = dict(values)
-        augment = AugmentSpec(**{k: tuple(v) if isinstance(v, list) else v
-                                 for k, v in values.pop("augment", {}).items()})
-        return cls(augment=augment, **values)
+        augment = convert_fields(AugmentSpec, values.pop("augment", {}) or {}, f"{where}.augment")
+        return cls(augment=AugmentSpec(**augment), **convert_fields(cls, values, where))
+
+
+class SpecError(UserError):
+    """A spec that cannot be read or does not make sense; one line for the user."""
+
+
+
+
+
+
+def convert_fields(cls: type, values: dict[str, Any], where: str) -> dict[str, Any]:
+    """Check each value against the dataclass field's annotated type; lists become tuples."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)} - {"augment"}
+    unknown = set(values) - names
+    if unknown:
+        raise SpecError(f"{where}: unknown key(s) {sorted(unknown)}; known: {sorted(names)}")
+    return {key: convert_value(value, hints[key], f"{where}.{key}")
+            for key, value in values.items()}
+
+
+
+def convert_value(value: Any, hint: Any, where: str) -> Any:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (types.UnionType, typing.Union):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return convert_value(value, inner, where)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise SpecError(f"{where} must be a list of {len(args)} numbers, got {value!r}")
+        return tuple(convert_value(v, a, where) for v, a in zip(value, args, strict=True))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise SpecError(f"{where} must be a table, got {value!r}")
+        return dict(value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise SpecError(f"{where} must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise SpecError(f"{where} must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise SpecError(f"{where} must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise SpecError(f"{where} must be a string, got {value!r}")
+        return value
+    raise SpecError(f"{where}: unsupported value {value!r}")

@@ -19,8 +19,15 @@ from torch import nn
 from objectives import augment
 from objectives.checkpoint import CheckpointError, EpochStats, TrainingState
 from objectives.data import ImageSplits, load_splits
+from objectives.export_folder import describe_misfits
 from objectives.metrics import ClassificationMetrics, classification_metrics, confusion_matrix
-from objectives.model import ParameterCount, build_model, count_parameters, trainable_state_dict
+from objectives.model import (
+    ParameterCount,
+    build_model,
+    count_parameters,
+    load_trainable_state,
+    trainable_state_dict,
+)
 from objectives.spec import LoraParams, TrainSpec
 
 
@@ -115,6 +122,24 @@ def predict(model: nn.Module, images: torch.Tensor, spec: TrainSpec,
     return torch.cat(outputs)
 
 
+def train_mode(model: nn.Module, lora: bool) -> None:
+    """Put `model` in training mode for a trial's training steps: frozen means frozen.
+
+    A LoRA trial trains in train mode (adapter dropout); a baseline's frozen backbone stays
+    in eval mode, dropout included. In both, every normalisation layer with running statistics
+    (BatchNorm, tracked InstanceNorm, ...) whose own parameters are frozen stays in eval mode:
+    the checkpoint and the exported weights hold only what requires grad
+    (`trainable_state_dict`), so statistics drifting in train mode would make the exported
+    model, `search predict` and a resumed trial differ from the model that was evaluated.
+    A trainable norm layer (one in a trained head) updates its statistics as usual.
+    """
+    model.train(lora)
+    for module in model.modules():
+        if getattr(module, "track_running_stats", False) or any(
+                name.startswith("running_") for name, _ in module.named_buffers(recurse=False)):
+            module.train(any(p.requires_grad for p in module.parameters(recurse=False)))
+
+
 def autocast(device: torch.device, bf16: bool = True):
     # bf16 on CUDA keeps the frozen matmuls fast; the CPU stays in fp32 for exact repeatability.
     return torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda")
@@ -156,9 +181,7 @@ def run_trial(spec: TrainSpec, lora: LoraParams | None, data: ImageSplits | None
         train_seconds, step_seconds = resume.train_seconds, resume.step_seconds
     for epoch in range(len(history) + 1, spec.epochs + 1):
         epoch_start = time.perf_counter()
-        # A baseline's frozen backbone stays in eval mode: its normalisation statistics and
-        # dropout are part of what is frozen; only LoRA trials train in train mode.
-        model.train(lora is not None)
+        train_mode(model, lora is not None)
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
         order = torch.randperm(len(train_y), generator=generator, device=device)
@@ -235,12 +258,10 @@ def on_cpu(value):
 def restore(state: TrainingState, model: nn.Module, optimizer: torch.optim.Optimizer,
             scheduler: torch.optim.lr_scheduler.LRScheduler, generator: torch.Generator) -> None:
     """Put a checkpoint's weights, optimizer, scheduler and generators back in place."""
-    missing = model.load_state_dict(state.weights, strict=False)
-    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
-    absent = trainable & set(missing.missing_keys)
-    if absent or missing.unexpected_keys:
-        raise CheckpointError(f"the checkpoint does not fit the model ({len(absent)} weights "
-                              f"missing, {len(missing.unexpected_keys)} unexpected)")
+    problems = load_trainable_state(model, state.weights)
+    if problems:
+        raise CheckpointError(f"the checkpoint does not fit the model: "
+                              f"{describe_misfits(problems)}")
     optimizer.load_state_dict(state.optimizer)
     scheduler.load_state_dict(state.scheduler)
     generator.set_state(state.batch_generator)

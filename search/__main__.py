@@ -1,5 +1,5 @@
 import sys
 
-from search.cli import main
+from search.cli.main import main
 
 sys.exit(main())

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from objectives import augment
-from search.spec import load_spec
+from search.study.study_spec import load_spec
 
 HERE = Path(__file__).resolve().parent
 

@@ -31,7 +31,7 @@ def board(cwd: Path, study: str = "demo") -> list[dict]:
 
 def search_in_process(args: list[str], cwd: Path, capsys, monkeypatch) -> tuple[int, str, str]:
     """The CLI's `main` in this process: the same code path without paying torch's import again."""
-    from search.cli import main
+    from search.cli.main import main
 
     monkeypatch.chdir(cwd)
     capsys.readouterr()

@@ -13,8 +13,8 @@ from objectives.export_model import write_model_folder
 from objectives.inference import load_exported_model
 from objectives.model import ModelError, build_model, check_targets, planned_parameters
 from objectives.spec import LoraParams, TrainSpec
-from search.baselines import Baseline, BaselineError, parse_baselines
-from search.spec import SpecError, parse_spec
+from search.study.baselines import Baseline, BaselineError, parse_baselines
+from search.study.study_spec import SpecError, parse_spec
 
 RESNET = TrainSpec(model="resnet18", pretrained=False, targets="conv2", dataset="digits",
                    image_size=32, epochs=1, batch_size=64, device="cpu")

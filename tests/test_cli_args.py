@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from search.cli import build_parser
+from search.cli.parser import build_parser
 
 
 def test_storage_defaults_to_sqlite_in_the_current_folder(monkeypatch):

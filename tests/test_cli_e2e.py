@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
-from run_cli import FAST, board, search, search_in_process
+from run_cli import FAST, ROOT, board, search, search_in_process
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +61,7 @@ def test_grid_is_idempotent_and_a_wider_grid_adds_only_new_points(finished):
     again = search("grid", *FAST, "--ranks", "2", "--alphas", "2", "4", "--workers", "0",
                    cwd=finished)
     assert "queued 0 baselines and 0 grid point(s); 2 already there" in again.stderr
+    assert "(train 1,222 / val 216 / test 359 images, 10 classes)" in again.stderr
     assert len(board(finished)) == 3
     wider = search("grid", *FAST, "--ranks", "2", "4", "--alphas", "2", "4", "--workers", "0",
                    "--study", "demo", cwd=finished)
@@ -71,7 +76,7 @@ def test_export_writes_params_metrics_spec_and_loadable_weights(finished):
     from safetensors.torch import load_file
 
     from objectives.model import create_backbone
-    from search.spec import train_spec_from_dict
+    from search.study.study_spec import train_spec_from_dict
 
     search("export", "--study", "demo", "--out", "best.yaml", "--weights", "best", cwd=finished)
     search("export", "--study", "demo", "--out", "best.json", cwd=finished)
@@ -131,6 +136,17 @@ BAD_INPUT = [
     (["export", "--study", "demo", "--out", "best.txt"], "use a file ending in"),
     (["grid", *FAST, "--workers", "2", "--workers-per-gpu", "2"], "not both"),
     (["worker", "--study", "demo", "--workers", "2", "--workers-per-gpu", "2"], "not both"),
+    # Output paths: one rule for every flag (the folder must exist; file and folder kept apart).
+    (["report", "--out", "grid.stderr"], "grid.stderr is a file, not a folder"),
+    (["export", "--weights", "grid.stderr"], "grid.stderr is a file, not a folder"),
+    (["export", "--out", "search-artifacts"], "search-artifacts is a folder, not a file"),
+    (["export", "--weights", "/nonexistent/dir/w"], "folder '/nonexistent/dir' does not exist"),
+    (["report", "--out", "/nonexistent/dir/r"], "folder '/nonexistent/dir' does not exist"),
+    (["export", "--out", "/nonexistent/dir/best.json"], "folder '/nonexistent/dir' does not"),
+    (["grid", *FAST, "--study", "", "--workers", "0"], "--study: must not be empty"),
+    (["leaderboard", "--study", " "], "--study: must not be empty"),
+    (["leaderboard", "--storage", "postgresql://u:pw@host:abc/db"], "port that is not a number"),
+    (["grid", *FAST, "--ranks", "99999999999", "--workers", "0"], "rank 99999999999 is larger"),
 ] + ([] if torch.cuda.is_available() else [
     (["grid", *FAST, "--workers-per-gpu", "2"], "no GPU is visible"),
 ])
@@ -154,6 +170,48 @@ def test_the_installed_command_prints_no_traceback(finished, args, message):
     result = search(*args, cwd=finished, check=False)
     assert result.returncode == 2 and message in result.stderr
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+TRAINING_STACK = ("torch", "timm", "peft")
+
+
+def modules_loaded_by(code: str, cwd: Path) -> set[str]:
+    """Which of the training stack's modules a fresh Python has loaded after running `code`."""
+    probe = (f"import sys\n{code}\n"
+             f"print('loaded:' + ','.join(m for m in {TRAINING_STACK!r} if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", probe], cwd=cwd, capture_output=True,
+                            text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 0, result.stderr
+    (line,) = [line for line in result.stdout.splitlines() if line.startswith("loaded:")]
+    return set(filter(None, line.removeprefix("loaded:").split(",")))
+
+
+def test_the_cli_and_read_only_commands_do_not_import_the_training_stack(finished):
+    assert modules_loaded_by("import search.cli.main, search.cli.commands", finished) == set()
+    for args in (["leaderboard"], ["export", "--out", "probe.json"], ["grid", "--bogus"],
+                 ["report", "--out", "probe-report"]):
+        code = ("from search.cli.main import main\n"
+                f"try:\n    main({args!r})\nexcept SystemExit:\n    pass")
+        assert modules_loaded_by(code, finished) == set(), args
+    # The commands that train do import it (the probe can see an import).
+    assert "torch" in modules_loaded_by("import objectives.train", finished)
+
+
+def test_a_malformed_port_hides_the_password(tmp_path, capsys, monkeypatch):
+    code, _, err = search_in_process(["leaderboard", "--storage",
+                                      "postgresql://u:S3cret@host:abc/db"], tmp_path, capsys,
+                                     monkeypatch)
+    assert code == 2 and "S3cret" not in err and "port" in err
+
+
+def test_the_worker_hint_can_be_pasted_into_a_shell(tmp_path):
+    name = "it's a study"
+    result = search("grid", *FAST, "--ranks", "2", "--alphas", "2", "--study", name,
+                    "--workers", "0", "--storage", f"sqlite:///{tmp_path}/my db.db", cwd=tmp_path)
+    hint = result.stderr.strip().splitlines()[-1]
+    words = shlex.split(hint.removeprefix("start workers with: "))
+    assert words == ["search", "worker", "--study", name, "--storage",
+                     f"sqlite:///{tmp_path}/my db.db"]
 
 
 def test_malformed_spec_file_exits_2(tmp_path):

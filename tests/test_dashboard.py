@@ -108,7 +108,7 @@ def test_a_public_address_warns_and_a_taken_port_exits_2(finished, capsys, monke
                                          monkeypatch)
     assert code == 2 and "cannot listen on 127.0.0.1" in err and len(err.splitlines()) == 1
 
-    from search import dashboard
+    from search.results import dashboard
 
     served = []
     monkeypatch.setattr("optuna_dashboard.run_server", lambda *a, **k: served.append(k))

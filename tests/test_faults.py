@@ -13,13 +13,14 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from search import studies
-from search.enqueue_lock import enqueue_lock
-from search.heartbeat import Heartbeat, HeartbeatError, HeartbeatSettings
-from search.space import GridSpace
-from search.spec import SpecError, parse_spec
-from search.storage import open_storage
-from search.trial_queue import claim_next_trial, next_trial, requeue_trial
+from search.study import enqueue as study_enqueue
+from search.study.enqueue_lock import enqueue_lock
+from search.study.heartbeat_settings import HeartbeatError, HeartbeatSettings
+from search.study.space import GridSpace
+from search.study.storage import open_storage
+from search.study.study_spec import SpecError, parse_spec
+from search.worker.heartbeat import Heartbeat
+from search.worker.trial_queue import claim_next_trial, next_trial, requeue_trial
 
 FAST_BEATS = HeartbeatSettings(interval=1, grace_period=2, max_retries=1)
 NEVER = lambda: False  # noqa: E731  (no stop requested)
@@ -128,14 +129,14 @@ def test_a_requeued_trial_keeps_its_params_and_is_claimed_again(url):
 def slow_held_keys(monkeypatch):
     """Widen the gap between reading what a study holds and queueing what is missing, so that
     two unserialised enqueuers both find every point missing."""
-    real = studies.held_keys
+    real = study_enqueue.held_keys
 
     def slow(study):
         keys = real(study)
         time.sleep(0.5)
         return keys
 
-    monkeypatch.setattr(studies, "held_keys", slow)
+    monkeypatch.setattr(study_enqueue, "held_keys", slow)
 
 
 def enqueue_concurrently(url: str, threads: int = 2) -> list:
@@ -148,7 +149,7 @@ def enqueue_concurrently(url: str, threads: int = 2) -> list:
             with enqueue_lock(storage, url, "race"):
                 study = optuna.create_study(study_name="race", storage=storage,
                                             direction="maximize", load_if_exists=True)
-                studies.enqueue_grid(study, grid)
+                study_enqueue.enqueue_grid(study, grid)
         except Exception as error:  # reported by the test rather than lost in a thread
             errors.append(error)
 

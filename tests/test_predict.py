@@ -43,7 +43,7 @@ def demo_study(folder: Path) -> optuna.Study:
 def evaluated_digits(folder: Path) -> list[torch.Tensor]:
     """The first IMAGES images of the test split the trials evaluated, uint8 [1, 8, 8] each."""
     from objectives.data import load_splits
-    from search.studies import stored_train_spec
+    from search.study.open_study import stored_train_spec
 
     return list(load_splits(stored_train_spec(demo_study(folder))).test_images[:IMAGES])
 
@@ -68,8 +68,9 @@ def trained_probabilities(folder: Path, trial_number: int) -> torch.Tensor:
     the test images: objectives.train.predict, i.e. the code the trial evaluated with."""
     from objectives.export_model import load_trained_model
     from objectives.train import predict
-    from search.studies import stored_train_spec, trial_point
-    from search.worker import artifact_store
+    from search.study.artifacts import artifact_store
+    from search.study.open_study import stored_train_spec
+    from search.study.trials import trial_point
 
     study = demo_study(folder)
     trial = study.trials[trial_number]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from objectives.spec import LoraParams
-from search.space import GridSpace, SpaceError, params_of, point_key, point_of
+from search.study.space import GridSpace, SpaceError, params_of, point_key, point_of
 
 
 def test_grid_is_the_cartesian_product_sorted_and_unique():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from objectives.spec import TrainSpec
-from search.spec import (
+from search.study.study_spec import (
     DEFAULT_SPEC,
     SpecError,
     describe_differences,

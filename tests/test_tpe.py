@@ -10,18 +10,14 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from search.space import GridSpace, SpaceError, TpeSearch, TpeSpace, space_disagreements
-from search.studies import StudyError, enqueue_grid, is_baseline, trial_point
-from search.tpe import (
-    LoraSpaceSampler,
-    build_pruner,
-    check_grid_fits,
-    enqueue_tpe_budget,
-    load_searching_study,
-    settle_search,
-)
-from search.trial_queue import claim_next_trial
-from search.trial_run import param_bounds, suggest_point
+from search.study.enqueue import enqueue_grid
+from search.study.open_study import StudyError
+from search.study.space import GridSpace, SpaceError, TpeSearch, TpeSpace, space_disagreements
+from search.study.tpe_search import check_grid_fits, enqueue_tpe_budget, settle_search
+from search.study.trials import is_baseline, trial_point
+from search.worker.sampler import LoraSpaceSampler, build_pruner, searching_study
+from search.worker.trial_queue import claim_next_trial
+from search.worker.trial_run import param_bounds, suggest_point
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -38,7 +34,7 @@ def fake_accuracy(rank: int, alpha: float, dropout: float) -> float:
 
 def run_queue(storage, study: optuna.Study, epochs: int = 1) -> list[optuna.trial.FrozenTrial]:
     """Claim and finish every queued trial the way a worker does, without training."""
-    searching = load_searching_study(storage, study, epochs)
+    searching = searching_study(storage, study, epochs)
     while (frozen := claim_next_trial(storage, searching)) is not None:
         trial = optuna.Trial(searching, frozen._trial_id)
         if is_baseline(frozen):
@@ -94,7 +90,7 @@ def test_budget_counts_finished_lora_trials_and_tops_up():
 def test_failed_trials_do_not_count_towards_the_budget():
     storage, study = new_study()
     enqueue_tpe_budget(study, TpeSearch(trials=2))
-    searching = load_searching_study(storage, study, 1)
+    searching = searching_study(storage, study, 1)
     claim_next_trial(storage, searching)  # the baseline
     frozen = claim_next_trial(storage, searching)
     searching.tell(frozen.number, state=TrialState.FAIL)
@@ -127,7 +123,7 @@ def test_two_workers_starting_together_do_not_draw_the_same_point():
     storage, study = new_study()
     enqueue_tpe_budget(study, TpeSearch(trials=2))
     claim_next_trial(storage, study)  # the baseline, left running
-    first, second = (load_searching_study(storage, study, 1) for _ in range(2))
+    first, second = (searching_study(storage, study, 1) for _ in range(2))
     points = []
     for searching in (first, second):  # two processes, each with its own sampler
         frozen = claim_next_trial(storage, searching)
@@ -171,17 +167,42 @@ def test_a_stored_search_keeps_its_settings_unless_contradicted():
         settle_search(study, TpeSearch(seed=6), {"seed"})
 
 
-def test_pruners_never_stop_a_trial_before_a_third_of_its_epochs():
-    assert build_pruner("median", 10)._n_warmup_steps == 4
-    assert build_pruner("median", 4)._n_warmup_steps == 2
-    assert isinstance(build_pruner("hyperband", 9), optuna.pruners.HyperbandPruner)
-    assert isinstance(build_pruner("none", 9), optuna.pruners.NopPruner)
+def epochs_stopped_at(pruner: str, epochs: int) -> tuple[list, list]:
+    """Eight trials at 0.9 every epoch, then eight at 0.1, each asking the pruner after every
+    epoch as training does: the epoch each good and each poor trial was stopped at (None:
+    it ran to the end)."""
+    study = optuna.create_study(direction="maximize", pruner=build_pruner(pruner, epochs),
+                                storage=optuna.storages.InMemoryStorage(), study_name="p")
+    stopped: dict[float, list] = {0.9: [], 0.1: []}
+    for value in [0.9] * 8 + [0.1] * 8:
+        trial, at = study.ask(), None
+        for epoch in range(1, epochs + 1):
+            trial.report(value, epoch)
+            if trial.should_prune():
+                at = epoch
+                break
+        study.tell(trial, value if at is None else None,
+                   state=TrialState.COMPLETE if at is None else TrialState.PRUNED)
+        stopped[value].append(at)
+    return stopped[0.9], stopped[0.1]
+
+
+@pytest.mark.parametrize("epochs, third", [(10, 4), (9, 3), (4, 2), (2, 1)])
+def test_pruners_never_stop_a_trial_before_a_third_of_its_epochs(epochs, third):
+    good, poor = epochs_stopped_at("median", epochs)
+    assert good == [None] * 8
+    assert poor == [third] * 8  # the median pruner stops each poor one as soon as it may
+    good, poor = epochs_stopped_at("hyperband", epochs)
+    assert good == [None] * 8
+    assert any(at is not None for at in poor)
+    assert all(at is None or at >= third for at in poor)
+    assert epochs_stopped_at("none", epochs) == ([None] * 8, [None] * 8)
 
 
 def test_the_median_pruner_stops_a_trial_below_the_median_after_warm_up():
     storage, study = new_study()
     enqueue_tpe_budget(study, TpeSearch(trials=5, pruner="median"))
-    searching = load_searching_study(storage, study, epochs=6)
+    searching = searching_study(storage, study, epochs=6)
     for value in (0.9, 0.8, 0.85):  # finished trials with curves at 0.9 / 0.8 / 0.85
         study.add_trial(optuna.create_trial(
             value=value, intermediate_values={step: value for step in range(1, 7)},
@@ -196,8 +217,8 @@ def test_the_median_pruner_stops_a_trial_below_the_median_after_warm_up():
 
 def test_the_sampler_is_the_one_stored_with_the_study():
     storage, study = new_study()
-    assert load_searching_study(storage, study, 3) is study  # grid-only: nothing to sample
+    assert searching_study(storage, study, 3) is study  # grid-only: nothing to sample
     enqueue_tpe_budget(study, TpeSearch(pruner="hyperband"))
-    searching = load_searching_study(storage, study, 3)
+    searching = searching_study(storage, study, 3)
     assert isinstance(searching.sampler, LoraSpaceSampler)
     assert isinstance(searching.pruner, optuna.pruners.HyperbandPruner)

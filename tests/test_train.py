@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 from objectives.checkpoint import CheckpointError, read_training_state, training_state_bytes
 from objectives.data import load_splits
 from objectives.spec import AugmentSpec, LoraParams, TrainSpec
-from objectives.train import run_trial
-from search.spec import load_spec  # tests may cross the arrow; objectives never does
+from objectives.train import compile_full_batches, run_trial
+from search.study.study_spec import load_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -119,9 +120,30 @@ def test_a_compiled_trial_matches_the_eager_one(digits):
                    eval_batch_size=64)
     eager = run_trial(spec, LORA, digits)
     compiled = run_trial(replace(spec, compile=True), LORA, digits)
-    assert torch.compiler.is_compiling() is False
     for ours, theirs in zip(compiled.epochs, eager.epochs, strict=True):
         assert ours.train_loss == pytest.approx(theirs.train_loss, rel=1e-4)
         assert ours.val_loss == pytest.approx(theirs.val_loss, rel=1e-4)
     assert compiled.test.accuracy == pytest.approx(eager.test.accuracy, abs=2 / len(
         digits.test_labels))
+
+
+def test_compiled_forward_runs_full_batches_compiled_and_smaller_ones_eagerly():
+    class Recorder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = nn.Linear(4, 2)
+            self.calls = []
+
+        def forward(self, images):
+            # True only inside the compiled graph (traced once, replayed on every call).
+            self.calls.append((len(images), self.training, torch.compiler.is_compiling()))
+            return self.linear(images)
+
+    model = Recorder()
+    forward = compile_full_batches(model, {8})
+    for mode in (True, False):
+        model.train(mode)
+        for size in (8, 8, 3):
+            forward(torch.randn(size, 4))
+    assert model.calls == [(8, True, True), (8, True, True), (3, True, False),
+                           (8, False, True), (8, False, True), (3, False, False)]

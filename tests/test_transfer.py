@@ -26,7 +26,7 @@ from objectives.model import (
     head_name,
 )
 from objectives.spec import LoraParams, TrainSpec
-from search.spec import train_spec_from_dict
+from search.study.study_spec import train_spec_from_dict
 
 SHAPES = 3  # classes of the generated dataset
 

@@ -1,54 +1,39 @@
-"""What each `search` subcommand does, once its flags have been parsed."""
+"""What each `search` subcommand does, once its flags have been parsed.
+
+The training stack (torch, timm, peft) is imported inside the commands that train, predict
+or count parameters, never at the top: reading a study, or refusing a bad spec, must not wait
+for it.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
 
-from objectives.data import DatasetError, dataset_num_classes
-from objectives.export_model import ExportError
-from objectives.inference import (
-    InferenceError,
-    check_image_files,
-    classify_images,
-    load_exported_model,
-)
-from objectives.model import ModelError, planned_parameters
-from objectives.train import resolve_device, visible_gpus
-from search.baselines import baseline_train_spec
-from search.dashboard import DashboardError, serve_dashboard
-from search.enqueue_lock import enqueue_lock
-from search.export import (
-    best_trial,
-    check_out_path,
-    completed_trial,
-    export_document,
-    export_weights,
-    write_document,
-)
-from search.heartbeat import HeartbeatError, HeartbeatSettings
-from search.leaderboard import best_versus_baseline, leaderboard, render
-from search.local_workers import WorkerCountError, run_local_workers, worker_count
-from search.predict import prediction_records, read_export, render_predictions
-from search.report import write_report
-from search.space import GridSpace, SpaceError, TpeSearch
-from search.spec import SpecError, StudySpec, load_spec, with_overrides
-from search.storage import StorageError, default_artifacts_dir, open_storage, shown
-from search.studies import (
-    StudyError,
-    enqueue_grid,
-    find_study,
-    open_study_for_spec,
-    store_baselines,
-)
-from search.tpe import check_grid_fits, enqueue_tpe_budget, settle_search
-from search.worker import artifact_store, artifacts_folder
+import optuna
 
-USER_ERRORS = (SpecError, SpaceError, StorageError, StudyError, DatasetError, ModelError,
-               ExportError, HeartbeatError, DashboardError, InferenceError, WorkerCountError)
+from objectives.spec import TrainSpec
+from search.study.artifacts import artifact_store, artifacts_folder
+from search.study.enqueue import enqueue_grid, store_baselines
+from search.study.enqueue_lock import enqueue_lock
+from search.study.heartbeat_settings import HEARTBEAT_FLAGS, HeartbeatSettings
+from search.study.open_study import NewStudy, StudyError, open_study, stored_train_spec
+from search.study.space import GridSpace, TpeSearch
+from search.study.storage import (
+    check_url,
+    default_artifacts_dir,
+    open_storage,
+    shown,
+    sqlite_path,
+)
+from search.study.study_spec import StudySpec, load_spec, with_overrides
+from search.study.tpe_search import check_grid_fits, enqueue_tpe_budget, settle_search
+
 # [train] field -> flag attribute
 TRAIN_FLAGS = {"model": "model", "weights": "weights", "targets": "targets", "dataset": "dataset",
                "epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "seed": "train_seed"}
@@ -58,8 +43,6 @@ def quiet_optuna() -> None:
     """Optuna's INFO lines ("A new study created ...") repeat what our own messages say, and
     its experimental-feature warnings (heartbeats) are about its API, not the user's run."""
     import warnings
-
-    import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -73,8 +56,8 @@ def run(args: argparse.Namespace, local: dict[str, Any]) -> int:
 
 
 def heartbeat_flags(args: argparse.Namespace) -> dict[str, int | None]:
-    return {"interval": args.heartbeat_interval, "grace_period": args.grace_period,
-            "max_retries": args.max_retries}
+    return {key: getattr(args, flag.removeprefix("--").replace("-", "_"))
+            for key, flag in HEARTBEAT_FLAGS.items()}
 
 
 def spec_from_flags(args: argparse.Namespace, local: dict[str, Any]) -> StudySpec:
@@ -106,11 +89,14 @@ def tpe_from_flags(args: argparse.Namespace, spec: StudySpec) -> tuple[TpeSearch
     return search, given
 
 
-def open_study(args: argparse.Namespace, spec: StudySpec, storage):
-    """Create or join the study; the caller holds the study's enqueue lock."""
+def set_up_study(args: argparse.Namespace, spec: StudySpec,
+                 storage: optuna.storages.BaseStorage) -> optuna.Study:
+    """Create or join the study and store this command's baselines and heartbeat settings;
+    the caller holds the study's enqueue lock."""
     artifacts = str(Path(args.artifacts).resolve()) if args.artifacts else \
         str(default_artifacts_dir(args.storage))
-    study, _ = open_study_for_spec(storage, spec.name, spec.train, artifacts, spec_given(args))
+    study = open_study(storage, spec.name,
+                       create=NewStudy(spec.train, artifacts, spec_given(args)))
     store_baselines(study, spec.baselines, args.spec is not None)
     store_heartbeat(study, spec.heartbeat,
                     args.spec is not None or any(v is not None for v in heartbeat_flags(args)
@@ -118,10 +104,15 @@ def open_study(args: argparse.Namespace, spec: StudySpec, storage):
     return study
 
 
-def store_heartbeat(study, settings: HeartbeatSettings, given: bool) -> None:
+def store_heartbeat(study: optuna.Study, settings: HeartbeatSettings, given: bool) -> None:
     """Keep the study's settings unless this command chose some (flags or a spec file)."""
     if given or "heartbeat" not in study.user_attrs:
         study.set_user_attr("heartbeat", settings.to_dict())
+
+
+def existing_study(args: argparse.Namespace) -> optuna.Study:
+    """The study a read-only command names (--study, else the storage's only one)."""
+    return open_study(open_storage(args.storage, must_exist=True), args.study)
 
 
 def plural(count: int, noun: str) -> str:
@@ -129,16 +120,25 @@ def plural(count: int, noun: str) -> str:
 
 
 def gpu_ids(args: argparse.Namespace) -> list[int]:
+    from objectives.train import visible_gpus  # torch
+
     return list(args.gpus) if args.gpus else list(range(visible_gpus()))
 
 
-def run_workers_and_report(args: argparse.Namespace, local: dict[str, Any], study,
-                           workers: int) -> int:
-    gpus = gpu_ids(args)
+def worker_hint(study_name: str, storage_url: str) -> str:
+    """The command that joins the study, ready to paste into a shell (password hidden)."""
+    return (f"start workers with: search worker --study {shlex.quote(study_name)} "
+            f"--storage {shlex.quote(shown(storage_url))}")
+
+
+def run_workers_and_report(args: argparse.Namespace, local: dict[str, Any], study: optuna.Study,
+                           workers: int, gpus: list[int]) -> int:
     if workers == 0:
-        print(f"start workers with: search worker --study {study.study_name} "
-              f"--storage {shown(args.storage)}", file=sys.stderr)
+        print(worker_hint(study.study_name, args.storage), file=sys.stderr)
         return 0
+    from search.results.leaderboard import best_versus_baseline, leaderboard, render
+    from search.worker.launch import run_local_workers
+
     code = run_local_workers(args.storage, study.study_name,
                              artifacts_folder(study, args.storage, args.artifacts), workers,
                              gpus, local, {})
@@ -150,7 +150,12 @@ def run_workers_and_report(args: argparse.Namespace, local: dict[str, Any], stud
 
 def planned_trials(spec: StudySpec) -> list[dict[str, Any]]:
     """Baselines first, then the grid, each with its parameter counts (no weights loaded)."""
+    from objectives.data import dataset_num_classes
+    from objectives.model import check_rank, planned_parameters  # torch, timm, peft
+    from search.study.baselines import baseline_train_spec
+
     num_classes = dataset_num_classes(spec.train)
+    check_rank(spec.train, num_classes, max(spec.grid.ranks))
     trials = [(baseline_train_spec(spec.train, b.train_overrides()), None)
               for b in spec.baselines]
     trials += [(spec.train, point) for point in spec.grid.points()]
@@ -167,49 +172,94 @@ def planned_trials(spec: StudySpec) -> list[dict[str, Any]]:
     return plan
 
 
+def print_plan(plan: list[dict[str, Any]], fmt: str) -> None:
+    if fmt == "json":
+        print(json.dumps(plan, indent=1))
+        return
+    import pandas as pd
+
+    print(pd.DataFrame(plan).astype({"rank": "Int64"}).to_string(index=False, na_rep="-"))
+
+
+def trained_spec(args: argparse.Namespace, spec: StudySpec, local: dict[str, Any]) -> TrainSpec:
+    """What the study's trials will train: an existing study's own spec (it keeps it, with
+    this host's local fields), else this command's. Reads the storage, writes nothing."""
+    check_url(args.storage)
+    path = sqlite_path(args.storage)
+    if path is not None and not path.is_file():
+        return spec.train
+    try:
+        stored = stored_train_spec(open_study(open_storage(args.storage, must_exist=True),
+                                              spec.name))
+    except StudyError:  # no such study yet
+        return spec.train
+    return dataclasses.replace(stored, **local)
+
+
+def check_before_queueing(args: argparse.Namespace, spec: StudySpec, local: dict[str, Any],
+                          largest_rank: int) -> str:
+    """Refuse, before anything is written, data that cannot make a trial (unreadable images,
+    splits that would be empty or miss a class) and a rank larger than the smallest adapted
+    layer allows; the split sizes, to say when the study is created or joined."""
+    from objectives.data import check_dataset  # torch
+    from objectives.model import check_rank
+
+    train = trained_spec(args, spec, local)
+    summary = check_dataset(train)
+    check_rank(train, summary.num_classes, largest_rank)
+    return summary.describe()
+
+
+def local_worker_plan(args: argparse.Namespace) -> tuple[int, list[int]]:
+    """How many local workers a grid / optuna command starts, and on which GPUs."""
+    if args.workers == 0 and args.workers_per_gpu is None:  # only queueing: no torch needed
+        return 0, []
+    from search.worker.launch import worker_count
+
+    gpus = gpu_ids(args)
+    return worker_count(args.workers, args.workers_per_gpu, gpus), gpus
+
+
 def grid(args: argparse.Namespace, local: dict[str, Any]) -> int:
-    workers = worker_count(args.workers, args.workers_per_gpu, gpu_ids(args))
     spec = spec_from_flags(args, local)
+    workers, gpus = local_worker_plan(args)
     spec = with_overrides(spec, grid=grid_from_flags(args, spec))
     if args.dry_run:
-        plan = planned_trials(spec)
-        if args.format == "json":
-            print(json.dumps(plan, indent=1))
-        else:
-            import pandas as pd
-
-            frame = pd.DataFrame(plan).astype({"rank": "Int64"})
-            print(frame.to_string(index=False, na_rep="-"))
+        print_plan(planned_trials(spec), args.format)
         return 0
+    data = check_before_queueing(args, spec, local, max(spec.grid.ranks))
     storage = open_storage(args.storage)
     with enqueue_lock(storage, args.storage, spec.name):
-        study = open_study(args, spec, storage)
+        study = set_up_study(args, spec, storage)
         check_grid_fits(study, spec.grid.to_dict())
-        report = enqueue_grid(study, spec.grid)
-    print(f"study {study.study_name!r} in {shown(args.storage)}: queued "
-          f"{plural(report.baselines_added, 'baseline')} and {len(report.added)} grid "
-          f"point(s); {report.already_there} already there", file=sys.stderr)
-    return run_workers_and_report(args, local, study, workers)
+        queued = enqueue_grid(study, spec.grid)
+    print(f"study {study.study_name!r} in {shown(args.storage)} ({data}): queued "
+          f"{plural(queued.baselines_added, 'baseline')} and {len(queued.added)} grid "
+          f"point(s); {queued.already_there} already there", file=sys.stderr)
+    return run_workers_and_report(args, local, study, workers, gpus)
 
 
 def tpe_search(args: argparse.Namespace, local: dict[str, Any]) -> int:
-    workers = worker_count(args.workers, args.workers_per_gpu, gpu_ids(args))
     spec = spec_from_flags(args, local)
+    workers, gpus = local_worker_plan(args)
     asked, given = tpe_from_flags(args, spec)
+    data = check_before_queueing(args, spec, local, max(asked.space.ranks))
     storage = open_storage(args.storage)
     with enqueue_lock(storage, args.storage, spec.name):
-        study = open_study(args, spec, storage)
+        study = set_up_study(args, spec, storage)
         search = settle_search(study, asked, given)
-        report = enqueue_tpe_budget(study, search)
-    print(f"study {study.study_name!r} in {shown(args.storage)}: "
-          f"queued {plural(report.baselines_added, 'baseline')}; "
-          f"{report.finished} finished and {report.pending} queued or running LoRA trial(s); "
-          f"queued {report.added} TPE trial(s) to reach {search.trials} "
+        queued = enqueue_tpe_budget(study, search)
+    print(f"study {study.study_name!r} in {shown(args.storage)} ({data}): "
+          f"queued {plural(queued.baselines_added, 'baseline')}; "
+          f"{queued.finished} finished and {queued.pending} queued or running LoRA trial(s); "
+          f"queued {queued.added} TPE trial(s) to reach {search.trials} "
           f"(pruner: {search.pruner}, seed {search.seed})", file=sys.stderr)
-    return run_workers_and_report(args, local, study, workers)
+    return run_workers_and_report(args, local, study, workers, gpus)
 
 
 def worker(args: argparse.Namespace, local: dict[str, Any]) -> int:
+    from search.worker.launch import run_local_workers, worker_count
+
     gpus = list(args.gpus or [])
     if args.workers_per_gpu is not None:  # sharing GPUs: every visible one unless named
         gpus = gpu_ids(args)
@@ -218,27 +268,17 @@ def worker(args: argparse.Namespace, local: dict[str, Any]) -> int:
                              heartbeat_flags(args), args.threads, args.position)
 
 
-def study_from_args(args: argparse.Namespace):
-    import optuna
-
-    storage = open_storage(args.storage, must_exist=True)
-    name = args.study
-    if name is None:
-        names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
-        if len(names) != 1:
-            raise StudyError(f"--study is needed: the storage holds {len(names)} studies"
-                             f"{': ' + ', '.join(sorted(names)) if names else ''}")
-        name = names[0]
-    return find_study(storage, name)
-
-
 def dashboard(args: argparse.Namespace, local: dict[str, Any]) -> int:
+    from search.results.dashboard import serve_dashboard
+
     serve_dashboard(args.storage, args.artifacts, args.host, args.port)
     return 0
 
 
 def report(args: argparse.Namespace, local: dict[str, Any]) -> int:
-    study = study_from_args(args)
+    from search.results.report import write_report
+
+    study = existing_study(args)
     store = artifact_store(artifacts_folder(study, args.storage, args.artifacts))
     files = write_report(study, store, args.out)
     print(f"wrote {args.out}/: {', '.join(files)}", file=sys.stderr)
@@ -246,13 +286,24 @@ def report(args: argparse.Namespace, local: dict[str, Any]) -> int:
 
 
 def show_leaderboard(args: argparse.Namespace, local: dict[str, Any]) -> int:
-    print(render(leaderboard(study_from_args(args)), args.format))
+    from search.results.leaderboard import leaderboard, render
+
+    print(render(leaderboard(existing_study(args)), args.format))
     return 0
 
 
 def export(args: argparse.Namespace, local: dict[str, Any]) -> int:
+    from search.results.export import (
+        best_trial,
+        check_out_path,
+        completed_trial,
+        export_document,
+        export_weights,
+        write_document,
+    )
+
     check_out_path(args.out)
-    study = study_from_args(args)
+    study = existing_study(args)
     trial = best_trial(study) if args.trial is None else completed_trial(study, args.trial)
     document = export_document(study, trial)
     if args.weights is not None:
@@ -268,6 +319,10 @@ def export(args: argparse.Namespace, local: dict[str, Any]) -> int:
 
 
 def predict_images(args: argparse.Namespace, local: dict[str, Any]) -> int:
+    from objectives.inference import check_image_files, classify_images, load_exported_model
+    from objectives.train import resolve_device
+    from search.results.predictions import prediction_records, read_export, render_predictions
+
     exported = read_export(args.model)
     # Missing files are reported before the model is loaded, not after.
     check_image_files(args.images)

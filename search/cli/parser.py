@@ -9,12 +9,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
-from search.space import PRUNERS, SpaceError, check_alpha, check_dropout, check_rank
-from search.storage import DEFAULT_STORAGE
+from search.study.heartbeat_settings import HEARTBEAT_FLAGS
+from search.study.space import PRUNERS, SpaceError, check_alpha, check_dropout, check_rank
+from search.study.storage import DEFAULT_STORAGE
 
 EXIT_USAGE = 2
 STORAGE_VARIABLE = "SEARCH_STORAGE"
@@ -60,6 +60,35 @@ def positive_float(text: str) -> float:
     return value
 
 
+def study_name(text: str) -> str:
+    # An empty name would silently mean the default study: refuse it instead.
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
+
+
+def output_path(text: str, folder: bool) -> Path:
+    """Where a command writes a file (or, with `folder`, a folder). One rule for every output
+    flag: the folder it goes into must exist (nothing is created above it), and a file is
+    not replaced by a folder nor a folder by a file."""
+    path = Path(text)
+    if not path.parent.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: folder {str(path.parent)!r} does not exist")
+    if folder and path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a file, not a folder")
+    if not folder and path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a folder, not a file")
+    return path
+
+
+def output_file(text: str) -> Path:
+    return output_path(text, folder=False)
+
+
+def output_folder(text: str) -> Path:
+    return output_path(text, folder=True)
+
+
 def non_negative_int(text: str) -> int:
     return 0 if text.strip() == "0" else positive_int(text)
 
@@ -75,15 +104,18 @@ def add_storage(parser: argparse.ArgumentParser) -> None:
 
 def add_existing_study_flags(parser: argparse.ArgumentParser, artifacts: bool = True) -> None:
     """--study, --storage (and --artifacts) of a command that reads an existing study."""
-    parser.add_argument("--study", help="study name (default: the storage's only study)")
+    parser.add_argument("--study", type=study_name,
+                        help="study name (default: the storage's only study)")
     add_storage(parser)
     if artifacts:
-        add_artifacts_override(parser)
+        add_artifacts(parser)
 
 
-def add_artifacts_override(parser: argparse.ArgumentParser) -> None:
+def add_artifacts(parser: argparse.ArgumentParser,
+                  default: str = "the one the study was created with") -> None:
     parser.add_argument("--artifacts", metavar="DIR",
-                        help="artifact folder (default: the one the study was created with)")
+                        help=f"artifact folder for trained weights and pictures (default: "
+                             f"{default})")
 
 
 def add_local_fields(parser: argparse.ArgumentParser) -> None:
@@ -91,18 +123,17 @@ def add_local_fields(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", help="auto (default: first GPU, else CPU), cpu, cuda, cuda:N")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction,
                         help="torch.compile the model (default: the spec's, off). Costs a "
-                             "compile per trial; on a GPU it pays off on trials of minutes "
-                             "(see BENCHMARKS.md)")
+                             "compile per trial: on the CPU demo +3.9%% speed after 19 s of "
+                             "compiling (BENCHMARKS.md); not yet measured on a GPU")
 
 
 def add_study_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--spec", help="study spec TOML (default: studies/cifar100-vit-s.toml, "
                                        "the public model card)")
-    parser.add_argument("--study", help="study name (default: the spec's study.name)")
+    parser.add_argument("--study", type=study_name,
+                        help="study name (default: the spec's study.name)")
     add_storage(parser)
-    parser.add_argument("--artifacts", metavar="DIR",
-                        help="artifact folder for trained weights (default: next to a SQLite "
-                             "file, e.g. search-artifacts/)")
+    add_artifacts(parser, "next to a SQLite file, e.g. search-artifacts/")
     parser.add_argument("--workers", type=non_negative_int, metavar="N",
                         help="local worker processes (default: one per visible GPU, else 1; "
                              "0 only creates the study and queues the trials)")
@@ -123,12 +154,12 @@ def add_worker_flags(parser: argparse.ArgumentParser, stored: bool) -> None:
         "resuming from its last finished epoch; " +
         ("kept in the study for every worker, default from the spec's [heartbeat])"
          if stored else "default: the study's settings)"))
-    beats.add_argument("--heartbeat-interval", type=positive_int, metavar="S",
+    beats.add_argument(HEARTBEAT_FLAGS["interval"], type=positive_int, metavar="S",
                        help="seconds between heartbeats of a running trial (spec default 60)")
-    beats.add_argument("--grace-period", type=positive_int, metavar="S",
+    beats.add_argument(HEARTBEAT_FLAGS["grace_period"], type=positive_int, metavar="S",
                        help="seconds without heartbeat before a trial counts as dead and is "
                             "retried; longer than the interval (spec default 180)")
-    beats.add_argument("--max-retries", type=non_negative_int, metavar="N",
+    beats.add_argument(HEARTBEAT_FLAGS["max_retries"], type=non_negative_int, metavar="N",
                        help="re-runs of a dead worker's trial (spec default 2)")
 
 
@@ -216,9 +247,9 @@ def build_parser() -> ArgumentParser:
                     "sampler, pruner and heartbeat settings are stored in the study) and run "
                     "queued trials until none is queued or running; exit 0. SIGTERM or Ctrl-C "
                     "puts the trial in hand back in the queue and exits 143 / 130.")
-    worker.add_argument("--study", required=True)
+    worker.add_argument("--study", required=True, type=study_name)
     add_storage(worker)
-    add_artifacts_override(worker)
+    add_artifacts(worker)
     worker.add_argument("--workers", type=positive_int, metavar="N",
                         help="worker processes on this host (default: one per --gpus ID, else 1)")
     worker.add_argument("--threads", type=positive_int, help="CPU threads for this worker")
@@ -235,9 +266,7 @@ def build_parser() -> ArgumentParser:
                     "per-epoch validation accuracy, and each trial's artifacts. Listens on "
                     "localhost unless --host says otherwise (the dashboard has no login).")
     add_storage(dashboard)
-    dashboard.add_argument("--artifacts", metavar="DIR",
-                           help="artifact folder (default: the one the studies were created "
-                                "with)")
+    add_artifacts(dashboard, "the one the studies were created with")
     dashboard.add_argument("--host", default="127.0.0.1",
                            help="address to listen on (default: 127.0.0.1; 0.0.0.0 for every "
                                 "interface, with a warning)")
@@ -258,7 +287,7 @@ def build_parser() -> ArgumentParser:
                     "per trial, test accuracy against trainable parameters, and the best "
                     "trial's confusion matrix.")
     add_existing_study_flags(report)
-    report.add_argument("--out", type=Path, default=Path("report"), metavar="DIR",
+    report.add_argument("--out", type=output_folder, default="report", metavar="DIR",
                         help="folder to write (default: report/)")
 
     export = commands.add_parser(
@@ -268,9 +297,9 @@ def build_parser() -> ArgumentParser:
     add_existing_study_flags(export)
     export.add_argument("--trial", type=non_negative_int, metavar="NUMBER",
                         help="export this completed trial instead of the best one")
-    export.add_argument("--out", default="best.json", type=Path,
+    export.add_argument("--out", default="best.json", type=output_file,
                         help="output file: .json, .yaml or .toml (default: best.json)")
-    export.add_argument("--weights", type=Path, metavar="DIR",
+    export.add_argument("--weights", type=output_folder, metavar="DIR",
                         help="also write the model: adapter_config.json, "
                              "adapter_model.safetensors, model.safetensors (merged)")
 
@@ -296,28 +325,3 @@ def build_parser() -> ArgumentParser:
                               "json: a list of {image, predictions: [{class, index, "
                               "probability}]} (default: table)")
     return parser
-
-
-def local_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """Host-local spec fields given on the command line (see `search.spec.LOCAL_FIELDS`)."""
-    values = {key: getattr(args, key, None) for key in ("data_dir", "device", "compile")}
-    return {key: value for key, value in values.items() if value is not None}
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from search import commands  # heavy imports (torch, optuna) only after --help / bad flags
-
-    commands.quiet_optuna()
-
-    try:
-        return commands.run(args, local_overrides(args))
-    except commands.USER_ERRORS as error:
-        print(f"search {args.command}: error: {error}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        print(f"search {args.command}: interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:  # output piped into `head` and the like
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0

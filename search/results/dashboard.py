@@ -14,11 +14,12 @@ import sys
 
 import optuna
 
-from search.storage import default_artifacts_dir, open_storage, shown
-from search.worker import artifact_store
+from objectives.user_error import UserError
+from search.study.artifacts import artifact_store
+from search.study.storage import default_artifacts_dir, open_storage, shown
 
 
-class DashboardError(ValueError):
+class DashboardError(UserError):
     """A dashboard that cannot start (port taken, unknown host); one line for the user."""
 
 
@@ -28,8 +29,8 @@ def dashboard_artifacts(storage: optuna.storages.BaseStorage, url: str,
     they agree), else the default beside the storage."""
     if override:
         return override
-    folders = {optuna.load_study(study_name=s.study_name, storage=storage)
-               .user_attrs.get("artifacts") for s in optuna.get_all_study_summaries(storage)}
+    folders = {summary.user_attrs.get("artifacts")
+               for summary in optuna.get_all_study_summaries(storage)}
     folders.discard(None)
     if len(folders) == 1:
         return folders.pop()

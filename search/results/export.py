@@ -10,12 +10,10 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from objectives.export_model import load_trained_model, write_model_folder
-from search.space import params_of
-from search.studies import (
-    StudyError,
+from search.study.open_study import StudyError, stored_train_spec
+from search.study.space import params_of
+from search.study.trials import (
     is_baseline,
-    stored_train_spec,
     trial_method,
     trial_model,
     trial_point,
@@ -75,8 +73,6 @@ def without_none(value: Any) -> Any:
 def check_out_path(path: Path) -> None:
     if path.suffix not in EXPORT_FORMATS:
         raise StudyError(f"--out {path}: use a file ending in {', '.join(EXPORT_FORMATS)}")
-    if not path.parent.is_dir():
-        raise StudyError(f"--out {path}: folder {path.parent} does not exist")
 
 
 def write_document(document: dict[str, Any], path: Path) -> None:
@@ -94,6 +90,8 @@ def write_document(document: dict[str, Any], path: Path) -> None:
 
 def export_weights(study: optuna.Study, trial: FrozenTrial, store: Any, folder: Path) -> list[str]:
     """Rebuild the best trial's model from its stored weights and write `folder`."""
+    from objectives.export_model import load_trained_model, write_model_folder  # torch, peft
+
     artifact_id = trial.user_attrs.get("weights_artifact")
     if artifact_id is None:
         raise StudyError(f"trial {trial.number} has no stored weights")

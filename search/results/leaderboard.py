@@ -6,7 +6,7 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
-from search.studies import is_baseline, trial_method, trial_model, trial_point
+from search.study.trials import is_baseline, trial_method, trial_model, trial_point
 
 METRICS = ["test_acc", "f1", "auc_micro", "auc_macro", "trainable_params", "trainable_pct",
            "train_seconds"]

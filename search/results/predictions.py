@@ -16,7 +16,6 @@ from torch import Tensor
 from objectives.export_folder import EXPORT_DOCUMENT
 from objectives.inference import InferenceError, top_classes
 from objectives.spec import TrainSpec
-from search.spec import typed_train_spec
 
 
 @dataclass(frozen=True)
@@ -53,7 +52,7 @@ def exported_spec(values: dict[str, Any], source: str) -> TrainSpec:
     """The stored spec with its types checked (SpecError otherwise). Not `validate_train_spec`:
     that wants the training host's backbone file and dataset, which predicting on another host
     needs neither of (the merged weights hold everything)."""
-    return typed_train_spec(values, f"{source}: spec")
+    return TrainSpec.from_dict(values, f"{source}: spec")
 
 
 def prediction_records(images: list[str], probabilities: Tensor, classes: list[str],

@@ -4,8 +4,9 @@
     report.csv                 one row per completed trial, best validation accuracy first:
                                method, model, rank, alpha, dropout, val_acc, test_acc, f1,
                                auc_micro, auc_macro, trainable_pct, trainable_params
-    metrics.png                the five metrics of every trial, side by side
-    accuracy_vs_params.png     test accuracy against trainable parameters (log scale)
+    metrics.png                the five metrics of every trial, side by side (axis from 0)
+    accuracy_vs_params.png     test accuracy (axis from 0) against trainable parameters
+                               (log scale), each point labelled with its trial number
     best_confusion_matrix.png  the best trial's confusion matrix (from its artifacts)
 """
 
@@ -17,9 +18,9 @@ import optuna
 import pandas as pd
 from optuna.artifacts.exceptions import ArtifactNotFound
 
-from search.figures import new_figure, save_figure
-from search.leaderboard import leaderboard
-from search.studies import StudyError, stored_train_spec
+from search.results.figures import new_figure, save_figure
+from search.results.leaderboard import leaderboard
+from search.study.open_study import StudyError, stored_train_spec
 
 METRICS = {"val_acc": "val acc", "test_acc": "test acc", "f1": "weighted F1",
            "auc_micro": "AUC micro", "auc_macro": "AUC macro"}
@@ -45,40 +46,88 @@ def label(row: pd.Series) -> str:
     return f"#{row['trial']} r{row['rank']} a{row['alpha']:g} d{row['dropout']:.2g}"
 
 
+# Every score here is in [0, 1]: its axis runs from 0 to 1, so bar lengths and distances
+# compare as the numbers do (an axis starting near the lowest score makes small gaps look
+# large). The axis label says so; the exact values are written on the bars.
+SCORE_AXIS = (0.0, 1.0)
+MAX_STACKED = 20  # labels in one column of accuracy_vs_params.png before they are merged
+
+
 def plot_metrics(table: pd.DataFrame, path: Path, title: str) -> None:
+    """One group of horizontal bars per trial, best first from the top: the trial labels
+    read horizontally at the left whatever their length, and the legend sits outside the
+    axes, to the right, clear of labels and bars."""
     labels = [label(row) for _, row in table.iterrows()]
-    width = 0.8 / len(METRICS)
-    figure, axes = new_figure(size=(max(7, 0.9 * len(table) + 3), 4.8))
+    height = 0.8 / len(METRICS)
+    figure, axes = new_figure(size=(9.5, 0.9 * len(table) + 1.6))
     for index, (column, name) in enumerate(METRICS.items()):
-        positions = [i + (index - (len(METRICS) - 1) / 2) * width for i in range(len(table))]
-        axes.bar(positions, table[column].astype(float), width, label=name)
-    low = float(table[list(METRICS)].astype(float).min().min())
-    axes.set_ylim(max(0.0, low - 0.05), 1.0)
-    axes.set_xticks(range(len(table)), labels, rotation=45, ha="right", fontsize=8)
-    axes.set_ylabel("score")
-    axes.grid(axis="y", alpha=0.3)
-    axes.legend(fontsize=8, ncols=len(METRICS), loc="upper center",
-                bbox_to_anchor=(0.5, -0.28))
-    axes.set_title(title)
+        positions = [i + (index - (len(METRICS) - 1) / 2) * height for i in range(len(table))]
+        values = table[column].astype(float)
+        bars = axes.barh(positions, values, height, label=name)
+        inside = [f"{v:.3f}" if v >= 0.15 else "" for v in values]
+        outside = [f"{v:.3f}" if v < 0.15 else "" for v in values]
+        axes.bar_label(bars, inside, label_type="edge", padding=-24, fontsize=6,
+                       color="white")
+        axes.bar_label(bars, outside, label_type="edge", padding=2, fontsize=6)
+    axes.set_xlim(*SCORE_AXIS)
+    axes.set_xlabel("score (axis from 0 to 1)")
+    axes.set_yticks(range(len(table)), labels, fontsize=8)
+    axes.set_ylim(len(table) - 0.5, -0.5)  # best (first row) at the top
+    axes.grid(axis="x", alpha=0.3)
+    axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    axes.set_title(title, fontsize=10)
     save_figure(figure, path)
 
 
+def spread_labels(heights: list[float], gap: float, top: float = 0.98) -> list[float]:
+    """Label heights for points sharing one x: each point's own height where it can be, else
+    moved just far enough that labels stay `gap` apart and below `top`, in the same order."""
+    order = sorted(range(len(heights)), key=lambda i: heights[i])
+    placed = [0.0] * len(heights)
+    below = float("-inf")
+    for index in order:  # upwards: clear of the label below
+        below = placed[index] = max(heights[index], below + gap)
+    above = top + gap
+    for index in reversed(order):  # downwards: clear of the label above, and of the top
+        above = placed[index] = min(placed[index], above - gap)
+    return placed
+
+
 def plot_accuracy_vs_params(table: pd.DataFrame, path: Path, title: str) -> None:
-    figure, axes = new_figure(size=(7, 5))
+    figure, axes = new_figure(size=(8, 5))
     baseline = table["rank"].isna()
     for rows, marker, name in ((table[~baseline], "o", "LoRA"),
                                (table[baseline], "s", "baseline (head only)")):
-        axes.scatter(rows["trainable_params"].astype(float), rows["test_acc"].astype(float),
-                     marker=marker, s=60, label=name)
-        for _, row in rows.iterrows():
-            axes.annotate(label(row), (float(row["trainable_params"]), float(row["test_acc"])),
-                          fontsize=7, xytext=(4, 3), textcoords="offset points")
+        if not rows.empty:
+            axes.scatter(rows["trainable_params"].astype(float), rows["test_acc"].astype(float),
+                         marker=marker, s=60, label=name)
+    # Each point is labelled with its trial number (the table says what the trial is: long
+    # labels would run into the next column of points). Trials with the same parameter count
+    # (same rank) stand in one column: their labels are stacked so that none covers another,
+    # each joined to its point by a thin line where it had to move. A column of more than
+    # MAX_STACKED trials gets one label: how many trials it holds.
+    for _, group in table.groupby("trainable_params", sort=False):
+        xs = group["trainable_params"].astype(float).tolist()
+        ys = group["test_acc"].astype(float).tolist()
+        numbers = [f"#{number}" for number in group["trial"]]
+        if len(group) > MAX_STACKED:
+            axes.annotate(f"{len(group)} trials", (xs[0], sum(ys) / len(ys)),
+                          xytext=(xs[0] * 1.08, sum(ys) / len(ys)), fontsize=7, va="center")
+            continue
+        for x, y, text, at in zip(xs, ys, numbers, spread_labels(ys, gap=0.035), strict=True):
+            moved = abs(at - y) > 0.005
+            axes.annotate(text, (x, y), xytext=(x * 1.08, at), fontsize=7, va="center",
+                          arrowprops={"arrowstyle": "-", "lw": 0.5, "color": "0.5"}
+                          if moved else None)
     axes.set_xscale("log")
-    axes.set_xlabel("trainable parameters (log scale)")
-    axes.set_ylabel("test accuracy")
+    low, high = axes.get_xlim()
+    axes.set_xlim(low / 1.3, high * 1.6)  # room for the labels right of the last points
+    axes.set_ylim(*SCORE_AXIS)
+    axes.set_xlabel("trainable parameters (log scale); points labelled by trial number")
+    axes.set_ylabel("test accuracy (axis from 0 to 1)")
     axes.grid(alpha=0.3)
-    axes.legend()
-    axes.set_title(title)
+    axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    axes.set_title(title, fontsize=10)
     save_figure(figure, path)
 
 

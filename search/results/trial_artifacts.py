@@ -30,7 +30,7 @@ from objectives.metrics import (
     roc_curve,
 )
 from objectives.train import TrialResult
-from search.figures import new_figure, save_figure
+from search.results.figures import new_figure, save_figure
 
 TOP_CONFUSIONS = 20
 # One ROC line per class is readable up to about this many classes; beyond, only averages.
@@ -70,7 +70,9 @@ def plot_learning_curves(epochs: Sequence[EpochStats], path: Path, title: str) -
     loss.set_ylabel("cross-entropy loss")
     accuracy.plot(x, [e.train_acc for e in epochs], "o-", label="train")
     accuracy.plot(x, [e.val_acc for e in epochs], "o-", label="validation")
-    accuracy.set_ylabel("accuracy")
+    # A fixed 0-1 axis: an auto-scaled one makes a gap of a point look like a chasm.
+    accuracy.set_ylim(0, 1)
+    accuracy.set_ylabel("accuracy (axis from 0 to 1)")
     for axes in (loss, accuracy):
         axes.set_xlabel("epoch")
         axes.set_xticks(x)

@@ -26,12 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from objectives.spec import TrainSpec
+from objectives.user_error import UserError
 
 METHODS = ("head",)  # frozen backbone, new head trained
 OWN_MODEL = "head"
 
 
-class BaselineError(ValueError):
+class BaselineError(UserError):
     """A baseline entry that cannot be used; one line for the user."""
 
 

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 import optuna
 import sqlalchemy
 
-from search.storage import sqlite_file_lock, sqlite_path
+from search.study.storage import sqlite_file_lock, sqlite_path
 
 
 def advisory_key(study_name: str) -> int:

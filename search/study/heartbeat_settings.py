@@ -13,16 +13,21 @@ judges staleness alike; a worker's own flags override them for that worker only.
 from __future__ import annotations
 
 import dataclasses
-import sys
-import threading
 from dataclasses import dataclass
 from typing import Any
 
 import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 
+from objectives.user_error import UserError
 
-class HeartbeatError(ValueError):
+# Each setting's command-line flag (grid, optuna, worker), also used to pass a worker's own
+# settings on to the worker processes it starts.
+HEARTBEAT_FLAGS = {"interval": "--heartbeat-interval", "grace_period": "--grace-period",
+                   "max_retries": "--max-retries"}
+
+
+class HeartbeatError(UserError):
     """Heartbeat settings that cannot work; one line for the user."""
 
 
@@ -75,36 +80,3 @@ def stored_heartbeat(study: optuna.Study) -> HeartbeatSettings:
     except (HeartbeatError, TypeError) as error:
         raise HeartbeatError(f"study {study.study_name!r} holds unusable heartbeat settings: "
                              f"{error}") from None
-
-
-class Heartbeat:
-    """Records a trial's heartbeat now and then every `interval` seconds until the block ends.
-
-    A heartbeat that cannot be written (the database restarting) is retried at the next
-    interval; only a gap longer than the grace period makes the trial count as dead.
-    """
-
-    def __init__(self, storage: optuna.storages.RDBStorage, trial_id: int, interval: float):
-        self._storage, self._trial_id, self._interval = storage, trial_id, interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
-        self._warned = False
-
-    def __enter__(self) -> Heartbeat:
-        self._storage.record_heartbeat(self._trial_id)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _beat(self) -> None:
-        while not self._stop.wait(self._interval):
-            try:
-                self._storage.record_heartbeat(self._trial_id)
-            except Exception as error:  # the database may come back before the grace ends
-                if not self._warned:
-                    print(f"worker: heartbeat of trial id {self._trial_id} failed, retrying "
-                          f"({type(error).__name__})", file=sys.stderr, flush=True)
-                    self._warned = True

@@ -13,11 +13,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from objectives.spec import LoraParams
+from objectives.user_error import UserError
 
 BASELINE_KEY = ("baseline",)
 
 
-class SpaceError(ValueError):
+class SpaceError(UserError):
     """A rank, alpha or dropout outside what LoRA accepts; one line for the user."""
 
 

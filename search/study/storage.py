@@ -22,7 +22,8 @@ import sqlalchemy
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
 
-from search.heartbeat import HeartbeatSettings
+from objectives.user_error import UserError, first_line
+from search.study.heartbeat_settings import HeartbeatSettings
 
 DEFAULT_STORAGE = "sqlite:///search.db"
 SQLITE_BUSY_TIMEOUT_S = 120
@@ -31,7 +32,7 @@ SCHEMA_RACE = re.compile(r"already exists|duplicate key|unique constraint", re.I
 SCHEMA_RACE_ATTEMPTS = 5
 
 
-class StorageError(ValueError):
+class StorageError(UserError):
     """A storage URL that is malformed, unsupported or unreachable; one line for the user."""
 
 
@@ -49,6 +50,9 @@ def check_url(url: str) -> None:
     except sqlalchemy.exc.ArgumentError:
         raise StorageError(f"not a storage URL: {shown(url)!r} (try sqlite:///search.db or "
                            "postgresql://user@host/db)") from None
+    except ValueError:  # SQLAlchemy parses the port with int()
+        raise StorageError(f"storage URL {shown(url)!r} has a port that is not a number") \
+            from None
     if backend not in SUPPORTED:
         raise StorageError(f"unsupported storage {backend!r} in {shown(url)!r}; "
                            f"use one of: {', '.join(SUPPORTED)}")
@@ -67,8 +71,9 @@ def shown(url: str) -> str:
     """The URL as messages show it: without its password."""
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except sqlalchemy.exc.ArgumentError:
-        return url
+    except (sqlalchemy.exc.ArgumentError, ValueError):
+        # Unparsable: hide everything between the scheme and the host's "@".
+        return re.sub(r"(://)[^/]*@", r"\1***@", url)
 
 
 def open_storage(url: str, must_exist: bool = False,
@@ -98,7 +103,7 @@ def open_storage(url: str, must_exist: bool = False,
                     **(heartbeat.storage_kwargs() if heartbeat else {}))
             break
         except (sqlalchemy.exc.SQLAlchemyError, ImportError, RuntimeError) as error:
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+            reason = first_line(error)
             # Two processes creating Optuna's tables in a new database at once: one wins,
             # the other finds them made and only has to open the storage again.
             if SCHEMA_RACE.search(reason) and attempt + 1 < SCHEMA_RACE_ATTEMPTS:

@@ -3,11 +3,11 @@
 A spec file has these tables:
 
     [study]   name = "...", baselines = [...]    the default study name; extra no-LoRA
-              reference trials, e.g. ["head", "resnet50:head"] (see `search.baselines`)
+              reference trials, e.g. ["head", "resnet50:head"] (see `search.study.baselines`)
     [grid]    ranks = [...], alphas = [...], dropouts = [...]
     [optuna]  trials, ranks, alphas, dropout_range = [lo, hi], seed, pruner, startup_trials
     [heartbeat] interval, grace_period, max_retries (seconds, seconds, count; see
-              `search.heartbeat`)
+              `search.study.heartbeat_settings`)
     [train]   every field of `objectives.spec.TrainSpec`, with [train.augment] for augmentation
 
 Every problem is reported as a `SpecError` whose message is one line naming the file and key,
@@ -19,26 +19,20 @@ from __future__ import annotations
 import dataclasses
 import re
 import tomllib
-import types
-import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from objectives.spec import VIT_TARGETS, AugmentSpec, TrainSpec
-from search.baselines import DEFAULT_BASELINES, Baseline, BaselineError, parse_baselines
-from search.heartbeat import HeartbeatError, HeartbeatSettings
-from search.space import GridSpace, SpaceError, TpeSearch
+from objectives.spec import VIT_TARGETS, SpecError, TrainSpec
+from search.study.baselines import DEFAULT_BASELINES, Baseline, BaselineError, parse_baselines
+from search.study.heartbeat_settings import HeartbeatError, HeartbeatSettings
+from search.study.space import GridSpace, SpaceError, TpeSearch
 
-STUDIES_DIR = Path(__file__).resolve().parent.parent / "studies"
+STUDIES_DIR = Path(__file__).resolve().parents[2] / "studies"
 DEFAULT_SPEC = STUDIES_DIR / "cifar100-vit-s.toml"
 # Fields that say where this host finds things or how fast it computes, not what a trial
 # computes: each command or worker may set its own without conflicting with the study's stored spec.
 LOCAL_FIELDS = ("data_dir", "download", "device", "compile")
-
-
-class SpecError(ValueError):
-    """A spec that cannot be read or does not make sense; one line for the user."""
 
 
 @dataclass(frozen=True)
@@ -109,62 +103,9 @@ def parse_spec(document: dict[str, Any], source: str, default_name: str) -> Stud
 
 def train_spec_from_dict(values: dict[str, Any], source: str) -> TrainSpec:
     """A validated `TrainSpec` from plain values (a TOML table or a study's stored dict)."""
-    spec = typed_train_spec(values, f"{source}: train")
+    spec = TrainSpec.from_dict(values, f"{source}: train")
     validate_train_spec(spec, source)
     return spec
-
-
-def typed_train_spec(values: dict[str, Any], where: str) -> TrainSpec:
-    """A `TrainSpec` with every value's type checked, and nothing else: ranges, files and
-    names are `validate_train_spec`'s."""
-    values = dict(values)
-    augment = convert_fields(AugmentSpec, values.pop("augment", {}) or {}, f"{where}.augment")
-    return TrainSpec(augment=AugmentSpec(**augment), **convert_fields(TrainSpec, values, where))
-
-
-def convert_fields(cls: type, values: dict[str, Any], where: str) -> dict[str, Any]:
-    """Check each value against the dataclass field's annotated type; lists become tuples."""
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)} - {"augment"}
-    unknown = set(values) - names
-    if unknown:
-        raise SpecError(f"{where}: unknown key(s) {sorted(unknown)}; known: {sorted(names)}")
-    return {key: convert_value(value, hints[key], f"{where}.{key}")
-            for key, value in values.items()}
-
-
-def convert_value(value: Any, hint: Any, where: str) -> Any:
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (types.UnionType, typing.Union):
-        if value is None and type(None) in args:
-            return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return convert_value(value, inner, where)
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)) or len(value) != len(args):
-            raise SpecError(f"{where} must be a list of {len(args)} numbers, got {value!r}")
-        return tuple(convert_value(v, a, where) for v, a in zip(value, args, strict=True))
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise SpecError(f"{where} must be a table, got {value!r}")
-        return dict(value)
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise SpecError(f"{where} must be true or false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise SpecError(f"{where} must be an integer, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise SpecError(f"{where} must be a number, got {value!r}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise SpecError(f"{where} must be a string, got {value!r}")
-        return value
-    raise SpecError(f"{where}: unsupported value {value!r}")
 
 
 def validate_train_spec(spec: TrainSpec, source: str) -> None:

@@ -12,20 +12,15 @@ Study user attribute `tpe` holds `TpeSearch.to_dict()`; each sampled trial carri
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
-import numpy as np
 import optuna
-from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
-from optuna.samplers import BaseSampler, TPESampler
-from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
 
-from search.space import SpaceError, TpeSearch, space_disagreements
-from search.studies import StudyError, enqueue_baselines, is_baseline
+from search.study.enqueue import enqueue_baselines
+from search.study.open_study import StudyError
+from search.study.space import SpaceError, TpeSearch, space_disagreements
+from search.study.trials import is_baseline
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 PENDING = (TrialState.WAITING, TrialState.RUNNING)
@@ -101,73 +96,3 @@ def enqueue_tpe_budget(study: optuna.Study, search: TpeSearch) -> TopUpReport:
     for _ in range(missing):
         study.enqueue_trial({}, user_attrs={"baseline": False, "sampled": True})
     return TopUpReport(baselines_added, finished, pending, missing)
-
-
-class LoraSpaceSampler(BaseSampler):
-    """Optuna's TPE (constant liar on) over the LoRA space, reseeded for every trial.
-
-    Trials register rank as an int and alpha and dropout as floats, so grid points and sampled
-    trials share one history (a categorical parameter's choices may not change within a study,
-    and a wider grid changes them); this sampler has TPE draw rank and alpha from their sets.
-    Each trial's TPE is seeded from (seed, trial number): a suggestion depends only on the
-    seed and the history, whichever worker asks, so parallel workers never draw the same
-    random start and the same seed repeats the first suggestions.
-    """
-
-    def __init__(self, search: TpeSearch) -> None:
-        self._search = search
-        low, high = search.space.dropout_range
-        self._distributions: dict[str, BaseDistribution] = {
-            "rank": CategoricalDistribution(search.space.ranks),
-            "alpha": CategoricalDistribution(search.space.alphas),
-            "dropout": FloatDistribution(low, high),
-        }
-        self._current: tuple[int, TPESampler] | None = None
-
-    def _tpe(self, trial: FrozenTrial) -> TPESampler:
-        if self._current is None or self._current[0] != trial.number:
-            seed = int(np.random.SeedSequence([self._search.seed, trial.number])
-                       .generate_state(1)[0])
-            sampler = TPESampler(seed=seed, constant_liar=True,
-                                 n_startup_trials=self._search.startup_trials)
-            self._current = (trial.number, sampler)
-        return self._current[1]
-
-    def infer_relative_search_space(self, study: Study, trial: FrozenTrial
-                                    ) -> dict[str, BaseDistribution]:
-        return {}
-
-    def sample_relative(self, study: Study, trial: FrozenTrial,
-                        search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
-        return {}
-
-    def sample_independent(self, study: Study, trial: FrozenTrial, param_name: str,
-                           param_distribution: BaseDistribution) -> Any:
-        inner = self._distributions.get(param_name, param_distribution)
-        return self._tpe(trial).sample_independent(study, trial, param_name, inner)
-
-    def after_trial(self, study: Study, trial: FrozenTrial, state: TrialState,
-                    values: Sequence[float] | None) -> None:
-        self._tpe(trial).after_trial(study, trial, state, values)
-
-
-def build_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
-    """`median` and `hyperband` never stop a trial before a third of its epochs."""
-    warmup = max(1, math.ceil(epochs / 3))
-    if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=warmup)
-    if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=warmup, max_resource=epochs)
-    return optuna.pruners.NopPruner()
-
-
-def load_searching_study(storage: optuna.storages.BaseStorage, study: optuna.Study,
-                         epochs: int) -> optuna.Study:
-    """`study` again, with the sampler and pruner its stored TPE search asks for (a grid-only
-    study has every param fixed and prunes nothing)."""
-    search = stored_tpe_search(study)
-    if search is None:
-        return study
-    return optuna.load_study(study_name=study.study_name, storage=storage,
-                             sampler=LoraSpaceSampler(search),
-                             pruner=build_pruner(search.pruner, epochs))

@@ -1,8 +1,9 @@
 """A worker: joins a study by storage URL and name, then runs queued trials until none is left.
 
 Queued trials are the baseline, grid points (params fixed) and TPE trials (params drawn by
-the study's sampler when the trial starts; see `search.tpe`). How trials are claimed, put
-back and retried is in `search.trial_queue`; heartbeats in `search.heartbeat`.
+the study's sampler when the trial starts; see `search.study.tpe_search`). How trials are
+claimed, put back and retried is in `search.worker.trial_queue`; heartbeats in
+`search.worker.heartbeat`.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import dataclasses
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import optuna
@@ -21,13 +21,16 @@ from optuna.trial import FrozenTrial, TrialState
 from objectives.data import ImageSplits, load_splits
 from objectives.spec import TrainSpec
 from objectives.train import use_threads
-from search.heartbeat import Heartbeat, HeartbeatSettings, stored_heartbeat
-from search.stopping import StopSignals
-from search.storage import default_artifacts_dir, open_storage
-from search.studies import find_study, stored_train_spec
-from search.tpe import load_searching_study
-from search.trial_queue import MAX_POLL_SECONDS, next_trial
-from search.trial_run import run_claimed_trial
+from search.study.artifacts import artifact_store, artifacts_folder
+from search.study.heartbeat_settings import HeartbeatSettings, stored_heartbeat
+from search.study.open_study import open_study, stored_train_spec
+from search.study.storage import open_storage
+from search.study.study_spec import validate_train_spec
+from search.worker.heartbeat import Heartbeat
+from search.worker.sampler import searching_study
+from search.worker.signals import StopSignals
+from search.worker.trial_queue import MAX_POLL_SECONDS, next_trial
+from search.worker.trial_run import run_claimed_trial
 
 
 @dataclass
@@ -35,15 +38,6 @@ class WorkerReport:
     states: Counter = field(default_factory=Counter)
     stopped_by: str | None = None  # the signal that stopped the worker early
     exit_code: int = 0
-
-
-def artifact_store(folder: str | Path) -> optuna.artifacts.FileSystemArtifactStore:
-    Path(folder).mkdir(parents=True, exist_ok=True)
-    return optuna.artifacts.FileSystemArtifactStore(str(folder))
-
-
-def artifacts_folder(study: optuna.Study, storage_url: str, override: str | None) -> str:
-    return override or study.user_attrs.get("artifacts") or str(default_artifacts_dir(storage_url))
 
 
 def run_worker(storage_url: str, study_name: str, artifacts: str | None = None,
@@ -60,13 +54,14 @@ def run_worker(storage_url: str, study_name: str, artifacts: str | None = None,
     if threads:
         use_threads(threads)
     plain = open_storage(storage_url, must_exist=True)  # to read the heartbeat settings
-    heartbeat = stored_heartbeat(find_study(plain, study_name)).with_overrides(
+    heartbeat = stored_heartbeat(open_study(plain, study_name)).with_overrides(
         **(heartbeat_overrides or {}))
     plain.engine.dispose()  # its idle connection would count against the server's limit
     storage = open_storage(storage_url, must_exist=True, heartbeat=heartbeat)
-    study = find_study(storage, study_name)
+    study = open_study(storage, study_name)
     spec = dataclasses.replace(stored_train_spec(study), **(local_overrides or {}))
-    study = load_searching_study(storage, study, spec.epochs)
+    validate_train_spec(spec, f"study {study_name!r}")  # its files, on this host
+    study = searching_study(storage, study, spec.epochs)
     store = artifact_store(artifacts_folder(study, storage_url, artifacts))
     data = load_splits(spec)
     if "classes" not in study.user_attrs:

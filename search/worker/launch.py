@@ -14,11 +14,13 @@ import subprocess
 import sys
 from typing import Any
 
-from search.stopping import SIGNALS
-from search.worker import describe_report, run_worker
+from objectives.user_error import UserError
+from search.study.heartbeat_settings import HEARTBEAT_FLAGS
+from search.worker.claim_loop import describe_report, run_worker
+from search.worker.signals import SIGNALS
 
 
-class WorkerCountError(ValueError):
+class WorkerCountError(UserError):
     """Flags that do not say how many workers to start; one line for the user."""
 
 
@@ -52,11 +54,9 @@ def worker_command(storage_url: str, study_name: str, artifacts: str | None, pos
             command.append(f"--{flag}" if value else f"--no-{flag}")
         else:
             command += [f"--{flag}", str(value)]
-    flags = {"interval": "--heartbeat-interval", "grace_period": "--grace-period",
-             "max_retries": "--max-retries"}
     for key, value in heartbeat_overrides.items():
         if value is not None:
-            command += [flags[key], str(value)]
+            command += [HEARTBEAT_FLAGS[key], str(value)]
     return command
 
 

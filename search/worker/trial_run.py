@@ -3,7 +3,7 @@
 The trial's lifecycle is explicit: a worker has already moved it WAITING -> RUNNING; this
 module trains it and moves it RUNNING -> COMPLETE (value = validation accuracy), -> PRUNED,
 -> FAIL with the error's first line in the `error` user attribute, or, when the worker is
-asked to stop, back to WAITING (see `search.trial_queue`).
+asked to stop, back to WAITING (see `search.worker.trial_queue`).
 
 After every epoch but the last, the training state goes to the artifact store and the trial's
 `checkpoint` user attribute points to it; a trial that starts with such a pointer (put back
@@ -38,11 +38,12 @@ from objectives.checkpoint import (
 from objectives.data import ImageSplits
 from objectives.spec import LoraParams, TrainSpec
 from objectives.train import TrialResult, run_trial
-from search.stopping import StopRequested
-from search.studies import is_baseline, trial_point, trial_train_spec
-from search.tpe import is_sampled
-from search.trial_artifacts import upload_trial_artifacts
-from search.trial_queue import requeue_trial
+from objectives.user_error import first_line
+from search.results.trial_artifacts import upload_trial_artifacts
+from search.study.tpe_search import is_sampled
+from search.study.trials import is_baseline, trial_point, trial_train_spec
+from search.worker.signals import StopRequested
+from search.worker.trial_queue import requeue_trial
 
 WEIGHTS_FILE = "trained_weights.safetensors"
 
@@ -77,7 +78,7 @@ def suggest_point(trial: optuna.Trial, bounds: dict[str, tuple]) -> LoraParams:
 
     Integer/float distributions are used rather than categorical ones because Optuna forbids a
     categorical parameter's choices to change within a study, and a wider grid changes them
-    (`search.tpe.LoraSpaceSampler` samples rank and alpha from their sets all the same).
+    (`search.worker.sampler.LoraSpaceSampler` samples rank and alpha from their sets all the same).
     """
     rank = trial.suggest_int("rank", *map(int, bounds["rank"]))
     alpha = trial.suggest_float("alpha", *bounds["alpha"])
@@ -225,8 +226,7 @@ def run_claimed_trial(study: optuna.Study, frozen: FrozenTrial, spec: TrainSpec,
         tqdm.write(f"{title}: put back in the queue; it resumes {after}", file=sys.stderr)
         return TrialState.WAITING
     except Exception as error:  # the trial fails, the worker goes on with the next one
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        message = f"{type(error).__name__}: {first_line}"
+        message = f"{type(error).__name__}: {first_line(error)}"
         trial.set_user_attr("error", message)
         checkpoints.discard()
         study.tell(trial, state=TrialState.FAIL)
