@@ -159,6 +159,7 @@ def five_classes(exported: Path, folder: Path) -> list[str]:
     (["--model", "missing", "digit0.png"], "model folder missing does not exist"),
     (["--model", ".", "digit0.png"], "has no search_export.json"),
     (["--model", "lora", "digit0.png", "nowhere.png"], "no such image file: nowhere.png"),
+    (["--model", "lora", "lora"], "lora is a directory, not an image file"),
     (["--model", "lora", "--top-k", "0", "digit0.png"], "--top-k: must be a positive integer"),
     (["--model", "lora", "--top-k", "-2", "digit0.png"], "--top-k: must be a positive integer"),
     (five_classes, "does not fit vit_tiny_patch16_224 with 5 classes"),
