@@ -7,12 +7,14 @@ missing). PostgreSQL refuses to run as root, so under root the cluster belongs t
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
 import socket
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 USER = "search"
@@ -64,14 +66,45 @@ class PostgresCluster:
         self.run("initdb", "-D", str(self.data), "-U", USER, "--auth-local=trust",
                  "--auth-host=scram-sha-256", f"--pwfile={password_file}", "-E", "UTF8")
         password_file.unlink()
+        self.start_server()
+        self.run("createdb", "-h", str(self.folder), "-p", str(self.port), "-U", USER, "search")
+        return f"postgresql://{USER}:{PASSWORD}@127.0.0.1:{self.port}/search"
+
+    def start_server(self) -> None:
+        """Start the server on the cluster's data (again, after `stop_server`)."""
         self.run("pg_ctl", "-D", str(self.data), "-l", str(self.folder / "server.log"), "-w",
                  "-o", f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 "
                        "-c max_connections=300 -c fsync=off", "start")
-        self.run("createdb", "-h", str(self.folder), "-p", str(self.port), "-U", USER, "search")
-        return f"postgresql://{USER}:{PASSWORD}@127.0.0.1:{self.port}/search"
+
+    def stop_server(self, mode: str = "fast") -> None:
+        """Stop the server, keeping its data: an outage the tests can end with start_server."""
+        self.run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop")
+
+    def restart_server(self, mode: str = "fast") -> None:
+        # Not `pg_ctl restart`: without -l the new server would log into our pipes.
+        self.stop_server(mode)
+        self.start_server()
 
     def stop(self) -> None:
         try:
             self.run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
         finally:
             shutil.rmtree(self.folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def running_cluster() -> Iterator[PostgresCluster]:
+    """A started cluster (its URL in `.url`), stopped afterwards; the test skips, saying why,
+    where no PostgreSQL server is installed."""
+    import pytest
+
+    binaries = server_binaries()
+    if binaries is None:
+        pytest.skip("no PostgreSQL server binaries (Debian package postgresql; .ci/run "
+                    "installs it)")
+    cluster = PostgresCluster(binaries)
+    cluster.url = cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()

@@ -9,7 +9,7 @@ import re
 import subprocess
 
 import pytest
-from postgres_cluster import PostgresCluster, free_port, server_binaries
+from postgres_cluster import free_port, running_cluster
 from run_cli import DEMO, FAST, ROOT, SEARCH, search, search_in_process
 from sqlalchemy.engine import make_url
 from test_faults import enqueue_concurrently, slow_held_keys
@@ -17,15 +17,8 @@ from test_faults import enqueue_concurrently, slow_held_keys
 
 @pytest.fixture(scope="module")
 def postgres_url():
-    binaries = server_binaries()
-    if binaries is None:
-        pytest.skip("no PostgreSQL server binaries (Debian package postgresql; .ci/run "
-                    "installs it)")
-    cluster = PostgresCluster(binaries)
-    try:
-        yield cluster.start()
-    finally:
-        cluster.stop()
+    with running_cluster() as cluster:
+        yield cluster.url
 
 
 def test_three_workers_share_one_study_and_run_every_trial_once(postgres_url, tmp_path):

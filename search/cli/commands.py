@@ -141,7 +141,7 @@ def run_workers_and_report(args: argparse.Namespace, local: dict[str, Any], stud
 
     code = run_local_workers(args.storage, study.study_name,
                              artifacts_folder(study, args.storage, args.artifacts), workers,
-                             gpus, local, {})
+                             gpus, local, {}, storage_timeout=args.storage_timeout)
     frame = leaderboard(study)
     print(render(frame, "table"))
     print(best_versus_baseline(frame))
@@ -265,7 +265,8 @@ def worker(args: argparse.Namespace, local: dict[str, Any]) -> int:
         gpus = gpu_ids(args)
     return run_local_workers(args.storage, args.study, args.artifacts,
                              worker_count(args.workers, args.workers_per_gpu, gpus), gpus, local,
-                             heartbeat_flags(args), args.threads, args.position)
+                             heartbeat_flags(args), args.threads, args.position,
+                             storage_timeout=args.storage_timeout)
 
 
 def dashboard(args: argparse.Namespace, local: dict[str, Any]) -> int:

@@ -149,6 +149,10 @@ def add_worker_flags(parser: argparse.ArgumentParser, stored: bool) -> None:
     parser.add_argument("--workers-per-gpu", type=positive_int, metavar="K",
                         help="K worker processes on each GPU (of --gpus, else every visible "
                              "one): small models that cannot fill a GPU alone share it")
+    parser.add_argument("--storage-timeout", type=positive_int, default=600, metavar="S",
+                        help="how long a worker waits out a database that is away (restart, "
+                             "network cut) before it stops with a non-zero exit; its trial is "
+                             "then retried by another worker, never failed (default: 600)")
     beats = parser.add_argument_group(
         "dead workers (a killed worker's trial is failed after the grace period and re-run, "
         "resuming from its last finished epoch; " +
@@ -245,8 +249,11 @@ def build_parser() -> ArgumentParser:
         "worker", help="join a study and run its queued trials until none is left",
         description="Join an existing study knowing only its storage and name (the spec, "
                     "sampler, pruner and heartbeat settings are stored in the study) and run "
-                    "queued trials until none is queued or running; exit 0. SIGTERM or Ctrl-C "
-                    "puts the trial in hand back in the queue and exits 143 / 130.")
+                    "queued trials until none is queued or running. Exit 0 when nothing failed, "
+                    "1 when a trial it ran failed or a point was given up, 75 when its "
+                    "environment stopped it (disk full, out of memory, database away past "
+                    "--storage-timeout), 128+N after signal N; SIGTERM or Ctrl-C puts the "
+                    "trial in hand back in the queue (143 / 130).")
     worker.add_argument("--study", required=True, type=study_name)
     add_storage(worker)
     add_artifacts(worker)

@@ -6,7 +6,16 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
-from search.study.trials import is_baseline, trial_method, trial_model, trial_point
+from search.study.trials import (
+    gave_up_points,
+    is_baseline,
+    retried_as,
+    study_max_retries,
+    trial_method,
+    trial_model,
+    trial_point,
+    tries,
+)
 
 METRICS = ["test_acc", "f1", "auc_micro", "auc_macro", "trainable_params", "trainable_pct",
            "train_seconds"]
@@ -19,17 +28,21 @@ FORMATS = ("table", "json", "csv")
 
 def leaderboard(study: optuna.Study) -> pd.DataFrame:
     """One row per trial: complete, then pruned trials by validation accuracy (a pruned
-    trial's at the epoch it reached, `epochs`), then the rest by number."""
+    trial's at the epoch it reached, `epochs`), then the rest by number.
+
+    Only a complete trial shows test metrics. Any other shows what it reached itself: its
+    epochs and the validation accuracy of its last one (a retry inherits its dead trial's
+    user attributes, and those are not its results)."""
     rows = []
     trials = study.get_trials(deepcopy=False)
-    # A retry's system attributes name the trials it retries, the last one its direct origin.
-    retried_as = {t.system_attrs["retry_history"][-1]: t.number for t in trials
-                  if t.system_attrs.get("retry_history")}
+    retries = retried_as(trials)
+    gave_up = {t.number for t in gave_up_points(study, study_max_retries(study), trials)}
     # The stored dict, not a validated spec: a leaderboard must show on any host.
     study_model = study.user_attrs.get("train_spec", {}).get("model")
     for trial in trials:
         point = trial_point(trial)
         attrs = trial.user_attrs
+        complete = trial.state == TrialState.COMPLETE
         rows.append({
             "number": trial.number,
             "state": trial.state.name,
@@ -40,9 +53,9 @@ def leaderboard(study: optuna.Study) -> pd.DataFrame:
             "alpha": point.alpha if point else None,
             "dropout": point.dropout if point else None,
             "epochs": attrs.get("epochs_done"),
-            "val_acc": trial.value if trial.state == TrialState.COMPLETE else attrs.get("val_acc"),
-            **{key: attrs.get(key) for key in METRICS},
-            "note": trial_note(trial, retried_as),
+            "val_acc": trial.value if complete else reached_val_acc(trial),
+            **{key: attrs.get(key) if complete else None for key in METRICS},
+            "note": trial_note(trial, retries, trial.number in gave_up),
         })
     frame = pd.DataFrame(rows, columns=COLUMNS).astype(
         {"rank": "Int64", "epochs": "Int64", "trainable_params": "Int64"})
@@ -53,8 +66,20 @@ def leaderboard(study: optuna.Study) -> pd.DataFrame:
     return frame.drop(columns="_order").reset_index(drop=True)
 
 
-def trial_note(trial: optuna.trial.FrozenTrial, retried_as: dict[int, int]) -> str:
-    """What happened to a trial beyond its state: errors, retries, resumptions."""
+def reached_val_acc(trial: optuna.trial.FrozenTrial) -> float | None:
+    """The validation accuracy at the last epoch the trial reached: a pruned trial records
+    it; any other's comes from its own per-epoch history."""
+    if trial.state == TrialState.PRUNED:
+        return trial.user_attrs.get("val_acc")
+    history = trial.user_attrs.get("history") or []
+    last = history[-1] if isinstance(history, list) and history else None
+    return last.get("val_acc") if isinstance(last, dict) else None
+
+
+def trial_note(trial: optuna.trial.FrozenTrial, retried_as: dict[int, int],
+               gave_up: bool = False) -> str:
+    """What happened to a trial beyond its state: errors, retries, resumptions, and for the
+    last failed try of a point the study gave up on, after how many tries."""
     notes = []
     if "failed_trial" in trial.system_attrs:
         notes.append(f"retry of trial {trial.system_attrs['retry_history'][-1]}")
@@ -67,8 +92,12 @@ def trial_note(trial: optuna.trial.FrozenTrial, retried_as: dict[int, int]) -> s
             notes.append(f"worker lost (no heartbeat); retried as trial {retried_as[trial.number]}")
         else:
             notes.append("worker lost (no heartbeat)")
+        if gave_up:
+            count = tries(trial)
+            notes.append(f"gave up after {count} {'try' if count == 1 else 'tries'}")
     checkpoint = trial.user_attrs.get("checkpoint")
-    if trial.state in (TrialState.WAITING, TrialState.RUNNING) and checkpoint:
+    if (trial.state in (TrialState.WAITING, TrialState.RUNNING) and isinstance(checkpoint, dict)
+            and checkpoint.get("epoch") is not None):
         notes.append(f"checkpoint after epoch {checkpoint['epoch']}")
     return "; ".join(notes)
 

@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
+from urllib.parse import quote
 
 import optuna
 import sqlalchemy
@@ -24,6 +25,7 @@ from sqlalchemy.engine import make_url
 
 from objectives.user_error import UserError, first_line
 from search.study.heartbeat_settings import HeartbeatSettings
+from search.study.patient_storage import PatientRDBStorage
 
 DEFAULT_STORAGE = "sqlite:///search.db"
 SQLITE_BUSY_TIMEOUT_S = 120
@@ -60,34 +62,87 @@ def check_url(url: str) -> None:
 
 def with_driver(url: str) -> str:
     """`postgresql://` with the psycopg 3 driver the project installs, whichever default the
-    installed SQLAlchemy has (psycopg2 before 2.1)."""
+    installed SQLAlchemy has (psycopg2 before 2.1); a password with an unencoded "@" is
+    read as `parsed_url` reads it (encoded here), so no part of it is taken for the host."""
     parsed = make_url(url)
-    if parsed.drivername == "postgresql":
-        return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+    if parsed.drivername == "postgresql" or (parsed.host and "@" in parsed.host):
+        driver = "postgresql+psycopg" if parsed.drivername == "postgresql" else parsed.drivername
+        return parsed_url(url).set(drivername=driver).render_as_string(hide_password=False)
     return url
 
 
+# Query parameters that carry a password (libpq's password and sslpassword, MySQL's passwd).
+SECRET_KEY = re.compile(r"pass(word|wd)", re.IGNORECASE)
+MASK = "***"
+
+
+def parsed_url(url: str) -> sqlalchemy.engine.URL:
+    """SQLAlchemy's parse, except that the user info ends at the last "@" before the host:
+    SQLAlchemy stops the password at the first one, so `u:p@ss@h` would give password "p" and
+    host "ss@h" (an unencoded "@" in a password); here the password is "p@ss", the host "h".
+    Raises what `make_url` raises (ArgumentError, ValueError for a bad port)."""
+    parsed = make_url(url)
+    if parsed.host and "@" in parsed.host:
+        rest, host = parsed.host.rsplit("@", 1)
+        parsed = parsed.set(host=host, password=f"{parsed.password or ''}@{rest}")
+    return parsed
+
+
 def shown(url: str) -> str:
-    """The URL as messages show it: without its password."""
+    """The URL as messages show it: every password form hidden (the user info's password,
+    with any "@" in it, and query parameters such as `?password=`), also when it does not
+    parse."""
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        parsed = parsed_url(url)
     except (sqlalchemy.exc.ArgumentError, ValueError):
-        # Unparsable: hide everything between the scheme and the host's "@".
-        return re.sub(r"(://)[^/]*@", r"\1***@", url)
+        # Unparsable: hide the whole user info (up to the last "@") and password parameters.
+        text = re.sub(r"^([\w+.-]+://)?.*@", lambda m: f"{m.group(1) or ''}{MASK}@", url,
+                      count=1, flags=re.DOTALL)
+        return re.sub(r"([?&;][^=&;]*pass(?:word|wd)[^=&;]*=)[^&;]*", rf"\1{MASK}", text,
+                      flags=re.IGNORECASE)
+    text = parsed.set(query={}).render_as_string(hide_password=True)
+    pairs = [(key, MASK if SECRET_KEY.search(key) else quote(value, safe="/:,"))
+             for key, values in parsed.query.items()
+             for value in (values if isinstance(values, tuple) else (values,))]
+    return text + ("?" + "&".join(f"{key}={value}" for key, value in pairs) if pairs else "")
+
+
+def secrets_of(url: str) -> list[str]:
+    """The clear passwords in `url` (the user info's and those of query parameters)."""
+    try:
+        parsed = parsed_url(url)
+    except (sqlalchemy.exc.ArgumentError, ValueError):
+        return []
+    # With the pieces of a password with "@": SQLAlchemy alone takes its tail for the host.
+    found = [parsed.password, *parsed.password.split("@")] if parsed.password else []
+    for key, values in parsed.query.items():
+        if SECRET_KEY.search(key):
+            found += [v for v in (values if isinstance(values, tuple) else (values,)) if v]
+    return sorted({*found, *(quote(s, safe="") for s in found)} - {""}, key=len, reverse=True)
+
+
+def without_secrets(text: str, url: str) -> str:
+    """`text` (a driver's error message, say) with any password of `url` in it hidden."""
+    for secret in secrets_of(url):
+        text = text.replace(secret, MASK)
+    return text
 
 
 def open_storage(url: str, must_exist: bool = False,
-                 heartbeat: HeartbeatSettings | None = None) -> optuna.storages.RDBStorage:
+                 heartbeat: HeartbeatSettings | None = None,
+                 outage_timeout: float | None = None) -> optuna.storages.RDBStorage:
     """An RDB storage for `url`. With `must_exist`, a missing SQLite file is an error rather
     than a new empty database (read-only commands must not create one). With `heartbeat`,
-    running trials record heartbeats and dead workers' trials are failed and retried."""
+    running trials record heartbeats and dead workers' trials are failed and retried. With
+    `outage_timeout` (workers), every call waits out a database outage of up to that many
+    seconds (`search.study.patient_storage`)."""
     check_url(url)
     path = sqlite_path(url)
     if path is not None:
         if must_exist and not path.is_file():
-            raise StorageError(f"no database at {path} (from {url})")
+            raise StorageError(f"no database at {path} (from {shown(url)})")
         if not path.parent.is_dir():
-            raise StorageError(f"folder {path.parent} of {url} does not exist")
+            raise StorageError(f"folder {path.parent} of {shown(url)} does not exist")
         engine_kwargs = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
     else:
         # A worker holds at most two connections (its trial and its heartbeat thread), so 64
@@ -98,12 +153,15 @@ def open_storage(url: str, must_exist: bool = False,
         try:
             # SQLite: one process at a time creates or checks the schema of a file.
             with sqlite_file_lock(path) if path is not None else nullcontext():
-                storage = optuna.storages.RDBStorage(
-                    with_driver(url), engine_kwargs=engine_kwargs,
-                    **(heartbeat.storage_kwargs() if heartbeat else {}))
+                options = {"engine_kwargs": engine_kwargs,
+                           **(heartbeat.storage_kwargs() if heartbeat else {})}
+                storage = (optuna.storages.RDBStorage(with_driver(url), **options)
+                           if outage_timeout is None else
+                           PatientRDBStorage(with_driver(url), outage_timeout=outage_timeout,
+                                             shown_url=shown(url), **options))
             break
         except (sqlalchemy.exc.SQLAlchemyError, ImportError, RuntimeError) as error:
-            reason = first_line(error)
+            reason = without_secrets(first_line(error), url)
             # Two processes creating Optuna's tables in a new database at once: one wins,
             # the other finds them made and only has to open the storage again.
             if SCHEMA_RACE.search(reason) and attempt + 1 < SCHEMA_RACE_ATTEMPTS:

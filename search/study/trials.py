@@ -6,10 +6,14 @@ and those of another model than the study's carry `train_overrides`.
 
 from __future__ import annotations
 
-from optuna.trial import FrozenTrial
+from collections.abc import Sequence
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
 
 from objectives.spec import LoraParams, TrainSpec
 from search.study.baselines import Baseline, baseline_train_spec
+from search.study.heartbeat_settings import HeartbeatError, HeartbeatSettings, stored_heartbeat
 from search.study.space import BASELINE_KEY, point_key, point_of
 
 
@@ -50,3 +54,53 @@ def trial_key(trial: FrozenTrial) -> tuple | None:
         return Baseline(**overrides).key() if overrides else BASELINE_KEY
     point = trial_point(trial)
     return point_key(point) if point is not None else None
+
+
+
+# States in which a trial holds its point: it will run, runs, or finished without failing.
+HOLDING_STATES = (TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def tries(trial: FrozenTrial) -> int:
+    """How many times the trial's point has run in its chain of heartbeat retries, this trial
+    included (Optuna's retry callback lists the trials a retry retries in `retry_history`)."""
+    return len(trial.system_attrs.get("retry_history", [])) + 1
+
+
+def retried_as(trials: Sequence[FrozenTrial]) -> dict[int, int]:
+    """Trial number -> the number of its retry (a retry's history ends with its origin)."""
+    return {t.system_attrs["retry_history"][-1]: t.number for t in trials
+            if t.system_attrs.get("retry_history")}
+
+
+def study_max_retries(study: optuna.Study) -> int:
+    """The study's heartbeat `max_retries`; the default for unusable stored settings."""
+    try:
+        return stored_heartbeat(study).max_retries
+    except HeartbeatError:
+        return HeartbeatSettings().max_retries
+
+
+def is_last_try(trial: FrozenTrial, retried: dict[int, int], max_retries: int) -> bool:
+    """A FAIL trial that no retry follows and none will: it failed with its own error (those
+    are never retried) or its worker died on the last try the heartbeat settings allow."""
+    return (trial.state == TrialState.FAIL and trial.number not in retried
+            and (bool(trial.user_attrs.get("error")) or tries(trial) >= max_retries + 1))
+
+
+def gave_up_points(study: optuna.Study, max_retries: int | None = None,
+                   trials: Sequence[FrozenTrial] | None = None) -> list[FrozenTrial]:
+    """The last FAIL trial of each point (baseline or LoRA point) the study gave up on: its
+    last try failed (`is_last_try`) and no other trial holds the point (waiting, running,
+    complete or pruned; a grid run again queues a failed point anew). By trial number.
+
+    `max_retries` defaults to the study's stored heartbeat settings; `trials` to the study's.
+    """
+    trials = study.get_trials(deepcopy=False) if trials is None else trials
+    max_retries = study_max_retries(study) if max_retries is None else max_retries
+    retried = retried_as(trials)
+    held = {trial_key(t) for t in trials if t.state in HOLDING_STATES} - {None}
+    return sorted((t for t in trials if is_last_try(t, retried, max_retries)
+                   and (trial_key(t) is None or trial_key(t) not in held)),
+                  key=lambda t: t.number)
+

@@ -9,6 +9,7 @@ claimed, put back and retried is in `search.worker.trial_queue`; heartbeats in
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
@@ -21,35 +22,104 @@ from optuna.trial import FrozenTrial, TrialState
 from objectives.data import ImageSplits, load_splits
 from objectives.spec import TrainSpec
 from objectives.train import use_threads
+from objectives.user_error import first_line
 from search.study.artifacts import artifact_store, artifacts_folder
 from search.study.heartbeat_settings import HeartbeatSettings, stored_heartbeat
 from search.study.open_study import open_study, stored_train_spec
+from search.study.patient_storage import StorageOutage
 from search.study.storage import open_storage
 from search.study.study_spec import validate_train_spec
+from search.study.trials import gave_up_points, is_baseline, trial_key, trial_point, tries
+from search.worker.faults import EXIT_ENVIRONMENT, WorkerEnvironmentError
 from search.worker.heartbeat import Heartbeat
 from search.worker.sampler import searching_study
 from search.worker.signals import StopSignals
 from search.worker.trial_queue import MAX_POLL_SECONDS, next_trial
-from search.worker.trial_run import run_claimed_trial
+from search.worker.trial_run import describe_point, run_claimed_trial
+
+# Exit codes of a worker (and of the commands that run workers): 0 when every trial it ran
+# finished without failing; EXIT_TRIALS_FAILED when one failed or the study gave up on a point
+# (its last try failed) while it ran; EXIT_ENVIRONMENT (faults.py) when its environment
+# stopped it; 128 + N after signal N (SIGTERM, Ctrl-C).
+EXIT_TRIALS_FAILED = 1
+DEFAULT_STORAGE_TIMEOUT_S = 600
+# A local worker process appends what it does (JSON lines) to the file this variable names,
+# so that the command that started it can tell what it ran even if it was killed.
+JOURNAL_VARIABLE = "SEARCH_WORKER_JOURNAL"
+# Gave-up points a summary names one by one; the rest are counted.
+NAMED_POINTS = 3
 
 
 @dataclass
 class WorkerReport:
     states: Counter = field(default_factory=Counter)
     stopped_by: str | None = None  # the signal that stopped the worker early
+    environment: str | None = None  # why the worker's environment stopped it (disk full, ...)
+    storage_lost: str | None = None  # the database stayed away past --storage-timeout
+    gave_up: dict[int, str] = field(default_factory=dict)  # trial number -> what gave up, how
     exit_code: int = 0
+
+    @property
+    def ran(self) -> int:
+        """Trials this worker finished (complete, pruned or failed); not those put back."""
+        return sum(count for state, count in self.states.items() if state != "WAITING")
+
+    @property
+    def failed(self) -> int:
+        return self.states["FAIL"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"states": dict(self.states), "stopped_by": self.stopped_by,
+                "environment": self.environment, "storage_lost": self.storage_lost,
+                "gave_up": self.gave_up,
+                "exit_code": self.exit_code}
+
+
+class Journal:
+    """Appends one JSON object a line to `path` (nothing without a path), each written at
+    once: what a worker killed with SIGKILL leaves tells which trial it had in hand."""
+
+    def __init__(self, path: str | None) -> None:
+        self._path = path
+
+    def write(self, **entry: Any) -> None:
+        if self._path is not None:
+            with open(self._path, "a", encoding="utf-8") as file:
+                file.write(json.dumps(entry) + "\n")
+
+
+def given_up(study: optuna.Study, max_retries: int) -> dict[Any, FrozenTrial]:
+    """The points the study gave up on, each with its last trial."""
+    points: dict[Any, FrozenTrial] = {}
+    for trial in gave_up_points(study, max_retries):
+        points[trial_key(trial) or ("trial", trial.number)] = trial  # by number: the last wins
+    return points
+
+
+def describe_given_up(trial: FrozenTrial) -> str:
+    count = tries(trial)
+    point = trial_point(trial)
+    what = ("(TPE, no params yet)" if point is None and not is_baseline(trial)
+            else describe_point(point))  # as the trial's own lines name it
+    return f"trial {trial.number} {what} after {count} {'try' if count == 1 else 'tries'}"
 
 
 def run_worker(storage_url: str, study_name: str, artifacts: str | None = None,
                position: int = 0, threads: int | None = None,
                local_overrides: dict[str, Any] | None = None,
-               heartbeat_overrides: dict[str, int | None] | None = None) -> WorkerReport:
+               heartbeat_overrides: dict[str, int | None] | None = None,
+               journal_path: str | None = None,
+               storage_timeout: float = DEFAULT_STORAGE_TIMEOUT_S) -> WorkerReport:
     """Run queued trials of the study until nothing is queued or running, or until SIGTERM /
-    Ctrl-C (the trial in hand goes back to the queue).
+    Ctrl-C or a fault of this worker's environment (the trial in hand goes back to the
+    queue). The report counts the trials it ran and names the points the study gave up on
+    meanwhile (`exit_code` says whether any failed; see EXIT_TRIALS_FAILED).
 
     `local_overrides` replaces host-local spec fields (`LOCAL_FIELDS`: where the data lives,
     which device) that do not change what a trial computes; `heartbeat_overrides` this
-    worker's heartbeat settings (interval, grace_period, max_retries).
+    worker's heartbeat settings (interval, grace_period, max_retries); `journal_path` a file
+    to which it appends each trial it claims and finishes, then its report (`Journal`);
+    `storage_timeout` how long it waits out a database outage before it stops.
     """
     if threads:
         use_threads(threads)
@@ -57,7 +127,8 @@ def run_worker(storage_url: str, study_name: str, artifacts: str | None = None,
     heartbeat = stored_heartbeat(open_study(plain, study_name)).with_overrides(
         **(heartbeat_overrides or {}))
     plain.engine.dispose()  # its idle connection would count against the server's limit
-    storage = open_storage(storage_url, must_exist=True, heartbeat=heartbeat)
+    storage = open_storage(storage_url, must_exist=True, heartbeat=heartbeat,
+                           outage_timeout=storage_timeout)
     study = open_study(storage, study_name)
     spec = dataclasses.replace(stored_train_spec(study), **(local_overrides or {}))
     validate_train_spec(spec, f"study {study_name!r}")  # its files, on this host
@@ -67,14 +138,46 @@ def run_worker(storage_url: str, study_name: str, artifacts: str | None = None,
     if "classes" not in study.user_attrs:
         study.set_user_attr("classes", data.classes)
     report = WorkerReport()
+    journal = Journal(journal_path)
+    before = {key: trial.number for key, trial in given_up(study, heartbeat.max_retries).items()}
     with StopSignals() as stop:
-        while (trial := next_trial(storage, study, min(heartbeat.interval, MAX_POLL_SECONDS),
-                                   lambda: stop.requested, announce_wait(heartbeat))) is not None:
-            report.states[run_one(storage, study, trial, spec, data, store, position,
-                                  heartbeat, stop).name] += 1
-        if stop.requested:
+        try:
+            claim_and_run(storage, study, spec, data, store, position, heartbeat, stop, report,
+                          journal)
+        except StorageOutage as error:  # nothing can be written: report and stop
+            report.storage_lost, report.exit_code = first_line(error), EXIT_ENVIRONMENT
+            journal.write(report=report.to_dict())
+            return report
+        if stop.requested and report.environment is None:
             report.stopped_by, report.exit_code = stop.signal.name, stop.exit_code
+    report.gave_up = {trial.number: describe_given_up(trial)
+                      for key, trial in given_up(study, heartbeat.max_retries).items()
+                      if before.get(key) != trial.number}  # given up while it ran
+    if report.exit_code == 0 and (report.failed or report.gave_up):
+        report.exit_code = EXIT_TRIALS_FAILED
+    journal.write(report=report.to_dict())
     return report
+
+
+def claim_and_run(storage: optuna.storages.RDBStorage, study: optuna.Study, spec: TrainSpec,
+                  data: ImageSplits, store: optuna.artifacts.FileSystemArtifactStore,
+                  position: int, heartbeat: HeartbeatSettings, stop: StopSignals,
+                  report: WorkerReport, journal: Journal) -> None:
+    """Claim and run trials until none is left, a stop is asked or the environment fails."""
+    while (trial := next_trial(storage, study, min(heartbeat.interval, MAX_POLL_SECONDS),
+                               lambda: stop.requested, announce_wait(heartbeat),
+                               store=store)) is not None:
+        journal.write(claimed=trial.number)
+        try:
+            state = run_one(storage, study, trial, spec, data, store, position, heartbeat,
+                            stop)
+        except WorkerEnvironmentError as error:  # the trial is back in the queue already
+            report.states[TrialState.WAITING.name] += 1
+            journal.write(finished=trial.number, state=TrialState.WAITING.name)
+            report.environment, report.exit_code = first_line(error), EXIT_ENVIRONMENT
+            return
+        report.states[state.name] += 1
+        journal.write(finished=trial.number, state=state.name)
 
 
 def run_one(storage: optuna.storages.RDBStorage, study: optuna.Study, trial: FrozenTrial,
@@ -103,9 +206,31 @@ def announce_wait(heartbeat: HeartbeatSettings):
 
 
 def describe_report(study_name: str, report: WorkerReport) -> str:
-    done = ", ".join(f"{count} {state.lower()}" for state, count in report.states.items()
-                     if state != "WAITING")
-    if report.stopped_by is not None:
-        return (f"worker: stopped by {report.stopped_by}; the trial in hand is back in the "
+    """The worker's one summary line: why it ended, what it ran, what failed."""
+    done = ", ".join(f"{count} {'failed' if state == 'FAIL' else state.lower()}"
+                     for state, count in report.states.items() if state != "WAITING")
+    if report.storage_lost is not None:
+        line = (f"worker: stopped: {report.storage_lost}; the trial in hand stays RUNNING "
+                f"until its heartbeat is stale, then a worker retries it "
+                f"({done or 'finished none'})")
+    elif report.environment is not None:
+        line = (f"worker: stopped: {report.environment}; the trial in hand is back in the "
                 f"queue of {study_name!r} ({done or 'finished none'})")
-    return f"worker: no queued trial left in {study_name!r} ({done or 'ran none'})"
+    elif report.stopped_by is not None:
+        line = (f"worker: stopped by {report.stopped_by}; the trial in hand is back in the "
+                f"queue of {study_name!r} ({done or 'finished none'})")
+    else:
+        line = f"worker: no queued trial left in {study_name!r} ({done or 'ran none'})"
+    return "; ".join([line, *describe_failures(report.failed, report.ran, report.gave_up)])
+
+
+def describe_failures(failed: int, ran: int, gave_up: dict[int, str]) -> list[str]:
+    """What failed, e.g. `2 of 7 trials failed` and `gave up on 1 point: trial 4 r=2 alpha=8
+    dropout=0.1 after 3 tries`."""
+    parts = [f"{failed} of {ran} trial{'' if ran == 1 else 's'} failed"] if failed else []
+    if gave_up:
+        named = [gave_up[number] for number in sorted(gave_up)]
+        more = len(named) - NAMED_POINTS
+        listed = ", ".join(named[:NAMED_POINTS]) + (f" and {more} more" if more > 0 else "")
+        parts.append(f"gave up on {len(named)} point{'' if len(named) == 1 else 's'}: {listed}")
+    return parts

@@ -4,19 +4,38 @@ Each local worker is the same `search worker` command a remote host would run, s
 path serves one host and many. A single worker without chosen GPUs runs in this process (no
 second start-up). Children run in their own session: a Ctrl-C or SIGTERM reaches them once,
 forwarded from here, and each puts its trial back in the queue before it exits.
+
+The storage URL reaches the children through their environment (`SEARCH_STORAGE`, which
+their `--storage` defaults to), never their command line: `ps` shows every user the command
+lines of every process, with any password in them. Each child appends what it claims and
+finishes to a journal file (`claim_loop.Journal`); from those and the exit codes the parent
+prints one summary line and returns one exit code (`summarize`), a child killed by signal N
+counting as 128 + N.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from objectives.user_error import UserError
+from search.cli.parser import STORAGE_VARIABLE
 from search.study.heartbeat_settings import HEARTBEAT_FLAGS
-from search.worker.claim_loop import describe_report, run_worker
+from search.worker.claim_loop import (
+    DEFAULT_STORAGE_TIMEOUT_S,
+    EXIT_TRIALS_FAILED,
+    JOURNAL_VARIABLE,
+    describe_failures,
+    describe_report,
+    run_worker,
+)
 from search.worker.signals import SIGNALS
 
 
@@ -41,11 +60,14 @@ def threads_per_worker(workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // workers)
 
 
-def worker_command(storage_url: str, study_name: str, artifacts: str | None, position: int,
-                   threads: int, local_overrides: dict[str, Any],
-                   heartbeat_overrides: dict[str, int | None]) -> list[str]:
+def worker_command(study_name: str, artifacts: str | None, position: int, threads: int,
+                   local_overrides: dict[str, Any],
+                   heartbeat_overrides: dict[str, int | None],
+                   storage_timeout: float = DEFAULT_STORAGE_TIMEOUT_S) -> list[str]:
+    """A child's command line; without the storage URL (`worker_environment` holds it)."""
     command = [sys.executable, "-m", "search", "worker", "--study", study_name,
-               "--storage", storage_url, "--position", str(position), "--threads", str(threads)]
+               "--position", str(position), "--threads", str(threads),
+               "--storage-timeout", f"{storage_timeout:g}"]
     if artifacts:
         command += ["--artifacts", artifacts]
     for field_name, value in local_overrides.items():
@@ -60,10 +82,15 @@ def worker_command(storage_url: str, study_name: str, artifacts: str | None, pos
     return command
 
 
-def worker_environment(index: int, gpu_ids: list[int]) -> dict[str, str]:
-    """One GPU per worker process, round robin, when there are GPUs (K workers per GPU for
-    K x len(gpu_ids) workers)."""
+def worker_environment(index: int, gpu_ids: list[int], storage_url: str,
+                       journal: Path | None = None) -> dict[str, str]:
+    """The storage URL, the journal file, and one GPU per worker process, round robin, when
+    there are GPUs (K workers per GPU for K x len(gpu_ids) workers)."""
     env = dict(os.environ)
+    env[STORAGE_VARIABLE] = storage_url
+    env.pop(JOURNAL_VARIABLE, None)
+    if journal is not None:
+        env[JOURNAL_VARIABLE] = str(journal)
     if gpu_ids:
         env["CUDA_VISIBLE_DEVICES"] = str(gpu_ids[index % len(gpu_ids)])
     return env
@@ -72,34 +99,133 @@ def worker_environment(index: int, gpu_ids: list[int]) -> dict[str, str]:
 def run_local_workers(storage_url: str, study_name: str, artifacts: str | None, workers: int,
                       gpu_ids: list[int], local_overrides: dict[str, Any],
                       heartbeat_overrides: dict[str, int | None], threads: int | None = None,
-                      position: int = 0) -> int:
-    """Run `workers` workers until the study has no work left; the worst exit code.
+                      position: int = 0,
+                      storage_timeout: float = DEFAULT_STORAGE_TIMEOUT_S) -> int:
+    """Run `workers` workers until the study has no work left; print one summary line and
+    return the worst exit code (non-zero when a trial they ran failed, a point was given up
+    or a worker died).
 
     `threads` (default: this host's cores split between CPU workers) and `position` (the
     progress-bar row) are for a single worker running in this process.
     """
     if workers == 1 and not gpu_ids:
+        # A child of another `run_local_workers` keeps its journal there.
         report = run_worker(storage_url, study_name, artifacts, position,
                             threads or threads_per_worker(1), local_overrides,
-                            heartbeat_overrides)
+                            heartbeat_overrides, journal_path=os.environ.pop(JOURNAL_VARIABLE,
+                                                                             None),
+                            storage_timeout=storage_timeout)
         print(describe_report(study_name, report), file=sys.stderr)
         return report.exit_code
     threads = threads_per_worker(workers) if not gpu_ids else 1
-    processes = [
-        subprocess.Popen(worker_command(storage_url, study_name, artifacts, index, threads,
-                                        local_overrides, heartbeat_overrides),
-                         env=worker_environment(index, gpu_ids), start_new_session=True)
-        for index in range(workers)
-    ]
+    with tempfile.TemporaryDirectory(prefix="search-workers-") as folder:
+        journals = [Path(folder) / f"worker-{index}.jsonl" for index in range(workers)]
+        processes = [
+            subprocess.Popen(worker_command(study_name, artifacts, index, threads,
+                                            local_overrides, heartbeat_overrides,
+                                            storage_timeout),
+                             env=worker_environment(index, gpu_ids, storage_url,
+                                                    journals[index]),
+                             start_new_session=True)
+            for index in range(workers)
+        ]
 
-    def forward(number: int, _frame) -> None:
-        for process in processes:
-            if process.poll() is None:
-                process.send_signal(number)
+        def forward(number: int, _frame) -> None:
+            for process in processes:
+                if process.poll() is None:
+                    process.send_signal(number)
 
-    previous = {number: signal.signal(number, forward) for number in SIGNALS}
+        previous = {number: signal.signal(number, forward) for number in SIGNALS}
+        try:
+            codes = [process.wait() for process in processes]
+        finally:
+            for number, handler in previous.items():
+                signal.signal(number, handler)
+        summary = summarize(codes, [read_journal(path) for path in journals])
+    print(summary.line, file=sys.stderr, flush=True)
+    return summary.exit_code
+
+
+@dataclass
+class ChildJournal:
+    """What one child wrote to its journal (`claim_loop.Journal`)."""
+    claimed: list[int] = field(default_factory=list)
+    finished: dict[int, str] = field(default_factory=dict)  # trial number -> state name
+    report: dict[str, Any] | None = None  # its WorkerReport, once it ended normally
+
+    @property
+    def in_hand(self) -> list[int]:
+        return [number for number in self.claimed if number not in self.finished]
+
+
+def read_journal(path: Path) -> ChildJournal:
+    journal = ChildJournal()
     try:
-        return max(process.wait() for process in processes)
-    finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError:  # the child died before it claimed anything
+        return journal
+    for line in lines:
+        try:
+            entry = json.loads(line)
+        except ValueError:  # a line cut short by a kill
+            continue
+        if "claimed" in entry:
+            journal.claimed.append(entry["claimed"])
+        elif "finished" in entry:
+            journal.finished[entry["finished"]] = entry["state"]
+        elif "report" in entry:
+            journal.report = entry["report"]
+    return journal
+
+
+@dataclass
+class Summary:
+    line: str
+    exit_code: int
+
+
+def exit_status(code: int) -> int:
+    """A child's return code as a shell shows it: killed by signal N -> 128 + N."""
+    return 128 - code if code < 0 else code
+
+
+def signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def summarize(codes: list[int], journals: list[ChildJournal]) -> Summary:
+    """One line for all the children, e.g. `workers: 2 of 7 trials failed; worker 1 killed by
+    SIGKILL (trial 4 in hand)`, and the exit code: the worst child's (a signal's 128 + N), at
+    least EXIT_TRIALS_FAILED when a trial failed or a point was given up.
+
+    A killed child's trial in hand counts as a failed trial: the heartbeat check fails it
+    (and retries it, if retries are left)."""
+    ran = failed = 0
+    gave_up: dict[int, str] = {}
+    workers: list[str] = []
+    for index, (code, journal) in enumerate(zip(codes, journals, strict=True)):
+        states = [state for state in journal.finished.values() if state != "WAITING"]
+        ran += len(states)
+        failed += states.count("FAIL")
+        report = journal.report or {}
+        gave_up.update({int(number): text for number, text in report.get("gave_up", {}).items()})
+        if code < 0:
+            in_hand = journal.in_hand
+            ran, failed = ran + len(in_hand), failed + len(in_hand)
+            held = f" (trial {', '.join(map(str, in_hand))} in hand)" if in_hand else ""
+            workers.append(f"worker {index} killed by {signal_name(-code)}{held}")
+        elif report.get("environment"):
+            workers.append(f"worker {index} stopped: {report['environment']}")
+        elif report.get("stopped_by"):
+            workers.append(f"worker {index} stopped by {report['stopped_by']}")
+        elif code != 0 and journal.report is None:  # it ended before its report
+            workers.append(f"worker {index} exited with code {code}")
+    failures = describe_failures(failed, ran, gave_up)
+    parts = failures or [f"{ran} trial{'' if ran == 1 else 's'} run, none failed"]
+    exit_code = max((exit_status(code) for code in codes), default=0)
+    if exit_code == 0 and failures:
+        exit_code = EXIT_TRIALS_FAILED
+    return Summary("workers: " + "; ".join(parts + workers), exit_code)

@@ -7,6 +7,10 @@ Trial states, for one worker:
                                   RUNNING --requeue_trial (SIGTERM, Ctrl-C)--> WAITING
                                   RUNNING --(no heartbeat for the grace period)--> FAIL,
                                             and a WAITING copy with the same params
+                                  RUNNING --(environment fault: disk full, ...)--> WAITING
+
+A retry inherits its dead trial's checkpoint pointer; once the last try of a trial failed,
+`discard_abandoned_checkpoints` removes the checkpoint no trial will resume from.
 
 Claiming is Optuna's own compare-and-set (`set_trial_state_values(RUNNING)` succeeds for one
 process only), done here rather than through `study.ask()` because `ask()` invents a new
@@ -20,9 +24,12 @@ import time
 from collections.abc import Callable
 
 import optuna
+from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import fail_stale_trials
 from optuna.trial import FrozenTrial, TrialState
+
+from search.study.trials import is_last_try, retried_as, study_max_retries
 
 FIRST_POLL_SECONDS = 0.5
 # The longest pause between two looks at the queue while other workers' trials run: short
@@ -71,14 +78,26 @@ def running_trials(study: optuna.Study) -> list[FrozenTrial]:
 
 def next_trial(storage: optuna.storages.BaseStorage, study: optuna.Study, poll_seconds: float,
                stop_requested: Callable[[], bool],
-               on_wait: Callable[[int], None] = lambda running: None) -> FrozenTrial | None:
+               on_wait: Callable[[int], None] = lambda running: None,
+               store: optuna.artifacts.FileSystemArtifactStore | None = None
+               ) -> FrozenTrial | None:
     """Claim the next trial, first failing (and so re-queueing) trials of dead workers.
 
     When nothing waits but other workers' trials still run, poll: one of them may die and
     come back as a retry, which some live worker must run. Polls start at half a second (the
     last trials of a run end soon) and back off to `poll_seconds`. None once nothing waits
-    or runs, or when a stop is requested.
+    or runs, or when a stop is requested. With the artifact `store`, the checkpoints of
+    trials whose last try failed are removed before it returns.
     """
+    trial = claim_or_wait(storage, study, poll_seconds, stop_requested, on_wait)
+    if store is not None:
+        discard_abandoned_checkpoints(study, store, max_retries_of(storage))
+    return trial
+
+
+def claim_or_wait(storage: optuna.storages.BaseStorage, study: optuna.Study,
+                  poll_seconds: float, stop_requested: Callable[[], bool],
+                  on_wait: Callable[[int], None]) -> FrozenTrial | None:
     pause = min(FIRST_POLL_SECONDS, poll_seconds)
     announced = False
     adopted: set[int] = set()
@@ -117,3 +136,54 @@ def adopt_heartbeats(storage: optuna.storages.BaseStorage, running: list[FrozenT
         if trial._trial_id not in adopted:
             storage.record_heartbeat(trial._trial_id)
             adopted.add(trial._trial_id)
+
+
+def max_retries_of(storage: optuna.storages.BaseStorage) -> int | None:
+    """The retries this worker's storage grants a dead worker's trial (None: unknown)."""
+    callback = getattr(storage, "get_heartbeat_stale_trial_callback", lambda: None)()
+    return getattr(callback, "_max_retry", None)
+
+
+# Trials whose checkpoint this process has already removed (study id, trial id).
+_discarded: set[tuple[int, int]] = set()
+
+
+def discard_abandoned_checkpoints(study: optuna.Study,
+                                  store: optuna.artifacts.FileSystemArtifactStore,
+                                  max_retries: int | None = None) -> list[str]:
+    """Remove the checkpoint of each FAIL trial whose last try it was (no retry follows and
+    none will) unless a waiting or running trial points to the same one; the removed ids.
+
+    A trial failed by a dead worker keeps its `checkpoint` pointer (a finished trial's
+    attributes cannot change), and its retry inherits it; only the failure of the last retry
+    leaves the file to nobody.
+    """
+    failed = [t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+              if checkpoint_artifact(t) and (study._study_id, t._trial_id) not in _discarded]
+    if not failed:
+        return []
+    trials = study.get_trials(deepcopy=False)
+    retried = retried_as(trials)
+    max_retries = study_max_retries(study) if max_retries is None else max_retries
+    in_use = {checkpoint_artifact(t) for t in trials
+              if t.state in (TrialState.WAITING, TrialState.RUNNING)}
+    removed = []
+    for trial in failed:
+        if not is_last_try(trial, retried, max_retries):
+            continue
+        artifact = checkpoint_artifact(trial)
+        if artifact not in in_use:
+            try:
+                store.remove(artifact)
+                removed.append(artifact)
+            except (ArtifactNotFound, OSError, ValueError):  # gone already, not ours to
+                pass  # remove, or not an artifact id: cleaning up must not stop the worker
+        _discarded.add((study._study_id, trial._trial_id))
+    return removed
+
+
+def checkpoint_artifact(trial: FrozenTrial) -> str | None:
+    pointer = trial.user_attrs.get("checkpoint")
+    artifact = pointer.get("artifact") if isinstance(pointer, dict) else None
+    return artifact if isinstance(artifact, str) else None
+
