@@ -266,7 +266,7 @@ def worker(args: argparse.Namespace, local: dict[str, Any]) -> int:
     return run_local_workers(args.storage, args.study, args.artifacts,
                              worker_count(args.workers, args.workers_per_gpu, gpus), gpus, local,
                              heartbeat_flags(args), args.threads, args.position,
-                             storage_timeout=args.storage_timeout)
+                             storage_timeout=args.storage_timeout, journal=args.journal)
 
 
 def dashboard(args: argparse.Namespace, local: dict[str, Any]) -> int:

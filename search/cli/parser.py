@@ -14,10 +14,9 @@ from typing import NoReturn
 
 from search.study.heartbeat_settings import HEARTBEAT_FLAGS
 from search.study.space import PRUNERS, SpaceError, check_alpha, check_dropout, check_rank
-from search.study.storage import DEFAULT_STORAGE
+from search.study.storage import DEFAULT_STORAGE, STORAGE_VARIABLE
 
 EXIT_USAGE = 2
-STORAGE_VARIABLE = "SEARCH_STORAGE"
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -190,6 +189,14 @@ def add_train_overrides(parser: argparse.ArgumentParser) -> None:
     add_local_fields(overrides)
 
 
+def add_ranks_and_alphas(parser: argparse.ArgumentParser, help_text: str) -> None:
+    """--ranks and --alphas; `help_text` has a {} for "ranks" / "alphas"."""
+    parser.add_argument("--ranks", nargs="+", type=argument_type(check_rank, "rank"),
+                        metavar="R", help=help_text.format("ranks"))
+    parser.add_argument("--alphas", nargs="+", type=argument_type(check_alpha, "alpha"),
+                        metavar="A", help=help_text.format("alphas"))
+
+
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(
         prog="search",
@@ -205,10 +212,7 @@ def build_parser() -> ArgumentParser:
                     "until the queue is empty. Idempotent: the same command twice adds no "
                     "trial; a wider grid adds only the new points.")
     add_study_flags(grid)
-    grid.add_argument("--ranks", nargs="+", type=argument_type(check_rank, "rank"),
-                      metavar="R", help="LoRA ranks (default from the spec: 2 4 8)")
-    grid.add_argument("--alphas", nargs="+", type=argument_type(check_alpha, "alpha"),
-                      metavar="A", help="LoRA alphas (default from the spec: 2 4 8)")
+    add_ranks_and_alphas(grid, "LoRA {} (default from the spec: 2 4 8)")
     grid.add_argument("--dropouts", nargs="+", type=argument_type(check_dropout, "dropout"),
                       metavar="D", help="LoRA dropouts in [0, 1) (default from the spec: 0.1)")
     grid.add_argument("--dry-run", action="store_true",
@@ -230,10 +234,7 @@ def build_parser() -> ArgumentParser:
     tpe.add_argument("--trials", type=positive_int, metavar="N",
                      help="finished LoRA trials the study should hold (default from the spec: "
                           "10, as the model card)")
-    tpe.add_argument("--ranks", nargs="+", type=argument_type(check_rank, "rank"),
-                     metavar="R", help="ranks TPE chooses from (default: 2 4 8)")
-    tpe.add_argument("--alphas", nargs="+", type=argument_type(check_alpha, "alpha"),
-                     metavar="A", help="alphas TPE chooses from (default: 2 4 8)")
+    add_ranks_and_alphas(tpe, "{} TPE chooses from (default: 2 4 8)")
     tpe.add_argument("--dropout-range", nargs=2, metavar=("LO", "HI"),
                      type=argument_type(check_dropout, "dropout"),
                      help="dropout interval, 0 <= LO < HI < 1 (default: 0.05 0.30)")
@@ -260,6 +261,9 @@ def build_parser() -> ArgumentParser:
     worker.add_argument("--workers", type=positive_int, metavar="N",
                         help="worker processes on this host (default: one per --gpus ID, else 1)")
     worker.add_argument("--threads", type=positive_int, help="CPU threads for this worker")
+    # A local child appends what it does to this file (JSON lines), so that the command that
+    # started it can tell what it ran even if it was killed.
+    worker.add_argument("--journal", help=argparse.SUPPRESS)
     worker.add_argument("--position", type=non_negative_int, default=0,
                         help=argparse.SUPPRESS)  # progress-bar row among local workers
     add_worker_flags(worker, stored=False)

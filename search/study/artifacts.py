@@ -15,6 +15,5 @@ def artifact_store(folder: str | Path) -> optuna.artifacts.FileSystemArtifactSto
     return optuna.artifacts.FileSystemArtifactStore(str(folder))
 
 
-
 def artifacts_folder(study: optuna.Study, storage_url: str, override: str | None) -> str:
     return override or study.user_attrs.get("artifacts") or str(default_artifacts_dir(storage_url))

@@ -10,12 +10,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
-from optuna.trial import TrialState
 
 from objectives.spec import LoraParams
 from search.study.baselines import DEFAULT_BASELINES, Baseline, baselines_from_dicts
 from search.study.space import GridSpace, params_of, point_key
-from search.study.trials import trial_key
+from search.study.trials import keys_held_by
 
 
 @dataclass
@@ -25,11 +24,9 @@ class EnqueueReport:
     already_there: int = 0
 
 
-
 def held_keys(study: optuna.Study) -> set:
     """Keys of the points a study holds: waiting, running or finished without failing."""
-    return {trial_key(t) for t in study.get_trials(deepcopy=False) if t.state != TrialState.FAIL}
-
+    return keys_held_by(study.get_trials(deepcopy=False))
 
 
 def store_baselines(study: optuna.Study, baselines: tuple[Baseline, ...], given: bool) -> None:
@@ -38,11 +35,9 @@ def store_baselines(study: optuna.Study, baselines: tuple[Baseline, ...], given:
         study.set_user_attr("baselines", [b.to_dict() for b in baselines])
 
 
-
 def stored_baselines(study: optuna.Study) -> tuple[Baseline, ...]:
     return baselines_from_dicts(study.user_attrs.get("baselines")
                                 or [b.to_dict() for b in DEFAULT_BASELINES])
-
 
 
 def enqueue_baselines(study: optuna.Study) -> int:
@@ -59,7 +54,6 @@ def enqueue_baselines(study: optuna.Study) -> int:
         study.enqueue_trial({}, user_attrs=attrs)
         added += 1
     return added
-
 
 
 def enqueue_grid(study: optuna.Study, grid: GridSpace) -> EnqueueReport:
@@ -79,7 +73,6 @@ def enqueue_grid(study: optuna.Study, grid: GridSpace) -> EnqueueReport:
         report.added.append(point)
     record_space(study, grid)
     return report
-
 
 
 def record_space(study: optuna.Study, grid: GridSpace) -> None:

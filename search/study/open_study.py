@@ -37,7 +37,6 @@ class StudyError(UserError):
     """A study that does not exist or does not match the command; one line for the user."""
 
 
-
 def stored_train_spec(study: optuna.Study) -> TrainSpec:
     """The study's spec with its types checked. Its ranges, names and files were validated
     when the study was created; a worker validates them again on its own host

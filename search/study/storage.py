@@ -28,6 +28,8 @@ from search.study.heartbeat_settings import HeartbeatSettings
 from search.study.patient_storage import PatientRDBStorage
 
 DEFAULT_STORAGE = "sqlite:///search.db"
+# The storage URL from the environment: keeps a password out of `ps` and shell history.
+STORAGE_VARIABLE = "SEARCH_STORAGE"
 SQLITE_BUSY_TIMEOUT_S = 120
 SUPPORTED = ("sqlite", "postgresql")
 SCHEMA_RACE = re.compile(r"already exists|duplicate key|unique constraint", re.IGNORECASE)

@@ -21,7 +21,6 @@ def is_baseline(trial: FrozenTrial) -> bool:
     return bool(trial.user_attrs.get("baseline", False))
 
 
-
 def trial_point(trial: FrozenTrial) -> LoraParams | None:
     """The LoRA point of a trial, queued or finished; None for the baseline."""
     if is_baseline(trial):
@@ -30,11 +29,9 @@ def trial_point(trial: FrozenTrial) -> LoraParams | None:
     return point_of(params) if params else None
 
 
-
 def trial_train_spec(spec: TrainSpec, trial: FrozenTrial) -> TrainSpec:
     """What `trial` trains: the study's spec, or a baseline's with its model's fields."""
     return baseline_train_spec(spec, trial.user_attrs.get("train_overrides"))
-
 
 
 def trial_model(trial: FrozenTrial, study_model: str) -> str:
@@ -42,10 +39,8 @@ def trial_model(trial: FrozenTrial, study_model: str) -> str:
     return (trial.user_attrs.get("train_overrides") or {}).get("model") or study_model
 
 
-
 def trial_method(trial: FrozenTrial) -> str:
     return "head" if is_baseline(trial) else "lora"
-
 
 
 def trial_key(trial: FrozenTrial) -> tuple | None:
@@ -56,9 +51,13 @@ def trial_key(trial: FrozenTrial) -> tuple | None:
     return point_key(point) if point is not None else None
 
 
-
 # States in which a trial holds its point: it will run, runs, or finished without failing.
 HOLDING_STATES = (TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def keys_held_by(trials: Sequence[FrozenTrial]) -> set:
+    """Keys of the points `trials` hold (`HOLDING_STATES`)."""
+    return {trial_key(t) for t in trials if t.state in HOLDING_STATES}
 
 
 def tries(trial: FrozenTrial) -> int:
@@ -99,7 +98,7 @@ def gave_up_points(study: optuna.Study, max_retries: int | None = None,
     trials = study.get_trials(deepcopy=False) if trials is None else trials
     max_retries = study_max_retries(study) if max_retries is None else max_retries
     retried = retried_as(trials)
-    held = {trial_key(t) for t in trials if t.state in HOLDING_STATES} - {None}
+    held = keys_held_by(trials) - {None}
     return sorted((t for t in trials if is_last_try(t, retried, max_retries)
                    and (trial_key(t) is None or trial_key(t) not in held)),
                   key=lambda t: t.number)

@@ -43,9 +43,6 @@ from search.worker.trial_run import describe_point, run_claimed_trial
 # stopped it; 128 + N after signal N (SIGTERM, Ctrl-C).
 EXIT_TRIALS_FAILED = 1
 DEFAULT_STORAGE_TIMEOUT_S = 600
-# A local worker process appends what it does (JSON lines) to the file this variable names,
-# so that the command that started it can tell what it ran even if it was killed.
-JOURNAL_VARIABLE = "SEARCH_WORKER_JOURNAL"
 # Gave-up points a summary names one by one; the rest are counted.
 NAMED_POINTS = 3
 

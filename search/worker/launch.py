@@ -26,12 +26,11 @@ from pathlib import Path
 from typing import Any
 
 from objectives.user_error import UserError
-from search.cli.parser import STORAGE_VARIABLE
 from search.study.heartbeat_settings import HEARTBEAT_FLAGS
+from search.study.storage import STORAGE_VARIABLE
 from search.worker.claim_loop import (
     DEFAULT_STORAGE_TIMEOUT_S,
     EXIT_TRIALS_FAILED,
-    JOURNAL_VARIABLE,
     describe_failures,
     describe_report,
     run_worker,
@@ -63,11 +62,14 @@ def threads_per_worker(workers: int) -> int:
 def worker_command(study_name: str, artifacts: str | None, position: int, threads: int,
                    local_overrides: dict[str, Any],
                    heartbeat_overrides: dict[str, int | None],
-                   storage_timeout: float = DEFAULT_STORAGE_TIMEOUT_S) -> list[str]:
+                   storage_timeout: float = DEFAULT_STORAGE_TIMEOUT_S,
+                   journal: Path | None = None) -> list[str]:
     """A child's command line; without the storage URL (`worker_environment` holds it)."""
     command = [sys.executable, "-m", "search", "worker", "--study", study_name,
                "--position", str(position), "--threads", str(threads),
                "--storage-timeout", f"{storage_timeout:g}"]
+    if journal is not None:
+        command += ["--journal", str(journal)]
     if artifacts:
         command += ["--artifacts", artifacts]
     for field_name, value in local_overrides.items():
@@ -82,15 +84,11 @@ def worker_command(study_name: str, artifacts: str | None, position: int, thread
     return command
 
 
-def worker_environment(index: int, gpu_ids: list[int], storage_url: str,
-                       journal: Path | None = None) -> dict[str, str]:
-    """The storage URL, the journal file, and one GPU per worker process, round robin, when
-    there are GPUs (K workers per GPU for K x len(gpu_ids) workers)."""
+def worker_environment(index: int, gpu_ids: list[int], storage_url: str) -> dict[str, str]:
+    """The storage URL, and one GPU per worker process, round robin, when there are GPUs (K
+    workers per GPU for K x len(gpu_ids) workers)."""
     env = dict(os.environ)
     env[STORAGE_VARIABLE] = storage_url
-    env.pop(JOURNAL_VARIABLE, None)
-    if journal is not None:
-        env[JOURNAL_VARIABLE] = str(journal)
     if gpu_ids:
         env["CUDA_VISIBLE_DEVICES"] = str(gpu_ids[index % len(gpu_ids)])
     return env
@@ -100,20 +98,20 @@ def run_local_workers(storage_url: str, study_name: str, artifacts: str | None, 
                       gpu_ids: list[int], local_overrides: dict[str, Any],
                       heartbeat_overrides: dict[str, int | None], threads: int | None = None,
                       position: int = 0,
-                      storage_timeout: float = DEFAULT_STORAGE_TIMEOUT_S) -> int:
+                      storage_timeout: float = DEFAULT_STORAGE_TIMEOUT_S,
+                      journal: str | None = None) -> int:
     """Run `workers` workers until the study has no work left; print one summary line and
     return the worst exit code (non-zero when a trial they ran failed, a point was given up
     or a worker died).
 
     `threads` (default: this host's cores split between CPU workers) and `position` (the
-    progress-bar row) are for a single worker running in this process.
+    progress-bar row) are for a single worker running in this process, `journal` the file it
+    reports to when it is the child of another `run_local_workers`.
     """
     if workers == 1 and not gpu_ids:
-        # A child of another `run_local_workers` keeps its journal there.
         report = run_worker(storage_url, study_name, artifacts, position,
                             threads or threads_per_worker(1), local_overrides,
-                            heartbeat_overrides, journal_path=os.environ.pop(JOURNAL_VARIABLE,
-                                                                             None),
+                            heartbeat_overrides, journal_path=journal,
                             storage_timeout=storage_timeout)
         print(describe_report(study_name, report), file=sys.stderr)
         return report.exit_code
@@ -123,9 +121,8 @@ def run_local_workers(storage_url: str, study_name: str, artifacts: str | None, 
         processes = [
             subprocess.Popen(worker_command(study_name, artifacts, index, threads,
                                             local_overrides, heartbeat_overrides,
-                                            storage_timeout),
-                             env=worker_environment(index, gpu_ids, storage_url,
-                                                    journals[index]),
+                                            storage_timeout, journals[index]),
+                             env=worker_environment(index, gpu_ids, storage_url),
                              start_new_session=True)
             for index in range(workers)
         ]
@@ -217,8 +214,9 @@ def summarize(codes: list[int], journals: list[ChildJournal]) -> Summary:
             ran, failed = ran + len(in_hand), failed + len(in_hand)
             held = f" (trial {', '.join(map(str, in_hand))} in hand)" if in_hand else ""
             workers.append(f"worker {index} killed by {signal_name(-code)}{held}")
-        elif report.get("environment"):
-            workers.append(f"worker {index} stopped: {report['environment']}")
+        elif report.get("environment") or report.get("storage_lost"):
+            workers.append(f"worker {index} stopped: "
+                           f"{report.get('environment') or report['storage_lost']}")
         elif report.get("stopped_by"):
             workers.append(f"worker {index} stopped by {report['stopped_by']}")
         elif code != 0 and journal.report is None:  # it ended before its report

@@ -67,7 +67,6 @@ class LoraSpaceSampler(BaseSampler):
         self._tpe(trial).after_trial(study, trial, state, values)
 
 
-
 def build_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
     """`median` and `hyperband` never stop a trial before a third of its epochs."""
     warmup = max(1, math.ceil(epochs / 3))
@@ -76,7 +75,6 @@ def build_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
     if name == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=warmup, max_resource=epochs)
     return optuna.pruners.NopPruner()
-
 
 
 def searching_study(storage: optuna.storages.BaseStorage, study: optuna.Study,
