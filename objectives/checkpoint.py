@@ -20,7 +20,8 @@ import torch
 from objectives.spec import LoraParams
 from objectives.user_error import UserError, first_line
 
-FORMAT = 1
+# 2: seeded adapters and the dropout generator (format 1 resumed would draw other masks).
+FORMAT = 2
 
 
 class CheckpointError(UserError):
@@ -47,11 +48,12 @@ class TrainingState:
     optimizer: dict[str, Any]
     scheduler: dict[str, Any]
     batch_generator: torch.Tensor  # batch order and augmentation
-    cpu_generator: torch.Tensor  # torch's default generator: dropout on the CPU
-    cuda_generator: torch.Tensor | None  # dropout on a GPU
+    cpu_generator: torch.Tensor  # torch's default generator (any other layer's randomness)
+    cuda_generator: torch.Tensor | None
     history: list[EpochStats]
     train_seconds: float
     step_seconds: float
+    dropout_generator: torch.Tensor | None = None  # the adapters' dropout masks
 
     def check_matches(self, lora: LoraParams | None, epochs: int) -> None:
         if self.lora != lora:

@@ -24,6 +24,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 
 from objectives import export_folder
+from objectives.adapter_seeding import seed_peft_adapters
 from objectives.spec import LoraParams, TrainSpec
 from objectives.user_error import UserError, first_line
 
@@ -282,16 +283,20 @@ def lora_config(spec: TrainSpec, lora: LoraParams, head: str) -> LoraConfig:
 
 def build_lora_model(spec: TrainSpec, num_classes: int, lora: LoraParams,
                      pretrained: bool | None = None) -> PeftModel:
-    """LoRA adapters on the spec's targets plus a trainable head; the rest frozen."""
+    """LoRA adapters on the spec's targets plus a trainable head; the rest frozen. The
+    adapters start from the trial's seed alone and their dropout draws from the trial's
+    dropout generator (`objectives.adapter_seeding`), as a packed member's do."""
     torch.manual_seed(spec.seed)
     backbone = create_backbone(spec, num_classes, pretrained)
     if spec.splits_qkv and not any(isinstance(m, SplitQKV) for m in backbone.modules()):
         raise ModelError(f"'{spec.model}' has no fused qkv attention layers to split for "
                          f"targets {spec.targets}")
     try:
-        return get_peft_model(backbone, lora_config(spec, lora, head_name(backbone)))
+        model = get_peft_model(backbone, lora_config(spec, lora, head_name(backbone)))
     except ValueError as error:
         raise ModelError(f"cannot put LoRA on {spec.targets} of '{spec.model}': {error}") from None
+    seed_peft_adapters(model, spec.seed)  # the same start alone or in a pack
+    return model
 
 
 def build_model(spec: TrainSpec, num_classes: int, lora: LoraParams | None,

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from objectives import augment
+from objectives.adapter_seeding import dropout_generator, use_dropout_generator
 from objectives.checkpoint import CheckpointError, EpochStats, TrainingState
 from objectives.data import ImageSplits, load_splits
 from objectives.export_folder import describe_misfits
@@ -169,6 +170,8 @@ def run_trial(spec: TrainSpec, lora: LoraParams | None, data: ImageSplits | None
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer,
                                                            T_max=spec.epochs * steps_per_epoch)
     generator = torch.Generator(device).manual_seed(spec.seed)
+    masks = dropout_generator(spec.seed, device)
+    use_dropout_generator(model, masks)
 
     train_x, train_y = data.train_images.to(device), data.train_labels.to(device)
     val_x, val_y = data.val_images.to(device), data.val_labels.to(device)
@@ -176,7 +179,7 @@ def run_trial(spec: TrainSpec, lora: LoraParams | None, data: ImageSplits | None
     train_seconds = step_seconds = 0.0
     if resume is not None:
         resume.check_matches(lora, spec.epochs)
-        restore(resume, model, optimizer, scheduler, generator)
+        restore(resume, model, optimizer, scheduler, generator, masks)
         history = list(resume.history)
         train_seconds, step_seconds = resume.train_seconds, resume.step_seconds
     for epoch in range(len(history) + 1, spec.epochs + 1):
@@ -222,7 +225,8 @@ def run_trial(spec: TrainSpec, lora: LoraParams | None, data: ImageSplits | None
                 optimizer=on_cpu(optimizer.state_dict()), scheduler=scheduler.state_dict(),
                 batch_generator=generator.get_state(), cpu_generator=torch.get_rng_state(),
                 cuda_generator=torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-                history=list(history), train_seconds=train_seconds, step_seconds=step_seconds))
+                history=list(history), train_seconds=train_seconds, step_seconds=step_seconds,
+                dropout_generator=masks.get_state()))
         if on_epoch is not None:
             on_epoch(stats)
 
@@ -256,7 +260,8 @@ def on_cpu(value):
 
 
 def restore(state: TrainingState, model: nn.Module, optimizer: torch.optim.Optimizer,
-            scheduler: torch.optim.lr_scheduler.LRScheduler, generator: torch.Generator) -> None:
+            scheduler: torch.optim.lr_scheduler.LRScheduler, generator: torch.Generator,
+            masks: torch.Generator) -> None:
     """Put a checkpoint's weights, optimizer, scheduler and generators back in place."""
     problems = load_trainable_state(model, state.weights)
     if problems:
@@ -265,6 +270,8 @@ def restore(state: TrainingState, model: nn.Module, optimizer: torch.optim.Optim
     optimizer.load_state_dict(state.optimizer)
     scheduler.load_state_dict(state.scheduler)
     generator.set_state(state.batch_generator)
+    if state.dropout_generator is not None:
+        masks.set_state(state.dropout_generator)
     torch.set_rng_state(state.cpu_generator)
     if state.cuda_generator is not None and generator.device.type == "cuda":
         torch.cuda.set_rng_state(state.cuda_generator, generator.device)

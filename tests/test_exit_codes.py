@@ -86,8 +86,9 @@ def test_a_sigkilled_child_of_grid_makes_it_exit_137_while_the_others_finish_the
     """`search grid --workers 2`, one worker killed with SIGKILL mid-trial: the other runs the
     rest and the dead worker's retry; the command says so and exits 128 + 9 (it used to
     exit 0, the max of 0 and -9, and print nothing)."""
+    # --pack 1: one trial in hand per worker (a killed pack: test_pack_worker).
     command = [*SEARCH, "grid", "--spec", DEMO, "--epochs", "3", "--ranks", "2", "4", "8",
-               "--alphas", "8", "--workers", "2", *BEATS]
+               "--alphas", "8", "--workers", "2", "--pack", "1", *BEATS]
     process = subprocess.Popen(command, cwd=tmp_path, env=environment(),
                                stderr=subprocess.PIPE, text=True)
     try:
@@ -120,7 +121,7 @@ def test_a_point_whose_retries_are_used_up_makes_the_last_worker_exit_1_and_name
     exit 0)."""
     search("grid", "--spec", DEMO, "--epochs", "3", "--ranks", "2", "--alphas", "8",
            "--workers", "0", *BEATS, "--max-retries", "0", cwd=tmp_path)
-    victim = subprocess.Popen([*SEARCH, "worker", "--study", "demo"], cwd=tmp_path,
+    victim = subprocess.Popen([*SEARCH, "worker", "--study", "demo", "--pack", "1"], cwd=tmp_path,
                               env=environment(), stderr=subprocess.PIPE, text=True)
     try:
         for line in victim.stderr:

@@ -66,7 +66,8 @@ def test_a_killed_workers_trial_is_failed_then_rerun_from_its_checkpoint(postgre
            postgres_url, "--artifacts", str(tmp_path / "artifacts"), "--ranks", "2", "4",
            "--alphas", "8", "--workers", "0", "--heartbeat-interval", "1", "--grace-period", "4",
            cwd=tmp_path)
-    worker = [*SEARCH, "worker", "--study", "killed", "--storage", postgres_url]
+    # --pack 1: one trial in hand (a killed pack's members: test_pack_worker).
+    worker = [*SEARCH, "worker", "--study", "killed", "--storage", postgres_url, "--pack", "1"]
     victim = subprocess.Popen(worker, cwd=tmp_path, stderr=subprocess.PIPE, text=True,
                               env={**os.environ, "PYTHONPATH": str(ROOT)})
     for line in victim.stderr:  # one line per epoch: stderr is not a terminal

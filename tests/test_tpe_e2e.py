@@ -92,8 +92,9 @@ def test_ctrl_c_puts_the_trial_back_and_a_rerun_resumes_it(tmp_path):
     """Ctrl-C mid-trial: the trial goes back to the queue with its last epoch's checkpoint
     (not left running, not failed), and the same command again finishes it from there, so the
     study ends with exactly N finished LoRA trials."""
+    # --pack 1: trial 0 finishes before trial 1 starts (a stopped pack: test_pack_worker).
     command = [*SEARCH, "optuna", *TPE, "--epochs", "3", "--trials", "2", "--pruner", "none",
-               "--workers", "1"]
+               "--workers", "1", "--pack", "1"]
     process = subprocess.Popen(command, cwd=tmp_path, stderr=subprocess.PIPE, text=True,
                                env={**os.environ, "PYTHONPATH": str(ROOT)})
     for line in process.stderr:  # one line per epoch when stderr is not a terminal

@@ -141,7 +141,8 @@ def run_workers_and_report(args: argparse.Namespace, local: dict[str, Any], stud
 
     code = run_local_workers(args.storage, study.study_name,
                              artifacts_folder(study, args.storage, args.artifacts), workers,
-                             gpus, local, {}, storage_timeout=args.storage_timeout)
+                             gpus, local, {}, storage_timeout=args.storage_timeout,
+                             pack=args.pack)
     frame = leaderboard(study)
     print(render(frame, "table"))
     print(best_versus_baseline(frame))
@@ -266,7 +267,8 @@ def worker(args: argparse.Namespace, local: dict[str, Any]) -> int:
     return run_local_workers(args.storage, args.study, args.artifacts,
                              worker_count(args.workers, args.workers_per_gpu, gpus), gpus, local,
                              heartbeat_flags(args), args.threads, args.position,
-                             storage_timeout=args.storage_timeout, journal=args.journal)
+                             storage_timeout=args.storage_timeout, journal=args.journal,
+                             pack=args.pack, pack_share=args.pack_share)
 
 
 def dashboard(args: argparse.Namespace, local: dict[str, Any]) -> int:

@@ -49,6 +49,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def pack_size(text: str) -> int | str:
+    """--pack: `auto` or a positive number of trials."""
+    if text == "auto":
+        return text
+    try:
+        return positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"must be 'auto' or a positive integer, got {text!r}"
+                                         ) from None
+
+
 def positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -148,6 +159,13 @@ def add_worker_flags(parser: argparse.ArgumentParser, stored: bool) -> None:
     parser.add_argument("--workers-per-gpu", type=positive_int, metavar="K",
                         help="K worker processes on each GPU (of --gpus, else every visible "
                              "one): small models that cannot fill a GPU alone share it")
+    parser.add_argument("--pack", type=pack_size, default="auto", metavar="K|auto",
+                        help="train up to K trials together on one frozen backbone (they differ "
+                             "only in LoRA params; each stays a trial of its own). auto "
+                             "(default): as many as a measured probe says fit in this device's "
+                             "free memory, this host's share of the queue, and for TPE trials "
+                             "the sampler's start-up trials left or a quarter of the budget; 1: "
+                             "one trial at a time. Models with BatchNorm run one at a time")
     parser.add_argument("--storage-timeout", type=positive_int, default=600, metavar="S",
                         help="how long a worker waits out a database that is away (restart, "
                              "network cut) before it stops with a non-zero exit; its trial is "
@@ -266,6 +284,9 @@ def build_parser() -> ArgumentParser:
     worker.add_argument("--journal", help=argparse.SUPPRESS)
     worker.add_argument("--position", type=non_negative_int, default=0,
                         help=argparse.SUPPRESS)  # progress-bar row among local workers
+    # How many local workers share the queue (set by the command that starts them): --pack
+    # auto then claims this worker's share of a grid, not all of it.
+    worker.add_argument("--pack-share", type=positive_int, default=1, help=argparse.SUPPRESS)
     add_worker_flags(worker, stored=False)
     add_local_fields(worker)
 

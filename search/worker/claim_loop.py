@@ -8,6 +8,7 @@ claimed, put back and retried is in `search.worker.trial_queue`; heartbeats in
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import sys
@@ -32,9 +33,11 @@ from search.study.study_spec import validate_train_spec
 from search.study.trials import gave_up_points, is_baseline, trial_key, trial_point, tries
 from search.worker.faults import EXIT_ENVIRONMENT, WorkerEnvironmentError
 from search.worker.heartbeat import Heartbeat
+from search.worker.pack_plan import AUTO, PackPlanner, PackSetting, describe_pack
+from search.worker.pack_run import run_claimed_pack
 from search.worker.sampler import searching_study
 from search.worker.signals import StopSignals
-from search.worker.trial_queue import MAX_POLL_SECONDS, next_trial
+from search.worker.trial_queue import MAX_POLL_SECONDS, claim_waiting, next_trial
 from search.worker.trial_run import describe_point, run_claimed_trial
 
 # Exit codes of a worker (and of the commands that run workers): 0 when every trial it ran
@@ -106,7 +109,8 @@ def run_worker(storage_url: str, study_name: str, artifacts: str | None = None,
                local_overrides: dict[str, Any] | None = None,
                heartbeat_overrides: dict[str, int | None] | None = None,
                journal_path: str | None = None,
-               storage_timeout: float = DEFAULT_STORAGE_TIMEOUT_S) -> WorkerReport:
+               storage_timeout: float = DEFAULT_STORAGE_TIMEOUT_S,
+               pack: PackSetting = AUTO, pack_share: int = 1) -> WorkerReport:
     """Run queued trials of the study until nothing is queued or running, or until SIGTERM /
     Ctrl-C or a fault of this worker's environment (the trial in hand goes back to the
     queue). The report counts the trials it ran and names the points the study gave up on
@@ -116,7 +120,9 @@ def run_worker(storage_url: str, study_name: str, artifacts: str | None = None,
     which device) that do not change what a trial computes; `heartbeat_overrides` this
     worker's heartbeat settings (interval, grace_period, max_retries); `journal_path` a file
     to which it appends each trial it claims and finishes, then its report (`Journal`);
-    `storage_timeout` how long it waits out a database outage before it stops.
+    `storage_timeout` how long it waits out a database outage before it stops; `pack` how
+    many trials it trains together on one backbone (`search.worker.pack_plan`), `pack_share`
+    how many local workers share the queue (for `auto`).
     """
     if threads:
         use_threads(threads)
@@ -140,7 +146,7 @@ def run_worker(storage_url: str, study_name: str, artifacts: str | None = None,
     with StopSignals() as stop:
         try:
             claim_and_run(storage, study, spec, data, store, position, heartbeat, stop, report,
-                          journal)
+                          journal, PackPlanner(pack, spec, data, study, pack_share))
         except StorageOutage as error:  # nothing can be written: report and stop
             report.storage_lost, report.exit_code = first_line(error), EXIT_ENVIRONMENT
             journal.write(report=report.to_dict())
@@ -159,39 +165,59 @@ def run_worker(storage_url: str, study_name: str, artifacts: str | None = None,
 def claim_and_run(storage: optuna.storages.RDBStorage, study: optuna.Study, spec: TrainSpec,
                   data: ImageSplits, store: optuna.artifacts.FileSystemArtifactStore,
                   position: int, heartbeat: HeartbeatSettings, stop: StopSignals,
-                  report: WorkerReport, journal: Journal) -> None:
-    """Claim and run trials until none is left, a stop is asked or the environment fails."""
+                  report: WorkerReport, journal: Journal, planner: PackPlanner) -> None:
+    """Claim and run trials (one, or a pack of those that can share it) until none is left,
+    a stop is asked or the environment fails."""
     while (trial := next_trial(storage, study, min(heartbeat.interval, MAX_POLL_SECONDS),
                                lambda: stop.requested, announce_wait(heartbeat),
                                store=store)) is not None:
-        journal.write(claimed=trial.number)
+        trials = [trial]
+        limit = planner.limit(trial)
+        if limit > 1:
+            trials += claim_waiting(storage, study, limit - 1, planner.companions(trial))
+        for claimed in trials:
+            journal.write(claimed=claimed.number)
         try:
-            state = run_one(storage, study, trial, spec, data, store, position, heartbeat,
-                            stop)
-        except WorkerEnvironmentError as error:  # the trial is back in the queue already
-            report.states[TrialState.WAITING.name] += 1
-            journal.write(finished=trial.number, state=TrialState.WAITING.name)
+            states = run_claimed(storage, study, trials, spec, data, store, position, heartbeat,
+                                 stop)
+        except WorkerEnvironmentError as error:  # the unfinished trials are back in the queue
+            states = {t.number: storage.get_trial(t._trial_id).state for t in trials}
+            count(report, journal, states)
             report.environment, report.exit_code = first_line(error), EXIT_ENVIRONMENT
             return
+        count(report, journal, states)
+
+
+def count(report: WorkerReport, journal: Journal, states: dict[int, TrialState]) -> None:
+    for number, state in states.items():
         report.states[state.name] += 1
-        journal.write(finished=trial.number, state=state.name)
+        journal.write(finished=number, state=state.name)
 
 
-def run_one(storage: optuna.storages.RDBStorage, study: optuna.Study, trial: FrozenTrial,
-            spec: TrainSpec, data: ImageSplits, store: optuna.artifacts.FileSystemArtifactStore,
-            position: int, heartbeat: HeartbeatSettings, stop: StopSignals) -> TrialState:
-    """One claimed trial, with its heartbeat running until it is finished or put back."""
+def run_claimed(storage: optuna.storages.RDBStorage, study: optuna.Study,
+                trials: list[FrozenTrial], spec: TrainSpec, data: ImageSplits,
+                store: optuna.artifacts.FileSystemArtifactStore, position: int,
+                heartbeat: HeartbeatSettings, stop: StopSignals) -> dict[int, TrialState]:
+    """Claimed trials, alone or as one pack, each with its heartbeat running until it is
+    finished or put back; their end states by trial number."""
     try:
-        with Heartbeat(storage, trial._trial_id, heartbeat.interval):
-            return run_claimed_trial(study, trial, spec, data, store, position,
-                                     check_stop=stop.raise_if_requested)
+        with contextlib.ExitStack() as beats:
+            for trial in trials:
+                beats.enter_context(Heartbeat(storage, trial._trial_id, heartbeat.interval))
+            if len(trials) == 1:
+                return {trials[0].number: run_claimed_trial(
+                    study, trials[0], spec, data, store, position,
+                    check_stop=stop.raise_if_requested)}
+            print(describe_pack(trials), file=sys.stderr, flush=True)
+            return run_claimed_pack(study, trials, spec, data, store, position,
+                                    check_stop=stop.raise_if_requested)
     except UpdateFinishedTrialError:
         # Our heartbeats stopped reaching the database for the grace period (a network cut,
         # a suspended process), so another worker failed the trial and queued its retry.
-        print(f"worker: trial {trial.number} was failed by another worker meanwhile (no "
+        print(f"worker: trial {trials[0].number} was failed by another worker meanwhile (no "
               f"heartbeat for {heartbeat.grace_period} s); its retry runs instead",
               file=sys.stderr, flush=True)
-        return TrialState.FAIL
+        return {t.number: storage.get_trial(t._trial_id).state for t in trials}
 
 
 def announce_wait(heartbeat: HeartbeatSettings):

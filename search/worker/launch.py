@@ -35,6 +35,7 @@ from search.worker.claim_loop import (
     describe_report,
     run_worker,
 )
+from search.worker.pack_plan import AUTO, PackSetting
 from search.worker.signals import SIGNALS
 
 
@@ -63,11 +64,13 @@ def worker_command(study_name: str, artifacts: str | None, position: int, thread
                    local_overrides: dict[str, Any],
                    heartbeat_overrides: dict[str, int | None],
                    storage_timeout: float = DEFAULT_STORAGE_TIMEOUT_S,
-                   journal: Path | None = None) -> list[str]:
+                   journal: Path | None = None, pack: PackSetting = AUTO,
+                   pack_share: int = 1) -> list[str]:
     """A child's command line; without the storage URL (`worker_environment` holds it)."""
     command = [sys.executable, "-m", "search", "worker", "--study", study_name,
                "--position", str(position), "--threads", str(threads),
-               "--storage-timeout", f"{storage_timeout:g}"]
+               "--storage-timeout", f"{storage_timeout:g}", "--pack", str(pack),
+               "--pack-share", str(pack_share)]
     if journal is not None:
         command += ["--journal", str(journal)]
     if artifacts:
@@ -99,7 +102,8 @@ def run_local_workers(storage_url: str, study_name: str, artifacts: str | None, 
                       heartbeat_overrides: dict[str, int | None], threads: int | None = None,
                       position: int = 0,
                       storage_timeout: float = DEFAULT_STORAGE_TIMEOUT_S,
-                      journal: str | None = None) -> int:
+                      journal: str | None = None, pack: PackSetting = AUTO,
+                      pack_share: int = 1) -> int:
     """Run `workers` workers until the study has no work left; print one summary line and
     return the worst exit code (non-zero when a trial they ran failed, a point was given up
     or a worker died).
@@ -112,7 +116,7 @@ def run_local_workers(storage_url: str, study_name: str, artifacts: str | None, 
         report = run_worker(storage_url, study_name, artifacts, position,
                             threads or threads_per_worker(1), local_overrides,
                             heartbeat_overrides, journal_path=journal,
-                            storage_timeout=storage_timeout)
+                            storage_timeout=storage_timeout, pack=pack, pack_share=pack_share)
         print(describe_report(study_name, report), file=sys.stderr)
         return report.exit_code
     threads = threads_per_worker(workers) if not gpu_ids else 1
@@ -121,7 +125,8 @@ def run_local_workers(storage_url: str, study_name: str, artifacts: str | None, 
         processes = [
             subprocess.Popen(worker_command(study_name, artifacts, index, threads,
                                             local_overrides, heartbeat_overrides,
-                                            storage_timeout, journals[index]),
+                                            storage_timeout, journals[index], pack,
+                                            pack_share=workers),
                              env=worker_environment(index, gpu_ids, storage_url),
                              start_new_session=True)
             for index in range(workers)

@@ -3,7 +3,7 @@ back, and wait while other workers' trials may still die and come back as retrie
 
 Trial states, for one worker:
 
-    WAITING --claim_next_trial--> RUNNING --(trained)--> COMPLETE | PRUNED | FAIL
+    WAITING --claim_next_trial / claim_waiting--> RUNNING --(trained)--> COMPLETE | PRUNED | FAIL
                                   RUNNING --requeue_trial (SIGTERM, Ctrl-C)--> WAITING
                                   RUNNING --(no heartbeat for the grace period)--> FAIL,
                                             and a WAITING copy with the same params
@@ -49,8 +49,22 @@ def claim_next_trial(storage: optuna.storages.BaseStorage, study: optuna.Study
     The queue is read through the study (which registers the trials in Optuna's storage
     cache, needed to set their params later); the claim goes to the database itself.
     """
+    claimed = claim_waiting(storage, study, limit=1)
+    return claimed[0] if claimed else None
+
+
+def claim_waiting(storage: optuna.storages.BaseStorage, study: optuna.Study, limit: int,
+                  fits: Callable[[FrozenTrial], bool] = lambda trial: True
+                  ) -> list[FrozenTrial]:
+    """Move up to `limit` WAITING trials that `fits` to RUNNING for this process, oldest
+    first (a pack's companions: `fits` says which can share it)."""
     heartbeats = has_heartbeats(storage)
+    claimed: list[FrozenTrial] = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        if len(claimed) == limit:
+            break
+        if not fits(trial):
+            continue
         try:
             if heartbeats:
                 # Before the claim, so that no trial is ever RUNNING without a fresh heartbeat
@@ -58,10 +72,16 @@ def claim_next_trial(storage: optuna.storages.BaseStorage, study: optuna.Study
                 # waiting trial's heartbeat is harmless when another worker wins the claim.
                 storage.record_heartbeat(trial._trial_id)
             if storage.set_trial_state_values(trial._trial_id, state=TrialState.RUNNING):
-                return storage.get_trial(trial._trial_id)
+                claimed.append(storage.get_trial(trial._trial_id))
         except UpdateFinishedTrialError:
             continue  # another process finished it between our read and our claim
-    return None
+    return claimed
+
+
+def pending_count(study: optuna.Study, fits: Callable[[FrozenTrial], bool]) -> int:
+    """Trials waiting or running (in any worker's hands) that `fits`."""
+    pending = (TrialState.WAITING, TrialState.RUNNING)
+    return sum(1 for trial in study.get_trials(deepcopy=False, states=pending) if fits(trial))
 
 
 def requeue_trial(storage: optuna.storages.BaseStorage, trial_id: int) -> bool:

@@ -5,13 +5,9 @@ module trains it and moves it RUNNING -> COMPLETE (value = validation accuracy),
 -> FAIL with the error's first line in the `error` user attribute, or, when the worker is
 asked to stop, back to WAITING (see `search.worker.trial_queue`).
 
-After every epoch but the last, the training state goes to the artifact store and the trial's
-`checkpoint` user attribute points to it; a trial that starts with such a pointer (put back
-in the queue, or the retry of a dead worker's trial, which inherits its user attributes)
-continues after that epoch. Each checkpoint is a new artifact, written before the pointer
-moves to it, so a worker killed while writing leaves the previous one whole; a write that fails
-leaves no partial file. A pointer that cannot be used (its artifact is missing from this
-host's store, damaged, or not an artifact id at all) is dropped and the trial starts over.
+`TrialAttempt` is one attempt at a claimed trial, from its start (params, checkpoint) to one of
+those ends; `run_claimed_trial` trains it alone, `search.worker.pack_run` with others on one
+backbone. Its checkpoints: `search.worker.attempt_store`.
 
 A fault of the worker's environment rather than of the trial (a full disk, an artifact store
 it may not write, a device out of memory; `search.worker.faults`) puts the trial back in the
@@ -21,28 +17,19 @@ queue with its last good checkpoint, takes back what this attempt wrote, and rai
 
 from __future__ import annotations
 
-import io
 import sys
 import tempfile
-import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING
 
 import optuna
 import optuna_dashboard
-from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.trial import FrozenTrial, TrialState
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from objectives.checkpoint import (
-    CheckpointError,
-    EpochStats,
-    TrainingState,
-    read_training_state,
-    training_state_bytes,
-)
+from objectives.checkpoint import EpochStats, TrainingState
 from objectives.data import ImageSplits
 from objectives.spec import LoraParams, TrainSpec
 from objectives.train import TrialResult, run_trial
@@ -51,6 +38,7 @@ from search.results.trial_artifacts import upload_trial_artifacts
 from search.study.patient_storage import StorageOutage
 from search.study.tpe_search import is_sampled
 from search.study.trials import is_baseline, trial_point, trial_train_spec
+from search.worker.attempt_store import AttemptStore, Checkpoints
 from search.worker.faults import WorkerEnvironmentError, environment_fault
 from search.worker.signals import StopRequested
 from search.worker.trial_queue import requeue_trial
@@ -137,253 +125,213 @@ def upload_weights(trial: optuna.Trial, result: TrialResult, store: ArtifactStor
             mimetype="application/octet-stream")
 
 
-class AttemptStore:
-    """The artifact store as one attempt at a trial writes to it: a write that fails takes its
-    partial file away, and every artifact written is remembered, so that an attempt stopped by
-    its environment can take back all it wrote but its last good checkpoint."""
+class TrialAttempt:
+    """One attempt at the RUNNING trial `frozen`, from its start to its end.
 
-    def __init__(self, store: ArtifactStore) -> None:
-        self._store = store
-        base = getattr(store, "_base_path", None)  # a FileSystemArtifactStore's folder
-        self.folder: str | None = str(base) if base is not None else None
-        self.written: list[str] = []
-        self.failed: BaseException | None = None  # the error of the last write that failed
+    `begin` registers its params (a queued point's, or the sampler's for a TPE trial) and
+    finds the checkpoint to resume from; the training loop calls `on_step`, `on_epoch` and
+    `save_checkpoint`; then exactly one of `complete`, `prune`, `put_back` or `fail` ends it
+    and returns its state (or `fail` raises `WorkerEnvironmentError` for a fault of the
+    environment, after `stop_for_environment`). `finished` says whether it has ended.
 
-    def open_reader(self, artifact_id: str) -> BinaryIO:
-        return self._store.open_reader(artifact_id)
-
-    def write(self, artifact_id: str, content_body: BinaryIO) -> None:
-        self.written.append(artifact_id)
-        try:
-            self._store.write(artifact_id, content_body)
-        except BaseException as error:
-            self.failed = error
-            self.remove_quietly(artifact_id)
-            raise
-
-    def remove(self, artifact_id: str) -> None:
-        self._store.remove(artifact_id)
-
-    def remove_quietly(self, artifact_id: str) -> None:
-        try:
-            self._store.remove(artifact_id)
-        except (ArtifactNotFound, OSError, ValueError):
-            pass
-
-    def take_back(self, keep: str | None) -> None:
-        """Remove what this attempt wrote (weights, pictures, checkpoints), except `keep`."""
-        for artifact_id in self.written:
-            if artifact_id != keep:
-                self.remove_quietly(artifact_id)
-
-
-class Checkpoints:
-    """The trial's checkpoint in the artifact store: the one it starts from, and each new one.
-
-    The `checkpoint` user attribute points to the last good one. A new one is written under a
-    new artifact id and the pointer moves to it only after the write succeeded, so a failed
-    write (a full disk) leaves the previous checkpoint and pointer as they were.
+    Only sampled (TPE) trials may be pruned: the baseline and grid points are reference
+    points and always run every epoch.
     """
 
-    def __init__(self, trial: optuna.Trial, frozen: FrozenTrial, store: AttemptStore) -> None:
-        self._trial, self._store = trial, store
-        self._pointer = frozen.user_attrs.get("checkpoint")
-        self.current: str | None = None  # the artifact the pointer names, once it proved good
-        self.epoch = 0  # the finished epochs it holds
+    def __init__(self, study: optuna.Study, frozen: FrozenTrial, spec: TrainSpec,
+                 data: ImageSplits, store: optuna.artifacts.FileSystemArtifactStore,
+                 position: int = 0, check_stop: Callable[[], None] = lambda: None,
+                 show_bar: bool = True, pack: int = 1) -> None:
+        self.study, self.frozen, self.data = study, frozen, data
+        self.trial = optuna.Trial(study, frozen._trial_id)
+        self.study_spec = spec
+        self.spec = trial_train_spec(spec, frozen)
+        self.position, self.check_stop, self.show_bar, self.pack = (position, check_stop,
+                                                                    show_bar, pack)
+        self.point: LoraParams | None = None
+        self.title = f"trial {frozen.number}"
+        self.epochs: list[EpochStats] = []
+        self.store = AttemptStore(store)
+        self.checkpoints = Checkpoints(self.trial, frozen, self.store)
+        self.state: TrialState | None = None  # set once the attempt has ended
+        self.bar: tqdm | None = None
 
-    def load(self, point: LoraParams | None, epochs: int) -> TrainingState | None:
-        """The state to resume from; None when there is none, or (with a message, and the
-        pointer dropped) when it is unusable: missing from this host's artifact folder,
-        damaged, of other params, or a pointer that names no artifact. The trial then starts
-        over. An environment fault reading the store (permission denied) is raised."""
-        if not self._pointer:
-            return None
-        pointer = self._pointer
-        artifact = pointer.get("artifact") if isinstance(pointer, dict) else None
+    @property
+    def finished(self) -> bool:
+        return self.state is not None
+
+    def begin(self) -> TrainingState | None:
+        """Register the params and the trial's attributes; the state to resume from."""
+        trial, frozen, spec = self.trial, self.frozen, self.spec
+        if not is_baseline(frozen):
+            self.point = suggest_point(trial, param_bounds(self.study, trial_point(frozen)))
+        point = self.point
+        trial.set_user_attr("baseline", point is None)
+        trial.set_user_attr("model", spec.model)
+        trial.set_user_attr("method", "lora" if point is not None else "head")
+        trial.set_user_attr("pack", self.pack)
+        if point is None:  # the dashboard shows a trial's note on top of its page
+            optuna_dashboard.save_note(trial, baseline_note(spec.model))
+        extra_model = spec.model if "train_overrides" in frozen.user_attrs else None
+        self.title = f"trial {frozen.number} {describe_point(point, extra_model)}"
+        clear_inherited_results(trial, frozen)
         try:
-            if not isinstance(artifact, str):
-                raise CheckpointError(f"not a checkpoint pointer: {pointer!r}")
-            with self._store.open_reader(artifact) as reader:
-                content = reader.read()
-        except OSError as error:
-            if environment_fault(error, self._store.folder) is not None:
-                raise
-            return self._start_over(artifact, error)
-        except (ArtifactNotFound, CheckpointError, ValueError) as error:  # ValueError: the
-            return self._start_over(artifact, error)  # store refuses the id (`../x`)
-        try:
-            state = read_training_state(io.BytesIO(content))
-        except CheckpointError as error:
-            self._store.remove_quietly(artifact)  # damaged: no use to any worker
-            return self._start_over(artifact, error)
-        try:
-            state.check_matches(point, epochs)
-        except CheckpointError as error:
-            return self._start_over(artifact, error)
-        self.current, self.epoch = artifact, state.epoch
-        self._trial.set_user_attr("resumed_from_epoch", state.epoch)
+            resume = self.checkpoints.load(point, spec.epochs)
+        except OSError as error:  # only environment faults get here
+            reason = environment_fault(error, self.store.folder)
+            raise self.stop_for_environment(None, reason) from error
+        if resume is not None:
+            tqdm.write(f"{self.title}: resuming after epoch {resume.epoch} of {spec.epochs}",
+                       file=sys.stderr)
+        self.epochs = list(resume.history) if resume is not None else []
+        if resume is not None or frozen.user_attrs.get("epochs_done") is not None:
+            record_history(trial, self.epochs)  # what it starts from, not what it inherited
+        # A live bar on a terminal; one line per epoch in logs, where bars would be noise.
+        done = resume.epoch * self.data.train_size if resume is not None else 0
+        self.bar = tqdm(total=spec.epochs * self.data.train_size, initial=done, unit="img",
+                        unit_scale=True, position=self.position, leave=True, mininterval=1.0,
+                        dynamic_ncols=True, desc=self.title,
+                        disable=not (self.show_bar and sys.stderr.isatty()))
+        return resume
+
+    def on_step(self, images: int) -> None:
+        self.bar.update(images)
+        self.check_stop()
+
+    def on_epoch(self, stats: EpochStats) -> bool:
+        """Report the epoch; whether the trial goes on (False: the pruner stops it)."""
+        self.epochs.append(stats)
+        self.trial.report(stats.val_acc, stats.epoch)
+        record_history(self.trial, self.epochs)  # a trial that dies shows the epochs it reached
+        progress = {"epoch": f"{stats.epoch}/{self.spec.epochs}",
+                    "val_acc": f"{stats.val_acc:.4f}", "img_s": f"{stats.images_per_second:.0f}"}
+        if self.pack > 1:
+            progress["pack"] = str(self.pack)
+        self.bar.set_postfix(progress)
+        if self.bar.disable:  # tqdm.write: above a pack's live bar, if there is one
+            tqdm.write(" ".join([self.title, *(f"{k}={v}" for k, v in progress.items())]),
+                       file=sys.stderr)
+        # After the last epoch there is nothing left to save by stopping.
+        return not (is_sampled(self.frozen) and stats.epoch < self.spec.epochs
+                    and self.trial.should_prune())
+
+    def save_checkpoint(self, state: TrainingState) -> None:
+        self.checkpoints.save(state)
+
+    def record(self, result: TrialResult) -> None:
+        """Uploads first: an attempt stopped by a full disk here has recorded no results."""
+        weights = upload_weights(self.trial, result, self.store)
+        upload_trial_artifacts(self.trial, result, self.data.classes, self.title, self.store)
+        self.trial.set_user_attr("weights_artifact", weights)
+        record_result(self.trial, result)
+
+    def complete(self, result: TrialResult) -> TrialState:
+        """After `record`: the trial is COMPLETE with its validation accuracy."""
+        self.checkpoints.discard()
+        self.study.tell(self.trial, result.val_acc)
+        return self._end(TrialState.COMPLETE)
+
+    def prune(self) -> TrialState:
+        self.trial.set_user_attr("val_acc", self.epochs[-1].val_acc)
+        record_history(self.trial, self.epochs)
+        self.checkpoints.discard()
+        self.study.tell(self.trial, state=TrialState.PRUNED)
+        tqdm.write(f"{self.title}: pruned after epoch {len(self.epochs)} of {self.spec.epochs}",
+                   file=sys.stderr)
+        return self._end(TrialState.PRUNED)
+
+    def put_back(self) -> TrialState:
+        """Stopped by a signal: back to the queue, to resume after its last epoch."""
+        record_history(self.trial, self.epochs)
+        requeue_trial(self.study._storage, self.frozen._trial_id)
+        after = f"after epoch {len(self.epochs)}" if self.epochs else "from the start"
+        tqdm.write(f"{self.title}: put back in the queue; it resumes {after}", file=sys.stderr)
+        return self._end(TrialState.WAITING)
+
+    def environment_reason(self, error: BaseException) -> str | None:
+        """Why `error` is a fault of this worker's environment, or None when it is not."""
+        return environment_fault(error, self.store.folder, in_store=error is self.store.failed)
+
+    def stop_for_environment(self, epochs: list[EpochStats] | None, reason: str
+                             ) -> WorkerEnvironmentError:
+        """Undo this attempt but its last good checkpoint, put the trial back in the queue
+        (its history up to that checkpoint; `epochs` None: as it was) and return the error
+        that stops the worker."""
+        self.store.take_back(keep=self.checkpoints.current)
+        if epochs is not None:
+            record_history(self.trial, epochs[:self.checkpoints.epoch])
+        requeue_trial(self.study._storage, self.frozen._trial_id)
+        after = (f"after epoch {self.checkpoints.epoch}" if self.checkpoints.epoch
+                 else "from the start")
+        tqdm.write(f"{self.title}: put back in the queue ({reason}); it resumes {after}",
+                   file=sys.stderr)
+        self._end(TrialState.WAITING)
+        return WorkerEnvironmentError(reason)
+
+    def fail(self, error: Exception) -> TrialState:
+        """The trial's own error: it fails, the worker goes on with the next one. A fault of
+        the environment raises WorkerEnvironmentError instead (the trial back in the queue)."""
+        reason = self.environment_reason(error)
+        if reason is not None:
+            raise self.stop_for_environment(self.epochs, reason) from error
+        message = f"{type(error).__name__}: {first_line(error)}"
+        self.trial.set_user_attr("error", message)
+        self.checkpoints.discard()
+        self.study.tell(self.trial, state=TrialState.FAIL)
+        tqdm.write(f"trial {self.frozen.number} failed: {message}", file=sys.stderr)
+        return self._end(TrialState.FAIL)
+
+    def lost(self) -> TrialState:
+        """Failed meanwhile by another worker: our heartbeats stopped reaching the database
+        for the grace period (a network cut, a suspended process), and its retry runs."""
+        tqdm.write(f"worker: trial {self.frozen.number} was failed by another worker meanwhile "
+                   "(no heartbeat for the grace period); its retry runs instead",
+                   file=sys.stderr)
+        return self._end(TrialState.FAIL)
+
+    def _end(self, state: TrialState) -> TrialState:
+        self.state = state
+        self.close()
         return state
 
-    def _start_over(self, artifact: str | None, error: Exception) -> None:
-        named = artifact if artifact is not None else repr(self._pointer)
-        tqdm.write(f"trial {self._trial.number}: checkpoint {named} not "
-                   f"usable ({first_line(error)}); "
-                   "starting over", file=sys.stderr)
-        self._trial.set_user_attr("checkpoint", None)
-        return None
-
-    def save(self, state: TrainingState) -> None:
-        artifact_id = f"checkpoint-{uuid.uuid4().hex}"
-        # A failed write leaves no partial file (AttemptStore) and the pointer unmoved.
-        self._store.write(artifact_id, io.BytesIO(training_state_bytes(state)))
-        try:
-            self._trial.set_user_attr("checkpoint", {"artifact": artifact_id,
-                                                     "epoch": state.epoch})
-        except BaseException:
-            self._store.remove_quietly(artifact_id)
-            raise
-        previous, self.current, self.epoch = self.current, artifact_id, state.epoch
-        if previous is not None:
-            try:
-                self._store.remove(previous)
-            except ArtifactNotFound:
-                pass  # already gone; nothing points to it any more
-
-    def discard(self) -> None:
-        """A finished trial needs no checkpoint: the pointer goes first, then the file."""
-        if self.current is None:
-            return
-        artifact, self.current = self.current, None
-        self._trial.set_user_attr("checkpoint", None)
-        try:
-            self._store.remove(artifact)
-        except ArtifactNotFound:
-            pass
-        except (OSError, ValueError) as error:  # the trial's outcome stands
-            tqdm.write(f"trial {self._trial.number}: could not remove checkpoint {artifact} "
-                       f"({first_line(error)})", file=sys.stderr)
-
-
-def put_back_for_environment(study: optuna.Study, trial: optuna.Trial, frozen: FrozenTrial,
-                             title: str, checkpoints: Checkpoints, store: AttemptStore,
-                             epochs: list[EpochStats] | None,
-                             reason: str) -> WorkerEnvironmentError:
-    """Undo this attempt but its last good checkpoint, put the trial back in the queue (its
-    history up to that checkpoint; `epochs` None: as it was) and return the error that stops
-    the worker."""
-    store.take_back(keep=checkpoints.current)
-    if epochs is not None:
-        record_history(trial, epochs[:checkpoints.epoch])
-    requeue_trial(study._storage, frozen._trial_id)
-    after = f"after epoch {checkpoints.epoch}" if checkpoints.epoch else "from the start"
-    tqdm.write(f"{title}: put back in the queue ({reason}); it resumes {after}",
-               file=sys.stderr)
-    return WorkerEnvironmentError(reason)
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def run_claimed_trial(study: optuna.Study, frozen: FrozenTrial, spec: TrainSpec,
                       data: ImageSplits, store: optuna.artifacts.FileSystemArtifactStore,
                       position: int = 0,
                       check_stop: Callable[[], None] = lambda: None) -> TrialState:
-    """Train the RUNNING trial `frozen` and finish it; returns its final state, or WAITING
-    when `check_stop` raised `StopRequested` (or Ctrl-C came twice) and the trial went back
-    to the queue.
+    """Train the RUNNING trial `frozen` alone and finish it; returns its final state, or
+    WAITING when `check_stop` raised `StopRequested` (or Ctrl-C came twice) and the trial
+    went back to the queue."""
+    attempt = TrialAttempt(study, frozen, spec, data, store, position, check_stop)
+    return train_alone(attempt, attempt.begin())
 
-    Only sampled (TPE) trials may be pruned: the baseline and grid points are reference
-    points and always run every epoch.
-    """
-    trial = optuna.Trial(study, frozen._trial_id)
-    spec = trial_train_spec(spec, frozen)
-    point = None
-    if not is_baseline(frozen):
-        point = suggest_point(trial, param_bounds(study, trial_point(frozen)))
-    trial.set_user_attr("baseline", point is None)
-    trial.set_user_attr("model", spec.model)
-    trial.set_user_attr("method", "lora" if point is not None else "head")
-    if point is None:  # the dashboard shows a trial's note on top of its page
-        optuna_dashboard.save_note(trial, baseline_note(spec.model))
-    prunable = is_sampled(frozen)
-    extra_model = spec.model if "train_overrides" in frozen.user_attrs else None
-    title = f"trial {frozen.number} {describe_point(point, extra_model)}"
-    clear_inherited_results(trial, frozen)
-    attempt = AttemptStore(store)
-    checkpoints = Checkpoints(trial, frozen, attempt)
-    try:
-        resume = checkpoints.load(point, spec.epochs)
-    except OSError as error:  # only environment faults get here
-        reason = environment_fault(error, attempt.folder)
-        raise put_back_for_environment(study, trial, frozen, title, checkpoints, attempt,
-                                       None, reason) from error
-    if resume is not None:
-        tqdm.write(f"{title}: resuming after epoch {resume.epoch} of {spec.epochs}",
-                   file=sys.stderr)
-    # A live bar on a terminal; one line per epoch in logs, where bars would be noise.
-    done = resume.epoch * data.train_size if resume is not None else 0
-    bar = tqdm(total=spec.epochs * data.train_size, initial=done, unit="img", unit_scale=True,
-               position=position, leave=True, mininterval=1.0, dynamic_ncols=True,
-               desc=title, disable=not sys.stderr.isatty())
-    epochs: list[EpochStats] = list(resume.history) if resume is not None else []
-    if resume is not None or frozen.user_attrs.get("epochs_done") is not None:
-        record_history(trial, epochs)  # what this attempt starts from, not what it inherited
 
-    def on_step(images: int) -> None:
-        bar.update(images)
-        check_stop()
-
+def train_alone(attempt: TrialAttempt, resume: TrainingState | None) -> TrialState:
+    """Train a begun attempt by itself (a peft model) and end it."""
     def on_epoch(stats: EpochStats) -> None:
-        epochs.append(stats)
-        trial.report(stats.val_acc, stats.epoch)
-        record_history(trial, epochs)  # a trial that dies shows the epochs it reached
-        progress = {"epoch": f"{stats.epoch}/{spec.epochs}", "val_acc": f"{stats.val_acc:.4f}",
-                    "img_s": f"{stats.images_per_second:.0f}"}
-        bar.set_postfix(progress)
-        if bar.disable:
-            print(title, *(f"{k}={v}" for k, v in progress.items()), file=sys.stderr, flush=True)
-        # After the last epoch there is nothing left to save by stopping.
-        if prunable and stats.epoch < spec.epochs and trial.should_prune():
+        if not attempt.on_epoch(stats):
             raise optuna.TrialPruned()
 
     try:
-        result = run_trial(spec, point, data, on_epoch=on_epoch, on_step=on_step,
-                           on_checkpoint=checkpoints.save, resume=resume)
-        # Uploads first: an attempt stopped by a full disk here has recorded no results.
-        weights = upload_weights(trial, result, attempt)
-        upload_trial_artifacts(trial, result, data.classes, title, attempt)
-        trial.set_user_attr("weights_artifact", weights)
-        record_result(trial, result)
+        result = run_trial(attempt.spec, attempt.point, attempt.data, on_epoch=on_epoch,
+                           on_step=attempt.on_step, on_checkpoint=attempt.save_checkpoint,
+                           resume=resume)
+        attempt.record(result)
     except optuna.TrialPruned:
-        trial.set_user_attr("val_acc", epochs[-1].val_acc)
-        record_history(trial, epochs)
-        checkpoints.discard()
-        study.tell(trial, state=TrialState.PRUNED)
-        tqdm.write(f"{title}: pruned after epoch {len(epochs)} of {spec.epochs}",
-                   file=sys.stderr)
-        return TrialState.PRUNED
+        return attempt.prune()
     except (StopRequested, KeyboardInterrupt):
-        record_history(trial, epochs)
-        requeue_trial(study._storage, frozen._trial_id)
-        after = f"after epoch {len(epochs)}" if epochs else "from the start"
-        tqdm.write(f"{title}: put back in the queue; it resumes {after}", file=sys.stderr)
-        return TrialState.WAITING
+        return attempt.put_back()
     except StorageOutage:
         # The database stayed away past --storage-timeout: nothing can be written, and
         # nothing here is the trial's fault. It stays RUNNING as the database last saw it;
         # its heartbeat goes stale and a worker retries it from its last checkpoint.
         raise
     except Exception as error:
-        reason = environment_fault(error, attempt.folder, in_store=error is attempt.failed)
-        if reason is not None:  # not the trial's fault: back to the queue, the worker stops
-            raise put_back_for_environment(study, trial, frozen, title, checkpoints, attempt,
-                                           epochs, reason) from error
-        # The trial's own error: it fails, the worker goes on with the next one.
-        message = f"{type(error).__name__}: {first_line(error)}"
-        trial.set_user_attr("error", message)
-        checkpoints.discard()
-        study.tell(trial, state=TrialState.FAIL)
-        tqdm.write(f"trial {frozen.number} failed: {message}", file=sys.stderr)
-        return TrialState.FAIL
+        return attempt.fail(error)
     finally:
-        bar.close()
-    checkpoints.discard()
-    study.tell(trial, result.val_acc)
-    return TrialState.COMPLETE
+        attempt.close()
+    return attempt.complete(result)

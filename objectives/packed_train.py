@@ -1,0 +1,299 @@
+"""A pack: K trials trained together on one frozen backbone, each as it would be alone.
+
+The loop is `objectives.train.run_trial`'s, once for the whole pack: one batch order, one
+augmented batch per step (members see the same images in the same order, as each would alone
+with the same seed), one forward of the `PackedModel` on K x B activations, the members'
+mean losses summed (each member's parameters get exactly its own loss's gradient), one AdamW
+over the member-stacked parameters (elementwise, so the same as one optimiser per member) and
+one cosine schedule. Every member reports its own epochs; a member whose `on_epoch` says stop
+(pruned) leaves at once, its slices and optimiser state dropped, and the rest go on.
+
+Checkpoints are per member and in the solo format (`TrainingState` of the member's peft model),
+so a member's retry resumes alone or in another pack at the same epoch. Members of one pack
+must start at the same epoch: their batch generators are then in the same state.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from objectives import augment
+from objectives.adapter_seeding import dropout_generator
+from objectives.checkpoint import CheckpointError, EpochStats, TrainingState
+from objectives.data import ImageSplits
+from objectives.export_folder import describe_misfits
+from objectives.metrics import classification_metrics, confusion_matrix
+from objectives.model import planned_parameters
+from objectives.packed_model import PackedModel
+from objectives.spec import LoraParams, TrainSpec
+from objectives.train import (
+    TrialResult,
+    autocast,
+    describe_device,
+    on_cpu,
+    resolve_device,
+    train_mode,
+)
+
+
+@dataclass
+class PackMember:
+    lora: LoraParams | None  # None: the head-only baseline
+    resume: TrainingState | None = None
+
+
+# on_epoch(member, stats) -> whether the member goes on (False: pruned, it leaves the pack).
+OnMemberEpoch = Callable[[int, EpochStats], bool]
+OnMemberCheckpoint = Callable[[int, TrainingState], None]
+OnStep = Callable[[int], None]
+
+
+class PackError(ValueError):
+    """Members that cannot train together (they start at different epochs)."""
+
+
+def start_epoch(members: list[PackMember]) -> int:
+    """The finished epochs every member resumes after; PackError when they differ."""
+    epochs = {member.resume.epoch if member.resume else 0 for member in members}
+    if len(epochs) != 1:
+        raise PackError(f"a pack's members must resume after the same epoch, not {epochs}")
+    return epochs.pop()
+
+
+class PackOptimizer:
+    """AdamW + cosine schedule over the pack's stacked parameters, with each member's share in
+    the solo optimizer's format and back."""
+
+    def __init__(self, model: PackedModel, spec: TrainSpec, total_steps: int,
+                 fused: bool) -> None:
+        self.model, self.spec, self.total_steps, self.fused = model, spec, total_steps, fused
+        self._build()
+
+    def _build(self) -> None:
+        self.optimizer = torch.optim.AdamW(self.model.trained_parameters(), lr=self.spec.lr,
+                                           weight_decay=self.spec.weight_decay,
+                                           fused=self.fused)
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer,
+                                                                    T_max=self.total_steps)
+
+    def step(self) -> None:
+        self.optimizer.step()
+        self.scheduler.step()
+
+    def keep_members(self, keep: list[int]) -> None:
+        """Drop the other members' slices of the model and of the optimiser state."""
+        state, schedule = self.optimizer.state_dict(), self.scheduler.state_dict()
+        index = torch.tensor(keep)
+        for values in state["state"].values():
+            for key in ("exp_avg", "exp_avg_sq"):
+                values[key] = values[key].index_select(0, index.to(values[key].device))
+        self.model.keep_members(keep)
+        self._build()
+        self.scheduler.load_state_dict(schedule)
+        self.optimizer.load_state_dict(state)  # after the scheduler: its lr, not the first
+
+    def member_state(self, k: int) -> dict:
+        """Member k's optimizer state dict as its solo AdamW's (one tensor per solo param)."""
+        state = self.optimizer.state_dict()
+        position = {id(p): i for i, p in enumerate(self.model.trained_parameters())}
+        member = {}
+        for i, (_, param, index) in enumerate(self.model.member_slices(k)):
+            packed = state["state"].get(position[id(param)])
+            if packed is not None:
+                member[i] = {key: on_cpu(value if key == "step" else value[index])
+                             for key, value in packed.items()}
+        (group,) = state["param_groups"]
+        count = len(self.model.member_slices(k))
+        return {"state": member, "param_groups": [{**group, "params": list(range(count))}]}
+
+    def load_member_state(self, k: int, solo: dict) -> None:
+        """Put member k's solo optimizer state in its slices (the schedule is the pack's)."""
+        for i, (_, param, index) in enumerate(self.model.member_slices(k)):
+            values = solo["state"].get(i)
+            if values is None:
+                continue
+            packed = self.optimizer.state.setdefault(param, {})  # keyed by the parameter
+            for key, value in values.items():
+                if key == "step":
+                    packed[key] = value.clone().to(param.device if self.fused else "cpu")
+                    continue
+                if key not in packed:
+                    packed[key] = torch.zeros_like(param, memory_format=torch.preserve_format)
+                packed[key][index] = value.to(param.device, packed[key].dtype)
+
+
+@torch.no_grad()
+def predict_pack(model: PackedModel, images: torch.Tensor, spec: TrainSpec) -> torch.Tensor:
+    """Float32 logits [K, N, classes] of every member for uint8 images on the model's device."""
+    model.eval()
+    outputs = []
+    for start in range(0, len(images), spec.eval_batch_size):
+        batch = augment.eval_batch(images[start:start + spec.eval_batch_size], spec.augment,
+                                   spec.image_size)
+        with autocast(images.device, spec.bf16):
+            outputs.append(model(batch).float())
+    return torch.cat(outputs, dim=1)
+
+
+def run_pack(spec: TrainSpec, members: list[PackMember], data: ImageSplits,
+             on_epoch: OnMemberEpoch | None = None, on_step: OnStep | None = None,
+             on_checkpoint: OnMemberCheckpoint | None = None) -> list[TrialResult | None]:
+    """Train `members` together; one result per member, in order (None: it left the pack).
+
+    `on_epoch(k, stats)` sees member k's statistics after every epoch and returns whether it
+    goes on; it may also raise, which stops the whole pack. `on_step` sees the images per
+    member of every step; `on_checkpoint(k, state)` receives member k's solo-format training
+    state after every epoch but the last. `members[k].resume` continues from such a state.
+    """
+    device = resolve_device(spec.device)
+    first_epoch = start_epoch(members)
+    model = PackedModel(spec, data.num_classes, [m.lora for m in members]).to(device)
+    steps_per_epoch = math.ceil(len(data.train_labels) / spec.batch_size)
+    optimizer = PackOptimizer(model, spec, spec.epochs * steps_per_epoch,
+                              fused=device.type == "cuda")
+    generator = torch.Generator(device).manual_seed(spec.seed)
+    masks = dropout_generator(spec.seed, device)
+    model.use_dropout_generator(masks)
+    histories: list[list[EpochStats]] = [[] for _ in members]
+    train_seconds = step_seconds = 0.0
+    if first_epoch:
+        resume_pack(members, model, optimizer, generator, masks)
+        histories = [list(m.resume.history) for m in members]
+        train_seconds = max(m.resume.train_seconds for m in members)
+        step_seconds = max(m.resume.step_seconds for m in members)
+    active = list(range(len(members)))  # original index of each pack position
+    train_x, train_y = data.train_images.to(device), data.train_labels.to(device)
+    val_x, val_y = data.val_images.to(device), data.val_labels.to(device)
+    for epoch in range(first_epoch + 1, spec.epochs + 1):
+        epoch_start = time.perf_counter()
+        train_mode(model, model.has_lora)
+        loss_sum = torch.zeros(len(active), device=device)
+        correct = torch.zeros(len(active), device=device, dtype=torch.long)
+        order = torch.randperm(len(train_y), generator=generator, device=device)
+        for start in range(0, len(order), spec.batch_size):
+            index = order[start:start + spec.batch_size]
+            images = augment.train_batch(train_x[index], spec.augment, spec.image_size, generator)
+            labels = train_y[index]
+            with autocast(device, spec.bf16):
+                logits = model(images)  # [K, B, C]
+                losses = F.cross_entropy(logits.float().flatten(0, 1),
+                                         labels.repeat(len(active)),
+                                         reduction="none").view(len(active), -1).mean(dim=1)
+            optimizer.optimizer.zero_grad(set_to_none=True)
+            losses.sum().backward()
+            optimizer.step()
+            loss_sum += losses.detach() * len(index)
+            correct += (logits.argmax(dim=2) == labels).sum(dim=1)
+            if on_step is not None:
+                on_step(len(index))
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        epoch_train_seconds = time.perf_counter() - epoch_start
+        step_seconds += epoch_train_seconds
+
+        val_logits = predict_pack(model, val_x, spec)
+        losses_sum, corrects = loss_sum.tolist(), correct.tolist()
+        train_seconds += time.perf_counter() - epoch_start
+        leaving = []
+        for position, k in enumerate(active):
+            logits = val_logits[position]
+            stats = EpochStats(
+                epoch=epoch, train_loss=losses_sum[position] / len(train_y),
+                train_acc=corrects[position] / len(train_y),
+                val_loss=F.cross_entropy(logits, val_y).item(),
+                val_acc=(logits.argmax(dim=1) == val_y).float().mean().item(),
+                images_per_second=len(train_y) / epoch_train_seconds)
+            histories[k].append(stats)
+            if on_checkpoint is not None and epoch < spec.epochs:
+                on_checkpoint(k, member_state(model, optimizer, position, members[k].lora,
+                                              generator, masks, histories[k], train_seconds,
+                                              step_seconds))
+            if on_epoch is not None and not on_epoch(k, stats):
+                leaving.append(position)
+        if leaving:
+            keep = [p for p in range(len(active)) if p not in leaving]
+            active = [active[p] for p in keep]
+            if not active:
+                return [None] * len(members)
+            optimizer.keep_members(keep)
+
+    test_y = data.test_labels.to(device)
+    test_logits = predict_pack(model, data.test_images.to(device), spec)
+    results: list[TrialResult | None] = [None] * len(members)
+    for position, k in enumerate(active):
+        logits = test_logits[position]
+        results[k] = TrialResult(
+            val_acc=histories[k][-1].val_acc,
+            test=classification_metrics(logits, test_y),
+            parameters=planned_parameters(spec, data.num_classes, members[k].lora),
+            train_seconds=train_seconds,
+            images_per_second=spec.epochs * len(train_y) / step_seconds,
+            device=describe_device(device),
+            epochs=histories[k],
+            confusion=confusion_matrix(logits.argmax(dim=1), test_y, data.num_classes).cpu(),
+            test_probabilities=logits.softmax(dim=1).cpu(),
+            test_labels=test_y.cpu(),
+            weights=model.member_weights(position),
+        )
+    return results
+
+
+def member_state(model: PackedModel, optimizer: PackOptimizer, position: int,
+                 lora: LoraParams | None, generator: torch.Generator, masks: torch.Generator,
+                 history: list[EpochStats], train_seconds: float, step_seconds: float
+                 ) -> TrainingState:
+    """The member at `position` as a solo trial's checkpoint after `history[-1].epoch`."""
+    device = generator.device
+    return TrainingState(
+        epoch=history[-1].epoch, lora=lora, weights=model.member_weights(position),
+        optimizer=optimizer.member_state(position),
+        scheduler=optimizer.scheduler.state_dict(), batch_generator=generator.get_state(),
+        cpu_generator=torch.get_rng_state(),
+        cuda_generator=torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+        history=list(history), train_seconds=train_seconds, step_seconds=step_seconds,
+        dropout_generator=masks.get_state())
+
+
+def resume_pack(members: list[PackMember], model: PackedModel, optimizer: PackOptimizer,
+                generator: torch.Generator, masks: torch.Generator) -> None:
+    """Put every member's checkpoint in its slices; the shared state (schedule, generators)
+    from the first member's, which the others' must equal."""
+    states = [member.resume for member in members]
+    first = states[0]
+    for k, (member, state) in enumerate(zip(members, states, strict=True)):
+        state.check_matches(member.lora, optimizer.spec.epochs)
+        if not torch.equal(state.batch_generator, first.batch_generator):
+            raise PackError("a pack's members must have seen the same batches")
+        problems = model.load_member_weights(k, state.weights)
+        if problems:
+            raise CheckpointError(f"the checkpoint does not fit the model: "
+                                  f"{describe_misfits(problems)}")
+    optimizer.scheduler.load_state_dict(first.scheduler)
+    optimizer.optimizer.load_state_dict(shared_optimizer_state(optimizer, first))
+    for k, state in enumerate(states):
+        optimizer.load_member_state(k, state.optimizer)
+    generator.set_state(first.batch_generator)
+    torch.set_rng_state(first.cpu_generator)
+    if first.cuda_generator is not None and generator.device.type == "cuda":
+        torch.cuda.set_rng_state(first.cuda_generator, generator.device)
+    # Every LoRA member's dropout stream is in the same state (it draws at every step);
+    # a baseline's never moved, so the stream comes from a LoRA member when there is one.
+    with_dropout = [s for m, s in zip(members, states, strict=True)
+                    if m.lora is not None and s.dropout_generator is not None]
+    if with_dropout:
+        masks.set_state(with_dropout[0].dropout_generator)
+
+
+def shared_optimizer_state(optimizer: PackOptimizer, state: TrainingState) -> dict:
+    """The pack optimizer's state dict with a checkpoint's hyperparameters (its lr where the
+    schedule stood) and no per-parameter state yet (`load_member_state` adds it)."""
+    (group,) = state.optimizer["param_groups"]
+    current = optimizer.optimizer.state_dict()
+    (own,) = current["param_groups"]
+    return {"state": {}, "param_groups": [{**group, "params": own["params"]}]}

@@ -1,0 +1,147 @@
+"""How many trials a worker claims at once, and which may share a pack (`--pack K|auto`).
+
+Trials share a pack when they train the same spec (model, data, epochs, batch, optimiser,
+augmentation, seed: everything but their LoRA params) and resume after the same epoch. A spec
+that cannot pack (`objectives.packed_model.pack_refusal`: batch statistics, a stochastic
+frozen layer, ...) runs one trial at a time, and the worker says why once.
+
+`auto` takes the pack size from a measured probe of this device (`objectives.pack_capacity`),
+then caps it:
+- by this host's share of the queue, when the local launcher says how many workers share it
+  (`share`): of the compatible trials waiting or running (held by any worker, this claim's
+  first included), 1 / share, so that two workers started together split a grid evenly
+  instead of the first taking it all;
+- for TPE trials, by `tpe_pack_limit`: K trials sampled together never see each other's
+  results, so packing trades the sampler's learning for throughput.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass, field
+
+import optuna
+from optuna.trial import FrozenTrial
+
+from objectives.data import ImageSplits
+from objectives.pack_capacity import measure_capacity
+from objectives.packed_model import pack_refusal
+from objectives.spec import LoraParams, TrainSpec
+from objectives.user_error import first_line
+from search.study.tpe_search import FINISHED, is_sampled, stored_tpe_search
+from search.study.trials import is_baseline, trial_train_spec
+from search.worker.trial_queue import pending_count
+
+AUTO = "auto"
+PackSetting = int | str  # a pack size >= 1, or AUTO
+
+
+def tpe_pack_limit(study: optuna.Study) -> int:
+    """The most TPE trials `auto` samples together: while the sampler is still in its random
+    start-up phase, the start-up trials left (they never learn from each other anyway);
+    after it, a quarter of the budget, so that a 10-trial study still takes several rounds of
+    sampling after its start-up trials."""
+    search = stored_tpe_search(study)
+    if search is None:
+        return 1
+    finished = sum(1 for t in study.get_trials(deepcopy=False, states=FINISHED)
+                   if not is_baseline(t))
+    startup_left = search.startup_trials - finished
+    return max(1, startup_left, math.ceil(search.trials / 4))
+
+
+def checkpoint_epoch(trial: FrozenTrial) -> int:
+    """The epoch the trial's checkpoint pointer says it resumes after (0: none)."""
+    pointer = trial.user_attrs.get("checkpoint")
+    epoch = pointer.get("epoch") if isinstance(pointer, dict) else None
+    return epoch if isinstance(epoch, int) else 0
+
+
+@dataclass
+class PackPlanner:
+    """The pack each claim makes: `limit(first)` trials that `fits(first)`."""
+
+    setting: PackSetting
+    spec: TrainSpec
+    data: ImageSplits
+    study: optuna.Study
+    share: int = 1  # local workers sharing this queue (1: unknown, or alone)
+    _refusals: dict[str, str | None] = field(default_factory=dict)
+    _capacity: dict[str, int] = field(default_factory=dict)
+
+    def fits(self, first: FrozenTrial):
+        """Whether a waiting trial may join `first`'s pack."""
+        spec, epoch = trial_train_spec(self.spec, first), checkpoint_epoch(first)
+        return lambda trial: (trial_train_spec(self.spec, trial) == spec
+                              and checkpoint_epoch(trial) == epoch)
+
+    def companions(self, first: FrozenTrial):
+        """`fits`, and with `auto` at most `tpe_pack_limit` TPE trials in the pack (a grid
+        point or baseline first may bring that many sampled companions)."""
+        fits = self.fits(first)
+        if self.setting != AUTO:
+            return fits
+        sampled_left = tpe_pack_limit(self.study) - is_sampled(first)
+
+        def fits_and_within_limit(trial: FrozenTrial) -> bool:
+            nonlocal sampled_left
+            if not fits(trial):
+                return False
+            if is_sampled(trial):
+                if sampled_left <= 0:
+                    return False
+                sampled_left -= 1
+            return True
+        return fits_and_within_limit
+
+    def limit(self, first: FrozenTrial) -> int:
+        """The most trials to claim together with (and including) `first`."""
+        if self.setting == 1:
+            return 1
+        spec = trial_train_spec(self.spec, first)
+        if self.refusal(spec) is not None:
+            return 1
+        if self.setting != AUTO:
+            return int(self.setting)
+        size = self.capacity(spec)
+        if self.share > 1:  # waiting or held by any worker: what the workers share
+            pending = pending_count(self.study, self.fits(first))
+            size = min(size, math.ceil(pending / self.share))
+        if is_sampled(first):
+            size = min(size, tpe_pack_limit(self.study))
+        return max(1, size)
+
+    def refusal(self, spec: TrainSpec) -> str | None:
+        key = repr(spec)
+        if key not in self._refusals:
+            self._refusals[key] = why = pack_refusal(spec, self.data.num_classes)
+            if why is not None:
+                print(f"pack: trials of {spec.model} run one at a time: {why}",
+                      file=sys.stderr, flush=True)
+        return self._refusals[key]
+
+    def capacity(self, spec: TrainSpec) -> int:
+        key = repr(spec)
+        if key not in self._capacity:
+            rank = max(self.study_ranks() or [8])
+            try:
+                capacity = measure_capacity(spec, self.data, LoraParams(rank, rank, 0.1))
+            except Exception as error:  # the trials meet it too, each fails with it alone
+                self._capacity[key] = 1
+                print(f"pack: auto: the probe failed ({type(error).__name__}: "
+                      f"{first_line(error)}); one trial at a time", file=sys.stderr, flush=True)
+                return 1
+            self._capacity[key] = capacity.members
+            print(f"pack: auto chose {capacity.describe()}", file=sys.stderr, flush=True)
+        return self._capacity[key]
+
+    def study_ranks(self) -> list[int]:
+        grid, tpe = self.study.user_attrs.get("space", {}), self.study.user_attrs.get("tpe", {})
+        ranks = [*grid.get("ranks", []), *tpe.get("ranks", [])]
+        return [rank for rank in ranks if isinstance(rank, int)]
+
+
+def describe_pack(trials: list[FrozenTrial]) -> str:
+    return f"pack of {len(trials)}: trials {', '.join(str(t.number) for t in trials)}"
+
