@@ -48,11 +48,11 @@ def run_study(seed: int, pack: str, epochs: int | None, folder: Path) -> dict:
         [*SEARCH, "leaderboard", "--study", "demo", "--storage", url, "--format", "json"],
         cwd=folder, check=True, capture_output=True, text=True).stdout)
     lora = [row for row in board if not row["baseline"] and row["state"] == "COMPLETE"]
-    packs = [line for line in run.stderr.splitlines() if line.startswith("worker: pack of")]
+    packs = [line for line in run.stderr.splitlines() if line.startswith("pack of ")]
     return {"seed": seed, "pack": pack, "wall_s": wall,
             "best_val_acc": max(row["val_acc"] for row in lora),
             "complete": len(lora), "pruned": sum(row["state"] == "PRUNED" for row in board),
-            "packs": [int(line.split()[3].rstrip(":")) for line in packs]}
+            "packs": [int(line.split()[2].rstrip(":")) for line in packs]}
 
 
 def table(rows: list[dict], packs: list[str], seeds: list[int], command: str) -> str:
