@@ -26,3 +26,19 @@ def test_every_command_explains_itself(command, capsys):
         build_parser().parse_args([command, "--help"])
     assert stop.value.code == 0
     assert "--storage" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", [["grid"], ["optuna"], ["worker", "--study", "s"]])
+def test_pack_defaults_to_auto_and_takes_a_positive_size(command):
+    assert build_parser().parse_args(command).pack == "auto"
+    assert build_parser().parse_args([*command, "--pack", "4"]).pack == 4
+    assert build_parser().parse_args([*command, "--pack", "auto"]).pack == "auto"
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "many", "2.5", ""])
+def test_a_bad_pack_size_exits_2_with_one_line(value, capsys):
+    with pytest.raises(SystemExit) as stop:
+        build_parser().parse_args(["grid", "--pack", value])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--pack: must be 'auto' or a positive integer" in err[0]
