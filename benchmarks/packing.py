@@ -592,7 +592,7 @@ def profile(device: str) -> str:
         patches.enter_context(patched(torch.Tensor, "backward", timed("backward")))
         patches.enter_context(patched(packed_train.PackOptimizer, "step",
                                       timed("optimizer step")))
-        patches.enter_context(patched(packed_train, "predict_pack",
+        patches.enter_context(patched(packed_train, "predict",
                                       timed("evaluation (val + test forward)")))
         start = time.perf_counter()
         packed_train.run_pack(train, members, data, on_step=step_end)

@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.markdown_section import write_section  # noqa: E402
+from benchmarks.packing import cpu_name  # noqa: E402
 
 SEARCH = [sys.executable, "-m", "search"]
 
@@ -73,16 +74,6 @@ def table(rows: list[dict], packs: list[str], seeds: list[int], command: str) ->
                      f"{statistics.mean(row['wall_s'] for row in mine):.0f} | "
                      f"{mine[0]['packs'] or '-'} |")
     return "\n".join(lines)
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "CPU"
 
 
 def main() -> None:

@@ -9,11 +9,12 @@ pack). So both paths draw them here instead, from generators seeded by the trial
 - `lora_a_init(seed, shapes)`: each adapted layer's `lora_A`, in the model's layer order, drawn
   as peft draws them (Kaiming uniform, a = sqrt(5)) from one CPU generator; `lora_B` starts at
   zero as in peft, so the update starts at zero;
-- `SeededDropout`: the adapter-input dropout. In training it draws one uniform value per input
-  element from the trial's dropout generator (on the device) at every call, also when p = 0,
-  so that the stream, and a checkpoint's copy of it, is the same for every trial at the same
-  step: a member with p = 0.1 and one with p = 0.3 of a pack share each draw and compare it with
-  their own p, exactly as each would alone.
+- `SeededDropout`: the adapter-input dropout. In training with p > 0 it draws one uniform
+  value per input element from the trial's dropout generator (on the device) at every call, so
+  the stream, and a checkpoint's copy of it, is the same for every trial with dropout at the
+  same step: a member with p = 0.1 and one with p = 0.3 of a pack share each draw and compare
+  it with their own p, exactly as each would alone. With p = 0 nothing is drawn, as peft's
+  nn.Identity draws nothing (a pack draws while any member has dropout).
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def dropout_draw(shape: torch.Size, generator: torch.Generator | None,
 
 class SeededDropout(nn.Module):
     """Dropout with probability `p` whose masks come from `generator` (set once the device is
-    known, `use_dropout_generator`), drawn at every training call whatever p is."""
+    known, `use_dropout_generator`), drawn at every training call when p > 0."""
 
     def __init__(self, p: float) -> None:
         super().__init__()
@@ -62,7 +63,7 @@ class SeededDropout(nn.Module):
         self.generator: torch.Generator | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training:
+        if not self.training or self.p == 0:
             return x
         keep = dropout_draw(x.shape, self.generator, x.device) >= self.p
         return x * keep / (1 - self.p)

@@ -53,12 +53,15 @@ class PackedLoraLinear(nn.Module):
         self.register_buffer("dropout", torch.tensor(
             [m.dropout if m is not None else 0.0 for m in members], **factory))
         self.generator: torch.Generator | None = None  # the pack's dropout stream
+        # Whether any member has dropout, as a Python bool: reading the `dropout` buffer
+        # instead would make every layer wait for the GPU.
+        self.draws = any(m is not None and m.dropout > 0 for m in members)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         result = self.base(x)
         count = self.lora_A.shape[0]
-        stacked = x.reshape(count, -1, x.shape[-1]).to(self.lora_A.dtype)  # [K, B * T, in]
-        if self.training:
+        stacked = x.reshape(count, -1, x.shape[-1])  # [K, B * T, in]
+        if self.training and self.draws:
             # One draw for all members, the one each would make alone (`SeededDropout`).
             draw = dropout_draw(stacked.shape[1:], self.generator, x.device)
             p = self.dropout.view(-1, 1, 1)
@@ -221,6 +224,8 @@ class PackedModel(nn.Module):
             layer.lora_B = nn.Parameter(layer.lora_B.index_select(0, index))
             layer.scaling = layer.scaling.index_select(0, index)
             layer.dropout = layer.dropout.index_select(0, index)
+            layer.draws = any(self.members[k] is not None and self.members[k].dropout > 0
+                              for k in keep)
         head = self.head_module()
         head.weight = nn.Parameter(head.weight.index_select(0, index))
         head.bias = nn.Parameter(head.bias.index_select(0, index))

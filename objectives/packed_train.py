@@ -28,17 +28,20 @@ from objectives.adapter_seeding import dropout_generator
 from objectives.checkpoint import CheckpointError, EpochStats, TrainingState
 from objectives.data import ImageSplits
 from objectives.export_folder import describe_misfits
-from objectives.metrics import classification_metrics, confusion_matrix
 from objectives.model import planned_parameters
 from objectives.packed_model import PackedModel
 from objectives.spec import LoraParams, TrainSpec
 from objectives.train import (
     TrialResult,
     autocast,
-    describe_device,
+    epoch_stats,
     on_cpu,
+    predict,
     resolve_device,
+    restore_generators,
     train_mode,
+    training_state,
+    trial_result,
 )
 
 
@@ -128,19 +131,6 @@ class PackOptimizer:
                 packed[key][index] = value.to(param.device, packed[key].dtype)
 
 
-@torch.no_grad()
-def predict_pack(model: PackedModel, images: torch.Tensor, spec: TrainSpec) -> torch.Tensor:
-    """Float32 logits [K, N, classes] of every member for uint8 images on the model's device."""
-    model.eval()
-    outputs = []
-    for start in range(0, len(images), spec.eval_batch_size):
-        batch = augment.eval_batch(images[start:start + spec.eval_batch_size], spec.augment,
-                                   spec.image_size)
-        with autocast(images.device, spec.bf16):
-            outputs.append(model(batch).float())
-    return torch.cat(outputs, dim=1)
-
-
 def run_pack(spec: TrainSpec, members: list[PackMember], data: ImageSplits,
              on_epoch: OnMemberEpoch | None = None, on_step: OnStep | None = None,
              on_checkpoint: OnMemberCheckpoint | None = None) -> list[TrialResult | None]:
@@ -197,23 +187,19 @@ def run_pack(spec: TrainSpec, members: list[PackMember], data: ImageSplits,
         epoch_train_seconds = time.perf_counter() - epoch_start
         step_seconds += epoch_train_seconds
 
-        val_logits = predict_pack(model, val_x, spec)
+        val_logits = predict(model, val_x, spec, image_dim=1)
         losses_sum, corrects = loss_sum.tolist(), correct.tolist()
         train_seconds += time.perf_counter() - epoch_start
         leaving = []
         for position, k in enumerate(active):
-            logits = val_logits[position]
-            stats = EpochStats(
-                epoch=epoch, train_loss=losses_sum[position] / len(train_y),
-                train_acc=corrects[position] / len(train_y),
-                val_loss=F.cross_entropy(logits, val_y).item(),
-                val_acc=(logits.argmax(dim=1) == val_y).float().mean().item(),
-                images_per_second=len(train_y) / epoch_train_seconds)
+            stats = epoch_stats(epoch, losses_sum[position], corrects[position], len(train_y),
+                                val_logits[position], val_y, epoch_train_seconds)
             histories[k].append(stats)
             if on_checkpoint is not None and epoch < spec.epochs:
-                on_checkpoint(k, member_state(model, optimizer, position, members[k].lora,
-                                              generator, masks, histories[k], train_seconds,
-                                              step_seconds))
+                on_checkpoint(k, training_state(
+                    members[k].lora, model.member_weights(position),
+                    optimizer.member_state(position), optimizer.scheduler.state_dict(),
+                    generator, masks, histories[k], train_seconds, step_seconds))
             if on_epoch is not None and not on_epoch(k, stats):
                 leaving.append(position)
         if leaving:
@@ -224,40 +210,16 @@ def run_pack(spec: TrainSpec, members: list[PackMember], data: ImageSplits,
             optimizer.keep_members(keep)
 
     test_y = data.test_labels.to(device)
-    test_logits = predict_pack(model, data.test_images.to(device), spec)
+    test_logits = predict(model, data.test_images.to(device), spec, image_dim=1)
     results: list[TrialResult | None] = [None] * len(members)
     for position, k in enumerate(active):
-        logits = test_logits[position]
-        results[k] = TrialResult(
-            val_acc=histories[k][-1].val_acc,
-            test=classification_metrics(logits, test_y),
-            parameters=planned_parameters(spec, data.num_classes, members[k].lora),
-            train_seconds=train_seconds,
-            images_per_second=spec.epochs * len(train_y) / step_seconds,
-            device=describe_device(device),
-            epochs=histories[k],
-            confusion=confusion_matrix(logits.argmax(dim=1), test_y, data.num_classes).cpu(),
-            test_probabilities=logits.softmax(dim=1).cpu(),
-            test_labels=test_y.cpu(),
-            weights=model.member_weights(position),
-        )
+        results[k] = trial_result(
+            test_logits[position], test_y, data.num_classes,
+            planned_parameters(spec, data.num_classes, members[k].lora), histories[k],
+            train_seconds, step_seconds, spec.epochs * len(train_y),
+            model.member_weights(position))
     return results
 
-
-def member_state(model: PackedModel, optimizer: PackOptimizer, position: int,
-                 lora: LoraParams | None, generator: torch.Generator, masks: torch.Generator,
-                 history: list[EpochStats], train_seconds: float, step_seconds: float
-                 ) -> TrainingState:
-    """The member at `position` as a solo trial's checkpoint after `history[-1].epoch`."""
-    device = generator.device
-    return TrainingState(
-        epoch=history[-1].epoch, lora=lora, weights=model.member_weights(position),
-        optimizer=optimizer.member_state(position),
-        scheduler=optimizer.scheduler.state_dict(), batch_generator=generator.get_state(),
-        cpu_generator=torch.get_rng_state(),
-        cuda_generator=torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-        history=list(history), train_seconds=train_seconds, step_seconds=step_seconds,
-        dropout_generator=masks.get_state())
 
 
 def resume_pack(members: list[PackMember], model: PackedModel, optimizer: PackOptimizer,
@@ -278,16 +240,11 @@ def resume_pack(members: list[PackMember], model: PackedModel, optimizer: PackOp
     optimizer.optimizer.load_state_dict(shared_optimizer_state(optimizer, first))
     for k, state in enumerate(states):
         optimizer.load_member_state(k, state.optimizer)
-    generator.set_state(first.batch_generator)
-    torch.set_rng_state(first.cpu_generator)
-    if first.cuda_generator is not None and generator.device.type == "cuda":
-        torch.cuda.set_rng_state(first.cuda_generator, generator.device)
-    # Every LoRA member's dropout stream is in the same state (it draws at every step);
-    # a baseline's never moved, so the stream comes from a LoRA member when there is one.
-    with_dropout = [s for m, s in zip(members, states, strict=True)
-                    if m.lora is not None and s.dropout_generator is not None]
-    if with_dropout:
-        masks.set_state(with_dropout[0].dropout_generator)
+    # Every member with dropout drew at every step, so their streams are in one state; a
+    # member without (the baseline, p = 0) never drew alone: the stream comes from the former.
+    drawn = [state.dropout_generator for member, state in zip(members, states, strict=True)
+             if member.lora is not None and member.lora.dropout > 0]
+    restore_generators(first, generator, masks, drawn[0] if drawn else None)
 
 
 def shared_optimizer_state(optimizer: PackOptimizer, state: TrainingState) -> dict:

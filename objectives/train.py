@@ -109,9 +109,10 @@ def compile_full_batches(model: nn.Module, batch_sizes: set[int]) -> Forward:
 
 @torch.no_grad()
 def predict(model: nn.Module, images: torch.Tensor, spec: TrainSpec,
-            forward: Forward | None = None) -> torch.Tensor:
+            forward: Forward | None = None, image_dim: int = 0) -> torch.Tensor:
     """Float32 logits for uint8 images already on the model's device; `forward` (default: the
-    model's) is a compiled forward of the same model."""
+    model's) is a compiled forward of the same model; `image_dim` is the logits' image
+    dimension (1 for a pack's [members, images, classes])."""
     model.eval()
     forward = forward or model
     outputs = []
@@ -120,7 +121,7 @@ def predict(model: nn.Module, images: torch.Tensor, spec: TrainSpec,
                                    spec.image_size)
         with autocast(images.device, spec.bf16):
             outputs.append(forward(batch).float())
-    return torch.cat(outputs)
+    return torch.cat(outputs, dim=image_dim)
 
 
 def train_mode(model: nn.Module, lora: bool) -> None:
@@ -209,41 +210,69 @@ def run_trial(spec: TrainSpec, lora: LoraParams | None, data: ImageSplits | None
         step_seconds += epoch_train_seconds
 
         val_logits = predict(model, val_x, spec, forward)
-        stats = EpochStats(
-            epoch=epoch,
-            train_loss=loss_sum.item() / len(train_y),
-            train_acc=correct.item() / len(train_y),
-            val_loss=F.cross_entropy(val_logits, val_y).item(),
-            val_acc=(val_logits.argmax(dim=1) == val_y).float().mean().item(),
-            images_per_second=len(train_y) / epoch_train_seconds,
-        )
+        stats = epoch_stats(epoch, loss_sum.item(), correct.item(), len(train_y), val_logits,
+                            val_y, epoch_train_seconds)
         history.append(stats)
         train_seconds += time.perf_counter() - epoch_start
         if on_checkpoint is not None and epoch < spec.epochs:
-            on_checkpoint(TrainingState(
-                epoch=epoch, lora=lora, weights=trainable_state_dict(model),
-                optimizer=on_cpu(optimizer.state_dict()), scheduler=scheduler.state_dict(),
-                batch_generator=generator.get_state(), cpu_generator=torch.get_rng_state(),
-                cuda_generator=torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-                history=list(history), train_seconds=train_seconds, step_seconds=step_seconds,
-                dropout_generator=masks.get_state()))
+            on_checkpoint(training_state(
+                lora, trainable_state_dict(model), on_cpu(optimizer.state_dict()),
+                scheduler.state_dict(), generator, masks, history, train_seconds, step_seconds))
         if on_epoch is not None:
             on_epoch(stats)
 
     test_y = data.test_labels.to(device)
     test_logits = predict(model, data.test_images.to(device), spec, forward)
+    return trial_result(test_logits, test_y, data.num_classes, parameters, history,
+                        train_seconds, step_seconds, spec.epochs * len(train_y),
+                        trainable_state_dict(model))
+
+
+def epoch_stats(epoch: int, loss_sum: float, correct: int, train_size: int,
+                val_logits: torch.Tensor, val_y: torch.Tensor, seconds: float) -> EpochStats:
+    """An epoch's statistics from its summed training loss, correct count and val logits."""
+    return EpochStats(
+        epoch=epoch,
+        train_loss=loss_sum / train_size,
+        train_acc=correct / train_size,
+        val_loss=F.cross_entropy(val_logits, val_y).item(),
+        val_acc=(val_logits.argmax(dim=1) == val_y).float().mean().item(),
+        images_per_second=train_size / seconds,
+    )
+
+
+def training_state(lora: LoraParams | None, weights: dict[str, torch.Tensor],
+                   optimizer: dict, scheduler: dict, generator: torch.Generator,
+                   masks: torch.Generator, history: list[EpochStats], train_seconds: float,
+                   step_seconds: float) -> TrainingState:
+    """A trial's checkpoint after `history[-1].epoch`, with every generator's state now."""
+    device = generator.device
+    return TrainingState(
+        epoch=history[-1].epoch, lora=lora, weights=weights, optimizer=optimizer,
+        scheduler=scheduler, batch_generator=generator.get_state(),
+        cpu_generator=torch.get_rng_state(),
+        cuda_generator=torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+        history=list(history), train_seconds=train_seconds, step_seconds=step_seconds,
+        dropout_generator=masks.get_state())
+
+
+def trial_result(test_logits: torch.Tensor, test_y: torch.Tensor, num_classes: int,
+                 parameters: ParameterCount, history: list[EpochStats], train_seconds: float,
+                 step_seconds: float, images_trained: int,
+                 weights: dict[str, torch.Tensor]) -> TrialResult:
+    """A finished trial's result from its test logits and what its training recorded."""
     return TrialResult(
         val_acc=history[-1].val_acc,
         test=classification_metrics(test_logits, test_y),
         parameters=parameters,
         train_seconds=train_seconds,
-        images_per_second=spec.epochs * len(train_y) / step_seconds,
-        device=describe_device(device),
+        images_per_second=images_trained / step_seconds,
+        device=describe_device(test_logits.device),
         epochs=history,
-        confusion=confusion_matrix(test_logits.argmax(dim=1), test_y, data.num_classes).cpu(),
+        confusion=confusion_matrix(test_logits.argmax(dim=1), test_y, num_classes).cpu(),
         test_probabilities=test_logits.float().softmax(dim=1).cpu(),
         test_labels=test_y.cpu(),
-        weights=trainable_state_dict(model),
+        weights=weights,
     )
 
 
@@ -269,9 +298,16 @@ def restore(state: TrainingState, model: nn.Module, optimizer: torch.optim.Optim
                               f"{describe_misfits(problems)}")
     optimizer.load_state_dict(state.optimizer)
     scheduler.load_state_dict(state.scheduler)
+    restore_generators(state, generator, masks, state.dropout_generator)
+
+
+def restore_generators(state: TrainingState, generator: torch.Generator,
+                       masks: torch.Generator, dropout: torch.Tensor | None) -> None:
+    """Put a checkpoint's batch, global and CUDA generators back, and `dropout` (a dropout
+    generator's state, None: leave it) in `masks`."""
     generator.set_state(state.batch_generator)
-    if state.dropout_generator is not None:
-        masks.set_state(state.dropout_generator)
+    if dropout is not None:
+        masks.set_state(dropout)
     torch.set_rng_state(state.cpu_generator)
     if state.cuda_generator is not None and generator.device.type == "cuda":
         torch.cuda.set_rng_state(state.cuda_generator, generator.device)

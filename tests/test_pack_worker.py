@@ -76,6 +76,20 @@ def queued(folder, capsys, monkeypatch) -> str:
     return f"sqlite:///{folder / 'search.db'}"
 
 
+def raise_in_epoch_2(error: type[BaseException], data, spec):
+    """A check_stop that raises `error` at the second step of epoch 2 (every member has its
+    epoch-1 checkpoint by then)."""
+    steps = math.ceil(data.train_size / spec.batch_size)
+    calls = []
+
+    def check() -> None:
+        calls.append(1)
+        if len(calls) == steps + 2:
+            raise error
+
+    return check
+
+
 def test_a_packed_grid_gives_the_solo_leaderboard(tmp_path, capsys, monkeypatch, solo_board):
     code, _, err = grid(tmp_path, capsys, monkeypatch, "--pack", "auto")
     assert code == 0, err
@@ -90,17 +104,9 @@ def test_a_stop_mid_pack_puts_every_member_back_and_they_resume(
         tmp_path, capsys, monkeypatch, data, solo_board):
     url = queued(tmp_path, capsys, monkeypatch)
     storage, study, spec = worker_study(url)
-    store = artifact_store(tmp_path / "artifacts")
     claimed = claim_waiting(storage, study, 3)
-    steps = math.ceil(data.train_size / spec.batch_size)
-    calls = []
-
-    def stop_in_epoch_2() -> None:
-        calls.append(1)
-        if len(calls) == steps + 2:
-            raise StopRequested
-
-    states = run_claimed_pack(study, claimed, spec, data, store, check_stop=stop_in_epoch_2)
+    states = run_claimed_pack(study, claimed, spec, data, artifact_store(tmp_path / "artifacts"),
+                              check_stop=raise_in_epoch_2(StopRequested, data, spec))
     assert set(states.values()) == {TrialState.WAITING}
     for trial in claimed:
         after = storage.get_trial(trial._trial_id)
@@ -117,18 +123,10 @@ def test_a_killed_packs_members_are_each_retried_once_and_resume(
         tmp_path, capsys, monkeypatch, data, solo_board):
     url = queued(tmp_path, capsys, monkeypatch)
     storage, study, spec = worker_study(url, BEATS)
-    store = artifact_store(tmp_path / "artifacts")
     claimed = claim_waiting(storage, study, 3)
-    steps = math.ceil(data.train_size / spec.batch_size)
-    calls = []
-
-    def killed_in_epoch_2() -> None:
-        calls.append(1)
-        if len(calls) == steps + 2:
-            raise Killed
-
     with pytest.raises(Killed):
-        run_claimed_pack(study, claimed, spec, data, store, check_stop=killed_in_epoch_2)
+        run_claimed_pack(study, claimed, spec, data, artifact_store(tmp_path / "artifacts"),
+                         check_stop=raise_in_epoch_2(Killed, data, spec))
     assert {storage.get_trial(t._trial_id).state for t in claimed} == {TrialState.RUNNING}
     capsys.readouterr()
     report = run_worker(url, "demo", str(tmp_path / "artifacts"),

@@ -13,22 +13,20 @@ from dataclasses import replace
 
 import pytest
 import torch
+from test_train import TINY as TRAIN_TINY
 
 from objectives.checkpoint import read_training_state, training_state_bytes
 from objectives.data import load_splits
 from objectives.model import build_model, trainable_state_dict
 from objectives.packed_model import PackedModel, pack_refusal
 from objectives.packed_train import PackError, PackMember, run_pack
-from objectives.spec import AugmentSpec, LoraParams, TrainSpec
+from objectives.spec import AugmentSpec, LoraParams
 from objectives.train import run_trial
 
-TINY = TrainSpec(
-    model="vit_tiny_patch16_224", pretrained=False,
-    model_kwargs={"img_size": 16, "patch_size": 4, "embed_dim": 48, "depth": 2, "num_heads": 3},
-    dataset="digits", image_size=16, epochs=3, batch_size=64, lr=3e-3, device="cpu",
-    augment=AugmentSpec(hflip=0.5, crop_padding=2, color_jitter=(0.2, 0.2, 0.1, 0.02),
-                        mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
-)
+# test_train's tiny ViT, with every augmentation that draws per sample switched on.
+TINY = replace(TRAIN_TINY, augment=AugmentSpec(
+    hflip=0.5, crop_padding=2, color_jitter=(0.2, 0.2, 0.1, 0.02), mean=(0.5, 0.5, 0.5),
+    std=(0.5, 0.5, 0.5)))
 POINTS = [None, LoraParams(2, 2, 0.1), LoraParams(4, 8, 0.2), LoraParams(8, 4, 0.0)]
 PRUNED = 2  # the member that leaves the pack after epoch 1
 TOLERANCE = 1e-4

@@ -86,7 +86,6 @@ def train_together(attempts: list[TrialAttempt], resumes: list[TrainingState | N
     bar = tqdm(total=spec.epochs * data.train_size, initial=done, unit="img", unit_scale=True,
                position=attempts[0].position, leave=True, mininterval=1.0, dynamic_ncols=True,
                desc=f"pack of {len(attempts)} (trials {names})", disable=not sys.stderr.isatty())
-    lost: set[int] = set()  # members failed by another worker meanwhile
 
     def on_step(images: int) -> None:
         bar.update(images)
@@ -94,26 +93,22 @@ def train_together(attempts: list[TrialAttempt], resumes: list[TrainingState | N
 
     def on_epoch(k: int, stats: EpochStats) -> bool:
         attempt = attempts[k]
-        if k in lost:
+        if attempt.finished:  # failed meanwhile by another worker (`lost`)
             return False
         try:
             if attempt.on_epoch(stats):
                 return True
             attempt.prune()
         except UpdateFinishedTrialError:
-            lose(k)
+            attempt.lost()
         return False
 
     def on_checkpoint(k: int, state: TrainingState) -> None:
-        if k not in lost:
+        if not attempts[k].finished:
             try:
                 attempts[k].save_checkpoint(state)
             except UpdateFinishedTrialError:
-                lose(k)
-
-    def lose(k: int) -> None:
-        lost.add(k)
-        attempts[k].lost()
+                attempts[k].lost()
 
     members = [PackMember(attempt.point, resume)
                for attempt, resume in zip(attempts, resumes, strict=True)]
