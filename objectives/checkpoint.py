@@ -36,6 +36,10 @@ class EpochStats:
     val_loss: float
     val_acc: float
     images_per_second: float
+    # Which validation images this epoch's model classified correctly ([N] bool, CPU): what
+    # pairs two trials' accuracies. Not kept in checkpoints (the last epoch always runs live).
+    val_correct: torch.Tensor | None = dataclasses.field(default=None, repr=False,
+                                                         compare=False)
 
 
 @dataclass
@@ -66,6 +70,7 @@ class TrainingState:
 def write_training_state(state: TrainingState, stream: BinaryIO) -> None:
     values = dataclasses.asdict(state)
     values["lora"] = dataclasses.asdict(state.lora) if state.lora is not None else None
+    values["history"] = [{**epoch, "val_correct": None} for epoch in values["history"]]
     torch.save({"format": FORMAT, **values}, stream)
 
 

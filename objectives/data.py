@@ -23,8 +23,8 @@ Datasets (`TrainSpec.dataset`):
 
 Splits that a dataset does not ship are held out of its train split, test first
 (`test_fraction`) and then validation (`val_fraction`) from what is left. Both are stratified
-by class and drawn from a generator seeded with `spec.seed`: the same spec gives identical
-splits on any host.
+by class and drawn from a generator seeded with `spec.split_seed` (default: `spec.seed`): the
+same spec gives identical splits on any host.
 """
 
 from __future__ import annotations
@@ -338,7 +338,7 @@ def _hold_out_indices(labels: Tensor, spec: TrainSpec, val: bool, test: bool
     splits that `load_splits` holds out of it: test first when `test`, then val from what is
     left when `val`; None for a split not held out. Labels alone decide them, so
     `check_dataset` sizes the splits without the images."""
-    generator = torch.Generator().manual_seed(spec.seed)
+    generator = torch.Generator().manual_seed(spec.splits_seed)
     kept = torch.arange(len(labels))
     held: dict[str, Tensor] = {}
     for split, fraction, wanted in (("test", spec.test_fraction, test),

@@ -70,7 +70,10 @@ class TrainSpec:
     lr: float = 3e-4
     weight_decay: float = 1e-4
     augment: AugmentSpec = field(default_factory=AugmentSpec)
-    seed: int = 0
+    seed: int = 0  # the trial's training: model build, adapters, dropout, batch order, augmentation
+    # The seed of the held-out splits; None: `seed`. A study's replicate trials train with other
+    # seeds on the study's own splits, so that every trial is evaluated on the same examples.
+    split_seed: int | None = None
     device: str = "auto"  # "auto": the first visible CUDA device, else CPU
     bf16: bool = True  # bf16 autocast on CUDA; off for GPUs without bf16. The CPU stays fp32.
     # torch.compile the model. Measured on the CPU demo only (BENCHMARKS.md): +3.9% images/s
@@ -84,6 +87,10 @@ class TrainSpec:
     @property
     def splits_qkv(self) -> bool:
         return bool(SPLIT_QKV_NAMES & set(self.target_modules))
+
+    @property
+    def splits_seed(self) -> int:
+        return self.seed if self.split_seed is None else self.split_seed
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -46,6 +46,16 @@ class TrialResult:
     test_labels: torch.Tensor = field(repr=False)  # [N] int64, CPU
     weights: dict[str, torch.Tensor] = field(repr=False)  # adapters + head, CPU
 
+    @property
+    def val_correct(self) -> torch.Tensor:
+        """[N] bool: the validation images the final model classified correctly."""
+        return self.epochs[-1].val_correct
+
+    @property
+    def test_correct(self) -> torch.Tensor:
+        """[N] bool: the test images the final model classified correctly."""
+        return self.test_probabilities.argmax(dim=1) == self.test_labels
+
     def summary(self) -> dict[str, float | int | str]:
         """The scalar results a study records for the trial."""
         return {
@@ -231,13 +241,15 @@ def run_trial(spec: TrainSpec, lora: LoraParams | None, data: ImageSplits | None
 def epoch_stats(epoch: int, loss_sum: float, correct: int, train_size: int,
                 val_logits: torch.Tensor, val_y: torch.Tensor, seconds: float) -> EpochStats:
     """An epoch's statistics from its summed training loss, correct count and val logits."""
+    val_correct = val_logits.argmax(dim=1) == val_y
     return EpochStats(
         epoch=epoch,
         train_loss=loss_sum / train_size,
         train_acc=correct / train_size,
         val_loss=F.cross_entropy(val_logits, val_y).item(),
-        val_acc=(val_logits.argmax(dim=1) == val_y).float().mean().item(),
+        val_acc=val_correct.float().mean().item(),
         images_per_second=train_size / seconds,
+        val_correct=val_correct.cpu(),
     )
 
 

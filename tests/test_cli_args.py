@@ -42,3 +42,29 @@ def test_a_bad_pack_size_exits_2_with_one_line(value, capsys):
     assert stop.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--pack: must be 'auto' or a positive integer" in err[0]
+
+
+@pytest.mark.parametrize("command", [["grid"], ["optuna"]])
+def test_seeds_default_to_the_spec_and_take_1_to_20(command):
+    assert build_parser().parse_args(command).seeds is None
+    assert build_parser().parse_args([*command, "--seeds", "3"]).seeds == 3
+
+
+@pytest.mark.parametrize("value, message", [("0", "must be a positive integer, got '0'"),
+                                            ("x", "must be a positive integer, got 'x'"),
+                                            ("21", "must be at most 20, got 21")])
+def test_a_bad_seed_count_exits_2_with_one_line(value, message, capsys):
+    with pytest.raises(SystemExit) as stop:
+        build_parser().parse_args(["grid", "--seeds", value])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"--seeds: {message}" in err[0]
+
+
+def test_export_takes_a_pick_or_a_trial_not_both(capsys):
+    assert build_parser().parse_args(["export"]).pick == "best"
+    assert build_parser().parse_args(["export", "--pick", "recommended"]).pick == "recommended"
+    with pytest.raises(SystemExit) as stop:
+        build_parser().parse_args(["export", "--pick", "recommended", "--trial", "2"])
+    assert stop.value.code == 2
+    assert "not allowed with argument --pick" in capsys.readouterr().err

@@ -99,6 +99,11 @@ def test_a_browser_finds_every_trial_and_the_best_trials_artifacts(dashboard, tm
         driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", images[0])
         time.sleep(1)
         driver.save_screenshot(str(screenshots / "trial_artifacts.png"))
+
+        # The baseline's note tells its gap to the best LoRA configuration, with its p-value.
+        driver.get(f"{dashboard}/dashboard/studies/1/trials?numbers=0")
+        wait_for_text(driver, "Baseline")
+        wait_for_text(driver, "the best LoRA configuration (rank")
     finally:
         driver.quit()
     for name in SCREENSHOT_NAMES:

@@ -14,11 +14,13 @@ import pytest
 import torch
 from optuna.trial import TrialState
 from run_cli import DEMO, search_in_process
-from test_trial_faults import BEATS, Killed, worker_study
+from test_trial_faults import BEATS, Killed, claim, worker_study
 
 from objectives.data import load_splits
+from objectives.train import epoch_stats
 from search.results.leaderboard import leaderboard
 from search.study.artifacts import artifact_store
+from search.study.outcomes import trial_outcomes
 from search.study.study_spec import load_spec
 from search.worker import pack_run
 from search.worker.claim_loop import run_worker
@@ -27,6 +29,7 @@ from search.worker.pack_plan import AUTO, PackPlanner, tpe_pack_limit
 from search.worker.pack_run import run_claimed_pack
 from search.worker.signals import StopRequested
 from search.worker.trial_queue import claim_waiting
+from search.worker.trial_run import TrialAttempt
 
 GRID = ["--ranks", "2", "--alphas", "2", "8", "--epochs", "2"]
 COMPARED = ["val_acc", "test_acc", "f1", "auc_micro", "auc_macro", "trainable_params"]
@@ -45,11 +48,14 @@ def grid(folder, capsys, monkeypatch, *args: str) -> tuple[int, str, str]:
 
 
 def points(url: str) -> dict:
-    """Each point's compared columns, by (rank, alpha); the baseline as (None, None)."""
+    """Each point's compared columns and per-example outcomes, by (rank, alpha); the
+    baseline as (None, None)."""
     _, study, _ = worker_study(url)
     frame = leaderboard(study)
+    trials = study.get_trials(deepcopy=False)
     return {(None if row.baseline else row["rank"], None if row.baseline else row.alpha):
-            row for _, row in frame.iterrows() if row.state == "COMPLETE"}
+            {**row.to_dict(), "outcomes": trials[row.number].user_attrs["outcomes"]}
+            for _, row in frame.iterrows() if row.state == "COMPLETE"}
 
 
 def assert_same_board(one: dict, other: dict) -> None:
@@ -57,6 +63,8 @@ def assert_same_board(one: dict, other: dict) -> None:
     for key, row in one.items():
         for column in COMPARED:
             assert other[key][column] == pytest.approx(row[column], abs=1e-4), (key, column)
+        # Every validation and test image right or wrong alike, not just the same counts.
+        assert other[key]["outcomes"] == row["outcomes"], key
 
 
 @pytest.fixture(scope="module")
@@ -211,3 +219,21 @@ def test_auto_packs_tpe_trials_by_the_start_up_trials_left_or_a_quarter_of_the_b
         study.tell(trial.number, 0.5)
     assert tpe_pack_limit(study) == 3
     assert planner.limit(claim_waiting(storage, study, 1)[0]) == 3
+
+
+def test_a_pruned_trial_keeps_the_validation_outcomes_of_the_epoch_it_reached(
+        tmp_path, capsys, monkeypatch, data):
+    url = queued(tmp_path, capsys, monkeypatch)
+    storage, study, spec = worker_study(url)
+    attempt = TrialAttempt(study, claim(storage, study, 1), spec, data,
+                           artifact_store(tmp_path / "artifacts"))
+    attempt.begin()
+    logits = torch.randn(len(data.val_labels), data.num_classes)
+    stats = epoch_stats(1, 1.0, 10, data.train_size, logits, data.val_labels, 1.0)
+    attempt.on_epoch(stats)
+    assert attempt.prune() == TrialState.PRUNED
+    trial = storage.get_trial(attempt.frozen._trial_id)
+    values, _ = trial_outcomes(trial.user_attrs, "val")
+    assert (values == (logits.argmax(1) == data.val_labels).numpy()).all()
+    assert values.mean() == pytest.approx(trial.user_attrs["val_acc"])
+    assert trial_outcomes(trial.user_attrs, "test") is None

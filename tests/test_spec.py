@@ -71,6 +71,9 @@ def test_overrides_replace_single_fields():
     ("[optuna]\ndropout_range = [0.3, 0.1]\n", "optuna: dropout range must have LO < HI"),
     ("[optuna]\npruner = 'asha'\n", "optuna: pruner must be one of"),
     ("[optuna]\nsampler = 'cmaes'\n", "optuna: unknown key(s) ['sampler']"),
+    ("[study]\nseeds = 0\n", "study.seeds must be an integer from 1 to 20, got 0"),
+    ("[study]\nseeds = 2.5\n", "study.seeds must be an integer from 1 to 20, got 2.5"),
+    ("[study]\nseeds = true\n", "study.seeds must be an integer from 1 to 20, got True"),
 ])
 def test_malformed_specs_are_one_clear_error(tmp_path, text, message):
     path = tmp_path / "bad.toml"

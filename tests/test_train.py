@@ -62,6 +62,11 @@ def test_a_lora_trial_on_the_demo_backbone_learns_and_reports_every_epoch(digits
     assert [e.epoch for e in seen] == [1, 2, 3]
     assert seen[-1].train_loss < seen[0].train_loss
     assert result.val_acc == seen[-1].val_acc
+    # Which images it got right: what pairs two trials' accuracies (search.results.verdict).
+    assert result.val_correct.dtype == torch.bool
+    assert result.val_correct.float().mean().item() == pytest.approx(result.val_acc)
+    assert result.test_correct.float().mean().item() == pytest.approx(result.test.accuracy)
+    assert len(result.test_correct) == len(result.test_labels)
     # Ten balanced classes: chance is 0.1; the MNIST-pretrained backbone adapts to the digits.
     assert result.test.accuracy > 0.8
     assert result.confusion.sum() == len(digits.test_labels)
@@ -94,6 +99,8 @@ def test_a_trial_resumed_from_a_checkpoint_ends_exactly_as_an_uninterrupted_one(
     assert [s.epoch for s in states] == [1, 2]  # none after the last epoch: nothing to resume
     # Through bytes, as the artifact store keeps it; a fresh model, optimizer and generators.
     saved = read_training_state(io.BytesIO(training_state_bytes(states[0])))
+    assert states[0].history[0].val_correct is not None  # kept while training ...
+    assert saved.history[0].val_correct is None  # ... not in the checkpoint: epochs resumed run
     seen = []
     resumed = run_trial(TINY, lora, digits, on_epoch=seen.append, resume=saved)
     assert [e.epoch for e in seen] == [2, 3]

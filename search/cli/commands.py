@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import shlex
 import sys
@@ -23,6 +24,7 @@ from search.study.enqueue import enqueue_grid, store_baselines
 from search.study.enqueue_lock import enqueue_lock
 from search.study.heartbeat_settings import HEARTBEAT_FLAGS, HeartbeatSettings
 from search.study.open_study import NewStudy, StudyError, open_study, stored_train_spec
+from search.study.replicates import store_seeds
 from search.study.space import GridSpace, TpeSearch
 from search.study.storage import (
     check_url,
@@ -63,8 +65,8 @@ def heartbeat_flags(args: argparse.Namespace) -> dict[str, int | None]:
 def spec_from_flags(args: argparse.Namespace, local: dict[str, Any]) -> StudySpec:
     spec = load_spec(args.spec)
     overrides = {key: getattr(args, flag) for key, flag in TRAIN_FLAGS.items()}
-    return with_overrides(spec, name=args.study, heartbeat=heartbeat_flags(args), **overrides,
-                          **local)
+    return with_overrides(spec, name=args.study, heartbeat=heartbeat_flags(args),
+                          seeds=args.seeds, **overrides, **local)
 
 
 def spec_given(args: argparse.Namespace) -> bool:
@@ -98,6 +100,7 @@ def set_up_study(args: argparse.Namespace, spec: StudySpec,
     study = open_study(storage, spec.name,
                        create=NewStudy(spec.train, artifacts, spec_given(args)))
     store_baselines(study, spec.baselines, args.spec is not None)
+    store_seeds(study, spec.seeds or 1, spec.seeds is not None)
     store_heartbeat(study, spec.heartbeat,
                     args.spec is not None or any(v is not None for v in heartbeat_flags(args)
                                                  .values()))
@@ -136,21 +139,22 @@ def run_workers_and_report(args: argparse.Namespace, local: dict[str, Any], stud
     if workers == 0:
         print(worker_hint(study.study_name, args.storage), file=sys.stderr)
         return 0
-    from search.results.leaderboard import best_versus_baseline, leaderboard, render
+    from search.results.leaderboard import render_board, study_board
+    from search.results.verdict_notes import note_verdict
     from search.worker.launch import run_local_workers
 
     code = run_local_workers(args.storage, study.study_name,
                              artifacts_folder(study, args.storage, args.artifacts), workers,
                              gpus, local, {}, storage_timeout=args.storage_timeout,
                              pack=args.pack)
-    frame = leaderboard(study)
-    print(render(frame, "table"))
-    print(best_versus_baseline(frame))
+    print(render_board(study_board(study), "table"))
+    note_verdict(study)
     return code
 
 
 def planned_trials(spec: StudySpec) -> list[dict[str, Any]]:
-    """Baselines first, then the grid, each with its parameter counts (no weights loaded)."""
+    """Baselines first, then the grid, each with its parameter counts (no weights loaded);
+    with seeds, the whole list once per seed."""
     from objectives.data import dataset_num_classes
     from objectives.model import check_rank, planned_parameters  # torch, timm, peft
     from search.study.baselines import baseline_train_spec
@@ -161,9 +165,11 @@ def planned_trials(spec: StudySpec) -> list[dict[str, Any]]:
               for b in spec.baselines]
     trials += [(spec.train, point) for point in spec.grid.points()]
     plan = []
-    for train, point in trials:
+    seeds = spec.seeds or 1
+    for replicate, (train, point) in itertools.product(range(seeds), trials):
         count = planned_parameters(train, num_classes, point)
-        plan.append({"model": train.model, "method": "lora" if point else "head",
+        seed = {"seed": train.seed + replicate} if seeds > 1 else {}
+        plan.append({**seed, "model": train.model, "method": "lora" if point else "head",
                      "baseline": point is None,
                      "rank": point.rank if point else None,
                      "alpha": point.alpha if point else None,
@@ -259,16 +265,23 @@ def tpe_search(args: argparse.Namespace, local: dict[str, Any]) -> int:
 
 
 def worker(args: argparse.Namespace, local: dict[str, Any]) -> int:
+    from search.worker.claim_loop import EXIT_TRIALS_FAILED
     from search.worker.launch import run_local_workers, worker_count
 
     gpus = list(args.gpus or [])
     if args.workers_per_gpu is not None:  # sharing GPUs: every visible one unless named
         gpus = gpu_ids(args)
-    return run_local_workers(args.storage, args.study, args.artifacts,
+    code = run_local_workers(args.storage, args.study, args.artifacts,
                              worker_count(args.workers, args.workers_per_gpu, gpus), gpus, local,
                              heartbeat_flags(args), args.threads, args.position,
                              storage_timeout=args.storage_timeout, journal=args.journal,
                              pack=args.pack, pack_share=args.pack_share)
+    if code in (0, EXIT_TRIALS_FAILED) and args.journal is None:
+        # The queue ran dry: the dashboard's notes tell the verdict of what the study holds.
+        from search.results.verdict_notes import note_verdict
+
+        note_verdict(existing_study(args))
+    return code
 
 
 def dashboard(args: argparse.Namespace, local: dict[str, Any]) -> int:
@@ -289,33 +302,40 @@ def report(args: argparse.Namespace, local: dict[str, Any]) -> int:
 
 
 def show_leaderboard(args: argparse.Namespace, local: dict[str, Any]) -> int:
-    from search.results.leaderboard import leaderboard, render
+    from search.results.leaderboard import render_board, study_board
 
-    print(render(leaderboard(existing_study(args)), args.format))
+    print(render_board(study_board(existing_study(args), args.by), args.format))
     return 0
 
 
 def export(args: argparse.Namespace, local: dict[str, Any]) -> int:
     from search.results.export import (
+        best_selection,
         best_trial,
         check_out_path,
         completed_trial,
         export_document,
         export_weights,
+        recommended_trial,
         write_document,
     )
 
     check_out_path(args.out)
     study = existing_study(args)
-    trial = best_trial(study) if args.trial is None else completed_trial(study, args.trial)
-    document = export_document(study, trial)
+    if args.trial is not None:
+        trial, selection = completed_trial(study, args.trial), None
+    elif args.pick == "recommended":
+        trial, selection = recommended_trial(study)
+    else:
+        trial, selection = best_trial(study), best_selection()
+    document = export_document(study, trial, selection)
     if args.weights is not None:
         store = artifact_store(artifacts_folder(study, args.storage, args.artifacts))
         files = export_weights(study, trial, store, args.weights)
         write_document(document, args.weights / "search_export.json")
         print(f"wrote {args.weights}/: {', '.join(files)}", file=sys.stderr)
     write_document(document, args.out)
-    which = "best trial" if args.trial is None else "trial"
+    which = "trial" if args.trial is not None else f"{args.pick} trial"
     print(f"{which} {trial.number} (val_acc {trial.value:.4f}) -> {args.out}",
           file=sys.stderr)
     return 0

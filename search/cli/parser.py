@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from search.study.heartbeat_settings import HEARTBEAT_FLAGS
+from search.study.replicates import MAX_SEEDS
 from search.study.space import PRUNERS, SpaceError, check_alpha, check_dropout, check_rank
 from search.study.storage import DEFAULT_STORAGE, STORAGE_VARIABLE
 
@@ -58,6 +59,14 @@ def pack_size(text: str) -> int | str:
     except argparse.ArgumentTypeError:
         raise argparse.ArgumentTypeError(f"must be 'auto' or a positive integer, got {text!r}"
                                          ) from None
+
+
+def seed_count(text: str) -> int:
+    """--seeds: how many seeds train each configuration, 1 to MAX_SEEDS."""
+    count = positive_int(text)
+    if count > MAX_SEEDS:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_SEEDS}, got {count}")
+    return count
 
 
 def positive_float(text: str) -> float:
@@ -147,6 +156,12 @@ def add_study_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=non_negative_int, metavar="N",
                         help="local worker processes (default: one per visible GPU, else 1; "
                              "0 only creates the study and queues the trials)")
+    parser.add_argument("--seeds", type=seed_count, metavar="N",
+                        help="train every configuration (baselines included) with N seeds: "
+                             "seed, seed+1, ... change initialisation, dropout and data order, "
+                             "never the splits. The leaderboard then groups them: mean, sd, "
+                             "interval, tie test over seeds x examples (default from the "
+                             f"spec: 1; at most {MAX_SEEDS}; stored in the study)")
 
 
 def add_worker_flags(parser: argparse.ArgumentParser, stored: bool) -> None:
@@ -305,11 +320,23 @@ def build_parser() -> ArgumentParser:
     dashboard.add_argument("--port", type=positive_int, default=8080,
                            help="port (default: 8080)")
 
-    board = commands.add_parser("leaderboard", help="all trials of a study, best first",
-                                description="All trials of a study, best validation accuracy "
-                                            "first; the baseline is marked.")
+    board = commands.add_parser(
+        "leaderboard", help="all trials of a study, best first, and which are tied with the best",
+        description="All trials of a study, best validation accuracy first; the baseline is "
+                    "marked. Each complete trial's val_ci / test_ci is its 95%% Wilson interval; "
+                    "tied: not told apart from the best by a paired test on the validation "
+                    "images (exact McNemar; with seeds, a bootstrap over seeds x examples; "
+                    "Holm-corrected, 0.05); recommended: the tied configuration with the fewest "
+                    "trainable parameters. The closing lines say the tied set, the "
+                    "recommendation, the baseline's gap with its p-value and whether the pick "
+                    "holds on the test set.")
     add_existing_study_flags(board, artifacts=False)
-    board.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    board.add_argument("--format", choices=("table", "json", "csv"), default="table",
+                       help="table (with the closing lines), json or csv (the rows' fields)")
+    board.add_argument("--by", choices=("auto", "trial", "configuration"), default="auto",
+                       help="one row per trial, or per configuration with its seeds grouped "
+                            "(mean, sd, interval over seeds x examples); auto: per "
+                            "configuration when the study has several seeds (default)")
 
     report = commands.add_parser(
         "report", help="the study's comparison table and charts, as files in a folder",
@@ -323,12 +350,20 @@ def build_parser() -> ArgumentParser:
                         help="folder to write (default: report/)")
 
     export = commands.add_parser(
-        "export", help="write the best trial's params, metrics and spec (and weights)",
-        description="Write the best completed trial's params, value, metrics and full training "
-                    "spec; with --weights, also a peft adapter folder and merged weights.")
+        "export", help="write the best (or recommended) trial's params, metrics and spec",
+        description="Write the best completed trial's (or with --pick recommended, the "
+                    "recommended one's) params, value, metrics, full training spec and why it "
+                    "was picked; with --weights, also a peft adapter folder and merged weights.")
     add_existing_study_flags(export)
-    export.add_argument("--trial", type=non_negative_int, metavar="NUMBER",
-                        help="export this completed trial instead of the best one")
+    chosen = export.add_mutually_exclusive_group()
+    chosen.add_argument("--pick", choices=("best", "recommended"), default="best",
+                        help="best: the trial of highest validation accuracy (default); "
+                             "recommended: the configuration with the fewest trainable "
+                             "parameters among those tied with the best (see `search "
+                             "leaderboard`), its replicate of highest validation accuracy. "
+                             "The document records which and why")
+    chosen.add_argument("--trial", type=non_negative_int, metavar="NUMBER",
+                        help="export this completed trial instead")
     export.add_argument("--out", default="best.json", type=output_file,
                         help="output file: .json, .yaml or .toml (default: best.json)")
     export.add_argument("--weights", type=output_folder, metavar="DIR",

@@ -1,4 +1,5 @@
-"""Export: the best trial's params, value, metrics and spec, optionally with its weights."""
+"""Export: the best (or the recommended) trial's params, value, metrics and spec, why it was
+picked, optionally with its weights."""
 
 from __future__ import annotations
 
@@ -32,6 +33,38 @@ def best_trial(study: optuna.Study) -> FrozenTrial:
     return max(complete, key=lambda t: (t.value, -t.number))
 
 
+def recommended_trial(study: optuna.Study) -> tuple[FrozenTrial, dict[str, Any]]:
+    """The recommended configuration's replicate of highest validation accuracy (`search.
+    results.verdict`), and the document's `selection`: what was picked and why."""
+    from search.results.verdict import NoVerdict, assess, closing_lines
+
+    try:
+        verdict = assess(study)
+    except NoVerdict as why:
+        raise StudyError(f"study {study.study_name!r} has no recommendation: {why}") from None
+    chosen = verdict.recommended
+    trial = max(chosen.trials, key=lambda t: (t.value, -t.number))
+    low, high = verdict.val_ci[chosen.key]
+    return trial, {
+        "pick": "recommended",
+        "why": "the fewest trainable parameters among the configurations tied with the best "
+               "(paired test on the validation images, Holm-corrected, 0.05); its replicate "
+               "of highest validation accuracy",
+        "configuration": chosen.describe(),
+        "seeds": len(chosen.trials),
+        "trials": chosen.numbers,
+        "val_acc_mean": float(chosen.val_accs.mean()),
+        "val_ci": [low, high],
+        "best": verdict.best.describe(),
+        "tied": [c.describe() for c in verdict.configurations if verdict.tied(c)],
+        "verdict": closing_lines(verdict),
+    }
+
+
+def best_selection() -> dict[str, Any]:
+    return {"pick": "best", "why": "the completed trial of highest validation accuracy"}
+
+
 def completed_trial(study: optuna.Study, number: int) -> FrozenTrial:
     """Trial `number` of the study, which must have completed (it then has weights)."""
     trials = study.get_trials(deepcopy=False)
@@ -44,12 +77,14 @@ def completed_trial(study: optuna.Study, number: int) -> FrozenTrial:
     return trial
 
 
-def export_document(study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]:
+def export_document(study: optuna.Study, trial: FrozenTrial,
+                    selection: dict[str, Any] | None = None) -> dict[str, Any]:
     point = trial_point(trial)
     spec = stored_train_spec(study)
     return {
         "study": study.study_name,
         "trial": trial.number,
+        "selection": selection or {"pick": "trial", "why": "asked for by --trial"},
         "baseline": is_baseline(trial),
         "params": params_of(point) if point else {},
         "value": trial.value,

@@ -1,11 +1,18 @@
-"""The leaderboard: every trial of a study, best first, as a pandas DataFrame."""
+"""The leaderboard: every trial of a study, best first, as a pandas DataFrame; or, for a study
+with seeds, one row per configuration (its replicates grouped). With the study's verdict
+(`search.results.verdict`) the rows say which are tied with the best and which is recommended.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
+from search.results import significance
+from search.results.verdict import NoVerdict, Verdict, assess, closing_lines
 from search.study.trials import (
     gave_up_points,
     is_baseline,
@@ -20,7 +27,13 @@ from search.study.trials import (
 METRICS = ["test_acc", "f1", "auc_micro", "auc_macro", "trainable_params", "trainable_pct",
            "train_seconds"]
 COLUMNS = ["number", "state", "model", "method", "baseline", "rank", "alpha", "dropout",
-           "epochs", "val_acc", *METRICS, "note"]
+           "seed", "epochs", "val_acc", *METRICS, "note"]
+# With a verdict: after val_acc, its interval; after test_acc, its interval; then the tie.
+VERDICT_COLUMNS = ("val_ci", "test_ci", "tied", "recommended")
+CONFIGURATION_COLUMNS = ["model", "method", "baseline", "rank", "alpha", "dropout", "seeds",
+                         "val_acc", "val_sd", "val_ci", "test_acc", "test_sd", "test_ci", "tied",
+                         "recommended", "trainable_params", "trials"]
+BY = ("auto", "trial", "configuration")
 # Finished trials first: a trial pruned early is not better than a complete one that beat it.
 STATE_ORDER = {"COMPLETE": 0, "PRUNED": 1, "RUNNING": 2, "WAITING": 3, "FAIL": 4}
 FORMATS = ("table", "json", "csv")
@@ -52,18 +65,110 @@ def leaderboard(study: optuna.Study) -> pd.DataFrame:
             "rank": point.rank if point else None,
             "alpha": point.alpha if point else None,
             "dropout": point.dropout if point else None,
+            "seed": attrs.get("seed"),
             "epochs": attrs.get("epochs_done"),
             "val_acc": trial.value if complete else reached_val_acc(trial),
             **{key: attrs.get(key) if complete else None for key in METRICS},
             "note": trial_note(trial, retries, trial.number in gave_up),
         })
     frame = pd.DataFrame(rows, columns=COLUMNS).astype(
-        {"rank": "Int64", "epochs": "Int64", "trainable_params": "Int64"})
+        {"rank": "Int64", "seed": "Int64", "epochs": "Int64", "trainable_params": "Int64"})
     order = frame["state"].map(STATE_ORDER)
     frame = frame.assign(_order=order).sort_values(
         ["_order", "val_acc", "number"], ascending=[True, False, True], na_position="last",
         kind="stable")
     return frame.drop(columns="_order").reset_index(drop=True)
+
+
+@dataclass
+class Board:
+    """What `search leaderboard` shows: the rows and the lines that close them."""
+
+    frame: pd.DataFrame
+    lines: list[str]
+    by: str  # "trial" or "configuration"
+
+
+def study_board(study: optuna.Study, by: str = "auto") -> Board:
+    """The leaderboard with the study's verdict: per trial, or per configuration (`auto`:
+    per configuration when one has several complete replicates)."""
+    trials = study.get_trials(deepcopy=False)
+    frame = leaderboard(study)
+    try:
+        verdict = assess(study, trials)
+    except NoVerdict as why:
+        complete = (frame["state"] == "COMPLETE").any()
+        return Board(frame, [best_versus_baseline(frame), *([str(why)] if complete else [])],
+                     "trial")
+    if by == "auto":
+        by = "configuration" if verdict.seeds > 1 else "trial"
+    lines = closing_lines(verdict)
+    if by == "configuration":
+        unfinished = int((frame["state"] != "COMPLETE").sum())
+        if unfinished:
+            lines.append(f"{unfinished} trial(s) not complete: `--by trial` lists every trial")
+        return Board(configuration_frame(verdict), lines, by)
+    return Board(with_verdict(frame, verdict), lines, by)
+
+
+def with_verdict(frame: pd.DataFrame, verdict: Verdict) -> pd.DataFrame:
+    """The per-trial rows with their own 95% Wilson intervals (a row is one trial) and their
+    configuration's tie and recommendation; rows outside the verdict (not complete) get none."""
+    by_number = {t.number: c for c in verdict.configurations for t in c.trials}
+    rows = []
+    for number in frame["number"]:
+        configuration = by_number.get(number)
+        if configuration is None:
+            rows.append({"val_ci": None, "test_ci": None, "tied": None, "recommended": None})
+            continue
+        index = configuration.numbers.index(number)
+        val, test = configuration.val[index], configuration.test
+        rows.append({
+            "val_ci": rounded(significance.wilson_interval(int(val.sum()), len(val))),
+            "test_ci": (rounded(significance.wilson_interval(int(test[index].sum()),
+                                                             test.shape[1]))
+                        if test is not None else None),
+            "tied": verdict.tied(configuration),
+            "recommended": configuration is verdict.recommended})
+    extra = pd.DataFrame(rows, index=frame.index)
+    out = frame.copy()
+    out.insert(out.columns.get_loc("val_acc") + 1, "val_ci", extra["val_ci"])
+    out.insert(out.columns.get_loc("test_acc") + 1, "test_ci", extra["test_ci"])
+    out.insert(out.columns.get_loc("note"), "tied", extra["tied"])
+    out.insert(out.columns.get_loc("note"), "recommended", extra["recommended"])
+    return out
+
+
+def configuration_frame(verdict: Verdict) -> pd.DataFrame:
+    """One row per configuration with complete replicates: mean and sd over seeds, the
+    interval over seeds x examples, the tie and the recommendation; best first."""
+    rows = []
+    for c in verdict.configurations:
+        point = c.point
+        tests = c.test_accs
+        rows.append({
+            "model": c.model, "method": "head" if c.baseline else "lora",
+            "baseline": c.baseline,
+            "rank": point.rank if point else None, "alpha": point.alpha if point else None,
+            "dropout": point.dropout if point else None, "seeds": len(c.trials),
+            "val_acc": float(c.val_accs.mean()), "val_sd": standard_deviation(c.val_accs),
+            "val_ci": rounded(verdict.val_ci[c.key]),
+            "test_acc": float(tests.mean()) if tests is not None else None,
+            "test_sd": standard_deviation(tests) if tests is not None else None,
+            "test_ci": rounded(verdict.test_ci[c.key]) if c.key in verdict.test_ci else None,
+            "tied": verdict.tied(c), "recommended": c is verdict.recommended,
+            "trainable_params": c.trainable_params, "trials": c.numbers})
+    return pd.DataFrame(rows, columns=CONFIGURATION_COLUMNS).astype(
+        {"rank": "Int64", "trainable_params": "Int64"})
+
+
+def standard_deviation(values) -> float | None:
+    """Over seeds (n - 1 in the denominator); None for a single seed."""
+    return float(values.std(ddof=1)) if len(values) > 1 else None
+
+
+def rounded(interval: tuple[float, float]) -> list[float]:
+    return [round(interval[0], 6), round(interval[1], 6)]
 
 
 def reached_val_acc(trial: optuna.trial.FrozenTrial) -> float | None:
@@ -120,8 +225,10 @@ def best_versus_baseline(frame: pd.DataFrame) -> str:
 
 
 TABLE_FORMATS = {"alpha": "{:g}", "dropout": "{:.3g}", "val_acc": "{:.4f}", "test_acc": "{:.4f}",
+                 "val_sd": "{:.4f}", "test_sd": "{:.4f}",
                  "f1": "{:.4f}", "auc_micro": "{:.4f}", "auc_macro": "{:.4f}",
                  "trainable_pct": "{:.3f}", "train_seconds": "{:.1f}"}
+YES = {True: "yes", False: ""}
 
 
 def render(frame: pd.DataFrame, fmt: str) -> str:
@@ -131,8 +238,25 @@ def render(frame: pd.DataFrame, fmt: str) -> str:
         return frame.to_csv(index=False)
     shown = frame.astype(object)
     for column, pattern in TABLE_FORMATS.items():
-        shown[column] = frame[column].map(lambda x, p=pattern: "-" if pd.isna(x) else p.format(x))
-    for column in ("rank", "epochs", "trainable_params"):
-        shown[column] = frame[column].map(lambda x: "-" if pd.isna(x) else str(x))
-    shown["baseline"] = frame["baseline"].map({True: "yes", False: ""})
+        if column in frame:
+            shown[column] = frame[column].map(
+                lambda x, p=pattern: "-" if pd.isna(x) else p.format(x))
+    for column in ("rank", "seed", "seeds", "epochs", "trainable_params"):
+        if column in frame:
+            shown[column] = frame[column].map(lambda x: "-" if pd.isna(x) else str(x))
+    for column in ("val_ci", "test_ci"):
+        if column in frame:
+            shown[column] = frame[column].map(
+                lambda x: f"{x[0]:.3f}-{x[1]:.3f}" if isinstance(x, list) else "-")
+    for column in ("baseline", "tied", "recommended"):
+        if column in frame:
+            shown[column] = frame[column].map(lambda x: YES.get(x, ""))
+    if "trials" in frame:
+        shown["trials"] = frame["trials"].map(lambda x: ",".join(map(str, x)))
     return shown.to_string(index=False)
+
+
+def render_board(board: Board, fmt: str) -> str:
+    """The table followed by its closing lines; JSON and CSV carry the rows' fields only."""
+    text = render(board.frame, fmt)
+    return "\n".join([text, *board.lines]) if fmt == "table" else text

@@ -1,4 +1,6 @@
-"""Enqueueing: the study's baselines and grid points it does not hold yet, idempotently.
+"""Enqueueing: the study's baselines and grid points it does not hold yet, idempotently, each
+once per replicate (`search.study.replicates`), replicate by replicate: the configurations of
+one seed are queued together, so that a worker packs them together.
 
 The caller holds the study's enqueue lock (`search.study.enqueue_lock`), so two commands
 queueing the same grid at once add each point once.
@@ -13,6 +15,7 @@ import optuna
 
 from objectives.spec import LoraParams
 from search.study.baselines import DEFAULT_BASELINES, Baseline, baselines_from_dicts
+from search.study.replicates import replicate_attrs, stored_seeds, with_replicate
 from search.study.space import GridSpace, params_of, point_key
 from search.study.trials import keys_held_by
 
@@ -40,19 +43,21 @@ def stored_baselines(study: optuna.Study) -> tuple[Baseline, ...]:
                                 or [b.to_dict() for b in DEFAULT_BASELINES])
 
 
-def enqueue_baselines(study: optuna.Study) -> int:
-    """Queue each of the study's baselines it does not hold yet; how many were queued."""
+def enqueue_baselines(study: optuna.Study, replicates: range | None = None) -> int:
+    """Queue each of the study's baselines it does not hold yet, for each of `replicates`
+    (default: all the study's seeds); how many were queued."""
     held, added = held_keys(study), 0
-    for baseline in stored_baselines(study):
-        if baseline.key() in held:
-            continue
-        attrs = {"baseline": True, "method": baseline.method}
-        if baseline.model is not None:  # the study model's is filled in when it runs
-            attrs["model"] = baseline.model
-        if baseline.train_overrides():
-            attrs["train_overrides"] = baseline.train_overrides()
-        study.enqueue_trial({}, user_attrs=attrs)
-        added += 1
+    for replicate in replicates if replicates is not None else range(stored_seeds(study)):
+        for baseline in stored_baselines(study):
+            if with_replicate(baseline.key(), replicate) in held:
+                continue
+            attrs = {"baseline": True, "method": baseline.method, **replicate_attrs(replicate)}
+            if baseline.model is not None:  # the study model's is filled in when it runs
+                attrs["model"] = baseline.model
+            if baseline.train_overrides():
+                attrs["train_overrides"] = baseline.train_overrides()
+            study.enqueue_trial({}, user_attrs=attrs)
+            added += 1
     return added
 
 
@@ -63,16 +68,36 @@ def enqueue_grid(study: optuna.Study, grid: GridSpace) -> EnqueueReport:
     failing, so re-running a command adds nothing, a wider grid adds only its new points, and
     a failed point is queued again.
     """
-    report = EnqueueReport(baselines_added=enqueue_baselines(study))
-    held = held_keys(study)
-    for point in grid.points():
-        if point_key(point) in held:
-            report.already_there += 1
-            continue
-        study.enqueue_trial(params_of(point), user_attrs={"baseline": False})
-        report.added.append(point)
+    report = EnqueueReport()
+    for replicate in range(stored_seeds(study)):
+        report.baselines_added += enqueue_baselines(study, range(replicate, replicate + 1))
+        held = held_keys(study)
+        for point in grid.points():
+            if with_replicate(point_key(point), replicate) in held:
+                report.already_there += 1
+                continue
+            study.enqueue_trial(params_of(point), user_attrs={"baseline": False,
+                                                              **replicate_attrs(replicate)})
+            report.added.append(point)
     record_space(study, grid)
     return report
+
+
+def enqueue_replicates(study: optuna.Study, point: LoraParams) -> int:
+    """Queue the missing replicates 1.. of a point a sampled (TPE) trial, its replicate 0,
+    has completed: fixed-param trials that TPE then sees as repeated observations of the
+    point. How many were queued.
+
+    Without the enqueue lock (a worker does not hold it): only the worker that completed the
+    sampled trial queues its replicates, once. A `search grid` queueing the same point and
+    seed at the same instant could add one twice; the verdict then counts that seed twice."""
+    held, added = held_keys(study), 0
+    for replicate in range(1, stored_seeds(study)):
+        if with_replicate(point_key(point), replicate) not in held:
+            study.enqueue_trial(params_of(point), user_attrs={"baseline": False,
+                                                              **replicate_attrs(replicate)})
+            added += 1
+    return added
 
 
 def record_space(study: optuna.Study, grid: GridSpace) -> None:

@@ -2,8 +2,9 @@
 
 A spec file has these tables:
 
-    [study]   name = "...", baselines = [...]    the default study name; extra no-LoRA
-              reference trials, e.g. ["head", "resnet50:head"] (see `search.study.baselines`)
+    [study]   name = "...", baselines = [...], seeds = N    the default study name; extra no-LoRA
+              reference trials, e.g. ["head", "resnet50:head"] (see `search.study.baselines`);
+              how many seeds train every configuration (default 1; `search.study.replicates`)
     [grid]    ranks = [...], alphas = [...], dropouts = [...]
     [optuna]  trials, ranks, alphas, dropout_range = [lo, hi], seed, pruner, startup_trials
     [heartbeat] interval, grace_period, max_retries (seconds, seconds, count; see
@@ -26,6 +27,7 @@ from typing import Any
 from objectives.spec import VIT_TARGETS, SpecError, TrainSpec
 from search.study.baselines import DEFAULT_BASELINES, Baseline, BaselineError, parse_baselines
 from search.study.heartbeat_settings import HeartbeatError, HeartbeatSettings
+from search.study.replicates import MAX_SEEDS
 from search.study.space import GridSpace, SpaceError, TpeSearch
 
 STUDIES_DIR = Path(__file__).resolve().parents[2] / "studies"
@@ -43,6 +45,7 @@ class StudySpec:
     tpe: TpeSearch = dataclasses.field(default_factory=TpeSearch)
     heartbeat: HeartbeatSettings = dataclasses.field(default_factory=HeartbeatSettings)
     baselines: tuple[Baseline, ...] = DEFAULT_BASELINES
+    seeds: int | None = None  # None: not chosen (a study keeps its own; a new one has 1)
 
 
 def load_spec(path: str | Path | None = None) -> StudySpec:
@@ -71,10 +74,15 @@ def parse_spec(document: dict[str, Any], source: str, default_name: str) -> Stud
     study = dict(document.get("study", {}))
     name = study.pop("name", default_name)
     listed_baselines = study.pop("baselines", ["head"])
+    seeds = study.pop("seeds", None)
     if study:
         raise SpecError(f"{source}: unknown key(s) in [study]: {sorted(study)}")
     if not isinstance(name, str) or not name.strip():
         raise SpecError(f"{source}: study.name must be a non-empty string")
+    if seeds is not None and (isinstance(seeds, bool) or not isinstance(seeds, int)
+                              or not 1 <= seeds <= MAX_SEEDS):
+        raise SpecError(f"{source}: study.seeds must be an integer from 1 to {MAX_SEEDS}, "
+                        f"got {seeds!r}")
     train = train_spec_from_dict(document.get("train", {}), source)
     spec_folder = Path(source).parent if Path(source).is_file() else None
     try:
@@ -98,7 +106,7 @@ def parse_spec(document: dict[str, Any], source: str, default_name: str) -> Stud
     except HeartbeatError as error:
         raise SpecError(f"{source}: {error}") from None
     return StudySpec(name=name, train=train, grid=grid, tpe=tpe, heartbeat=heartbeat,
-                     baselines=baselines)
+                     baselines=baselines, seeds=seeds)
 
 
 def train_spec_from_dict(values: dict[str, Any], source: str) -> TrainSpec:
@@ -188,7 +196,7 @@ def check_weights_folder(spec: TrainSpec, source: str) -> None:
 
 
 def with_overrides(spec: StudySpec, name: str | None = None, grid: GridSpace | None = None,
-                   heartbeat: dict[str, int | None] | None = None,
+                   heartbeat: dict[str, int | None] | None = None, seeds: int | None = None,
                    **train_overrides: Any) -> StudySpec:
     """The spec with single fields replaced by command-line values (None = not given)."""
     given = {key: value for key, value in train_overrides.items() if value is not None}
@@ -201,7 +209,7 @@ def with_overrides(spec: StudySpec, name: str | None = None, grid: GridSpace | N
     except HeartbeatError as error:
         raise SpecError(f"command line: {error}") from None
     return StudySpec(name=name or spec.name, train=train, grid=grid or spec.grid, tpe=spec.tpe,
-                     heartbeat=beats, baselines=spec.baselines)
+                     heartbeat=beats, baselines=spec.baselines, seeds=seeds or spec.seeds)
 
 
 def describe_differences(stored: TrainSpec, asked: TrainSpec) -> list[str]:

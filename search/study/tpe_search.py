@@ -19,6 +19,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search.study.enqueue import enqueue_baselines
 from search.study.open_study import StudyError
+from search.study.replicates import replicate_of
 from search.study.space import SpaceError, TpeSearch, space_disagreements
 from search.study.trials import is_baseline
 
@@ -86,10 +87,13 @@ class TopUpReport:
 
 def enqueue_tpe_budget(study: optuna.Study, search: TpeSearch) -> TopUpReport:
     """Store `search` in the study, queue its baselines if missing, and queue one sampled trial
-    per LoRA trial missing from `search.trials` (failed trials do not count)."""
+    per LoRA trial missing from `search.trials` (failed trials do not count). With seeds,
+    the budget counts configurations: replicate 0 of each (a completed sampled trial queues
+    its other replicates, `search.study.enqueue.enqueue_replicates`)."""
     study.set_user_attr("tpe", search.to_dict())
     baselines_added = enqueue_baselines(study)
-    lora = [t for t in study.get_trials(deepcopy=False) if not is_baseline(t)]
+    lora = [t for t in study.get_trials(deepcopy=False)
+            if not is_baseline(t) and replicate_of(t) == 0]
     finished = sum(t.state in FINISHED for t in lora)
     pending = sum(t.state in PENDING for t in lora)
     missing = max(0, search.trials - finished - pending)

@@ -14,6 +14,7 @@ from optuna.trial import FrozenTrial, TrialState
 from objectives.spec import LoraParams, TrainSpec
 from search.study.baselines import Baseline, baseline_train_spec
 from search.study.heartbeat_settings import HeartbeatError, HeartbeatSettings, stored_heartbeat
+from search.study.replicates import replicate_of, replicate_train_spec, with_replicate
 from search.study.space import BASELINE_KEY, point_key, point_of
 
 
@@ -30,8 +31,10 @@ def trial_point(trial: FrozenTrial) -> LoraParams | None:
 
 
 def trial_train_spec(spec: TrainSpec, trial: FrozenTrial) -> TrainSpec:
-    """What `trial` trains: the study's spec, or a baseline's with its model's fields."""
-    return baseline_train_spec(spec, trial.user_attrs.get("train_overrides"))
+    """What `trial` trains: the study's spec, or a baseline's with its model's fields, with
+    its replicate's seed (`search.study.replicates`)."""
+    return replicate_train_spec(baseline_train_spec(spec, trial.user_attrs.get("train_overrides")),
+                                replicate_of(trial))
 
 
 def trial_model(trial: FrozenTrial, study_model: str) -> str:
@@ -43,12 +46,20 @@ def trial_method(trial: FrozenTrial) -> str:
     return "head" if is_baseline(trial) else "lora"
 
 
-def trial_key(trial: FrozenTrial) -> tuple | None:
+def configuration_key(trial: FrozenTrial) -> tuple | None:
+    """What a trial trains, whatever its seed: its baseline's key or its LoRA point's; None
+    for a TPE trial whose params are not sampled yet."""
     if is_baseline(trial):
         overrides = trial.user_attrs.get("train_overrides")
         return Baseline(**overrides).key() if overrides else BASELINE_KEY
     point = trial_point(trial)
     return point_key(point) if point is not None else None
+
+
+def trial_key(trial: FrozenTrial) -> tuple | None:
+    """The point of the study a trial holds: its configuration and its replicate."""
+    key = configuration_key(trial)
+    return with_replicate(key, replicate_of(trial)) if key is not None else None
 
 
 # States in which a trial holds its point: it will run, runs, or finished without failing.

@@ -35,7 +35,12 @@ from objectives.spec import LoraParams, TrainSpec
 from objectives.train import TrialResult, run_trial
 from objectives.user_error import first_line
 from search.results.trial_artifacts import upload_trial_artifacts
+from search.results.verdict_notes import baseline_note
+from search.study.enqueue import enqueue_replicates
+from search.study.outcomes import ATTR as OUTCOMES_ATTR
+from search.study.outcomes import outcomes_attr
 from search.study.patient_storage import StorageOutage
+from search.study.replicates import replicate_of
 from search.study.tpe_search import is_sampled
 from search.study.trials import is_baseline, trial_point, trial_train_spec
 from search.worker.attempt_store import AttemptStore, Checkpoints
@@ -47,11 +52,6 @@ if TYPE_CHECKING:
     from optuna.artifacts._protocol import ArtifactStore
 
 WEIGHTS_FILE = "trained_weights.safetensors"
-
-
-def baseline_note(model: str) -> str:
-    return (f"**Baseline** ({model}, head only): no LoRA; the pretrained backbone is frozen "
-            "and only the classification head is trained.")
 
 
 def describe_point(point: LoraParams | None, model: str | None = None) -> str:
@@ -105,7 +105,7 @@ def record_result(trial: optuna.Trial, result: TrialResult) -> None:
 # user attributes, so they are cleared when an attempt starts: a trial shows only its own.
 RESULT_ATTRS = ("val_acc", "test_acc", "f1", "auc_micro", "auc_macro", "trainable_params",
                 "total_params", "trainable_pct", "train_seconds", "images_per_second", "device",
-                "resumed_from_epoch")
+                "resumed_from_epoch", OUTCOMES_ATTR)
 
 
 def clear_inherited_results(trial: optuna.Trial, frozen: FrozenTrial) -> None:
@@ -170,6 +170,7 @@ class TrialAttempt:
         trial.set_user_attr("model", spec.model)
         trial.set_user_attr("method", "lora" if point is not None else "head")
         trial.set_user_attr("pack", self.pack)
+        trial.set_user_attr("seed", spec.seed)  # its replicate's (`search.study.replicates`)
         if point is None:  # the dashboard shows a trial's note on top of its page
             optuna_dashboard.save_note(trial, baseline_note(spec.model))
         extra_model = spec.model if "train_overrides" in frozen.user_attrs else None
@@ -224,15 +225,27 @@ class TrialAttempt:
         upload_trial_artifacts(self.trial, result, self.data.classes, self.title, self.store)
         self.trial.set_user_attr("weights_artifact", weights)
         record_result(self.trial, result)
+        self.trial.set_user_attr(OUTCOMES_ATTR, outcomes_attr(
+            result.val_correct, self.data.val_labels, result.test_correct,
+            self.data.test_labels))
 
     def complete(self, result: TrialResult) -> TrialState:
-        """After `record`: the trial is COMPLETE with its validation accuracy."""
+        """After `record`: the trial is COMPLETE with its validation accuracy. A sampled
+        trial of a study with seeds then queues its point's other replicates."""
         self.checkpoints.discard()
         self.study.tell(self.trial, result.val_acc)
+        if is_sampled(self.frozen) and replicate_of(self.frozen) == 0 and self.point is not None:
+            added = enqueue_replicates(self.study, self.point)
+            if added:
+                tqdm.write(f"{self.title}: queued {added} more seed(s) of its point",
+                           file=sys.stderr)
         return self._end(TrialState.COMPLETE)
 
     def prune(self) -> TrialState:
         self.trial.set_user_attr("val_acc", self.epochs[-1].val_acc)
+        if self.epochs[-1].val_correct is not None:  # what it has: the epoch it reached
+            self.trial.set_user_attr(OUTCOMES_ATTR, outcomes_attr(self.epochs[-1].val_correct,
+                                                                  self.data.val_labels))
         record_history(self.trial, self.epochs)
         self.checkpoints.discard()
         self.study.tell(self.trial, state=TrialState.PRUNED)

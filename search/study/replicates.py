@@ -1,0 +1,62 @@
+"""Replicates: one configuration (a baseline or a LoRA point) trained with several seeds.
+
+A study trained with `seeds = N` holds every configuration N times: replicate 0 trains with the
+study's seed (the trial a study without replicates holds), replicate i with seed + i. Seeds
+change what training draws (the head's and adapters' initialisation, dropout masks, batch
+order and augmentation), never the held-out splits: every replicate is scored on the same
+validation and test images, so outcomes stay paired across trials and seeds.
+
+Each replicate is an ordinary trial, its index in the `replicate` user attribute (absent:
+0, as in studies made before replicates), part of the trial's key, so that queueing is
+idempotent per (configuration, replicate) like a grid point. The study keeps its N in the
+`seeds` user attribute.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the command line reads MAX_SEEDS before it imports optuna
+    import optuna
+    from optuna.trial import FrozenTrial
+
+    from objectives.spec import TrainSpec
+
+ATTR = "replicate"
+MAX_SEEDS = 20
+
+
+def replicate_of(trial: FrozenTrial) -> int:
+    return int(trial.user_attrs.get(ATTR) or 0)
+
+
+def replicate_attrs(replicate: int) -> dict[str, int]:
+    """User attributes that mark a queued trial as `replicate` (none for replicate 0)."""
+    return {ATTR: replicate} if replicate else {}
+
+
+def with_replicate(key: tuple, replicate: int) -> tuple:
+    """A configuration's key extended by its replicate (replicate 0: the key itself, as a
+    study without replicates keys its trials)."""
+    return key if not replicate else (*key, ("replicate", replicate))
+
+
+def replicate_train_spec(spec: TrainSpec, replicate: int) -> TrainSpec:
+    """What replicate `replicate` of a configuration trains: `spec` with seed + replicate,
+    on the splits of `spec`'s own seed."""
+    if not replicate:
+        return spec
+    return dataclasses.replace(spec, seed=spec.seed + replicate, split_seed=spec.splits_seed)
+
+
+def stored_seeds(study: optuna.Study) -> int:
+    value = study.user_attrs.get("seeds", 1)
+    return value if isinstance(value, int) and 1 <= value <= MAX_SEEDS else 1
+
+
+def store_seeds(study: optuna.Study, seeds: int, given: bool) -> None:
+    """Keep the study's seeds unless this command chose them (--seeds or a spec's
+    `study.seeds`)."""
+    if given or "seeds" not in study.user_attrs:
+        study.set_user_attr("seeds", seeds)

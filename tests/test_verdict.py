@@ -1,0 +1,231 @@
+"""The study's verdict on synthetic studies: ties, the recommendation, seeds, old studies, the
+leaderboard, report, export and dashboard notes that show it."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import optuna
+import pytest
+import torch
+from optuna.distributions import FloatDistribution, IntDistribution
+from run_cli import search_in_process
+
+from search.results.leaderboard import render_board, study_board
+from search.results.verdict import NoVerdict, assess, closing_lines
+from search.results.verdict_notes import note_verdict
+from search.study.outcomes import decode_bits, encode_bits, outcomes_attr, trial_outcomes
+
+N_VAL, N_TEST = 200, 300
+DISTRIBUTIONS = {"rank": IntDistribution(1, 64), "alpha": FloatDistribution(1, 64),
+                 "dropout": FloatDistribution(0, 0.9)}
+LABELS_VAL = torch.arange(N_VAL) % 10
+LABELS_TEST = torch.arange(N_TEST) % 10
+
+
+def outcomes(wrong: list[int] | range, n: int) -> torch.Tensor:
+    correct = torch.ones(n, dtype=torch.bool)
+    correct[list(wrong)] = False
+    return correct
+
+
+def add_trial(study: optuna.Study, val_wrong, rank: int | None = None, alpha: float = 8.0,
+              params: int = 1000, replicate: int = 0, test_wrong=range(0),
+              with_outcomes: bool = True, labels: torch.Tensor = LABELS_VAL) -> None:
+    val, test = outcomes(val_wrong, N_VAL), outcomes(test_wrong, N_TEST)
+    attrs = {"baseline": rank is None, "trainable_params": params,
+             "test_acc": test.float().mean().item(), "seed": replicate}
+    if replicate:
+        attrs["replicate"] = replicate
+    if with_outcomes:
+        attrs["outcomes"] = outcomes_attr(val, labels, test, LABELS_TEST)
+    point = {} if rank is None else {"rank": rank, "alpha": alpha, "dropout": 0.1}
+    study.add_trial(optuna.trial.create_trial(
+        params=point, distributions={k: DISTRIBUTIONS[k] for k in point},
+        value=val.float().mean().item(), user_attrs=attrs))
+
+
+@pytest.fixture
+def study(tmp_path) -> optuna.Study:
+    created = optuna.create_study(storage=f"sqlite:///{tmp_path / 'v.db'}", study_name="v",
+                                  direction="maximize")
+    created.set_user_attr("train_spec", {"model": "vit_tiny_patch16_224"})
+    return created
+
+
+def test_outcomes_survive_their_encoding():
+    correct = torch.rand(1001) > 0.3
+    assert (decode_bits(encode_bits(correct), 1001) == correct.numpy()).all()
+    attrs = {"outcomes": outcomes_attr(correct, torch.arange(1001) % 7)}
+    values, order = trial_outcomes(attrs, "val")
+    assert (values == correct.numpy()).all() and len(order) == 8
+    assert trial_outcomes(attrs, "test") is None  # a pruned trial stores no test outcomes
+    assert trial_outcomes({}, "val") is None
+
+
+def test_one_example_apart_is_tied_forty_is_not_and_the_smaller_tied_one_is_recommended(study):
+    add_trial(study, range(10), rank=8, params=8000)              # best: 190 of 200
+    add_trial(study, range(11), rank=2, params=2000)              # 1 more wrong: tied
+    add_trial(study, range(50), rank=4, params=4000)              # 40 more wrong: worse
+    add_trial(study, range(60), rank=None, params=500)            # baseline, far below
+    verdict = assess(study)
+    tied = {c.numbers[0]: verdict.tied(c) for c in verdict.configurations}
+    assert tied == {0: True, 1: True, 2: False, 3: False}
+    assert verdict.best.numbers == [0] and verdict.recommended.numbers == [1]
+    assert verdict.ties[verdict.best.key].p_value == 1.0
+    baseline = next(c for c in verdict.configurations if c.baseline)
+    assert verdict.ties[baseline.key].p_value < 1e-6
+
+    board = study_board(study)
+    assert board.by == "trial"
+    rows = {row["number"]: row for row in board.frame.to_dict("records")}
+    assert rows[1]["recommended"] and not rows[0]["recommended"]
+    assert [rows[n]["tied"] for n in range(4)] == [True, True, False, False]
+    low, high = rows[0]["val_ci"]
+    assert low < 0.95 < high
+    text = render_board(board, "table")
+    assert ("2 of 3 LoRA configurations are tied with the best (exact McNemar on 200 "
+            "validation images, Holm, p >= 0.05); recommended: rank 2, alpha 8, dropout 0.1 "
+            "(2,000 trainable parameters, 0.25x the best's); baseline 25.0 pp below the best "
+            "(p < 1e-6)") in text
+    assert "on the test set (not used to choose)" in text
+
+
+def test_among_equal_parameter_counts_the_higher_validation_accuracy_is_recommended(study):
+    add_trial(study, range(10), rank=8, params=8000)
+    add_trial(study, range(12), rank=4, alpha=2, params=4000)
+    add_trial(study, range(11), rank=4, alpha=4, params=4000)
+    assert assess(study).recommended.numbers == [2]
+
+
+def test_replicates_group_by_configuration_with_mean_and_sd_over_seeds(study):
+    for replicate, (a, b) in enumerate([(10, 30), (14, 34), (12, 32)]):
+        add_trial(study, range(a), rank=8, params=8000, replicate=replicate)
+        add_trial(study, range(b), rank=2, params=2000, replicate=replicate)
+    board = study_board(study)
+    assert board.by == "configuration"
+    rows = board.frame.to_dict("records")
+    assert [row["seeds"] for row in rows] == [3, 3]
+    assert rows[0]["rank"] == 8 and sorted(rows[0]["trials"]) == [0, 2, 4]
+    accuracies = np.array([190, 186, 188]) / 200
+    assert rows[0]["val_acc"] == pytest.approx(accuracies.mean())
+    assert rows[0]["val_sd"] == pytest.approx(accuracies.std(ddof=1))
+    assert rows[0]["tied"] and not rows[1]["tied"] and rows[0]["recommended"]
+    assert "bootstrap over 3 seeds x 200 validation images" in render_board(board, "table")
+    per_trial = study_board(study, by="trial").frame
+    assert len(per_trial) == 6 and per_trial["seed"].tolist().count(2) == 2
+
+
+def test_a_study_without_per_example_outcomes_shows_its_board_and_says_why(study):
+    add_trial(study, range(10), rank=8, with_outcomes=False)
+    add_trial(study, range(20), rank=None, with_outcomes=False)
+    with pytest.raises(NoVerdict):
+        assess(study)
+    board = study_board(study)
+    assert not {"val_ci", "test_ci", "tied", "recommended"} & set(board.frame.columns)
+    assert board.lines[-1] == ("no tie test: 2 of 2 complete trials carry no per-example "
+                               "outcomes (made before they were stored); trials run from now "
+                               "on do")
+    assert note_verdict(study) == 0
+
+
+def test_trials_scored_on_another_split_take_no_part(study):
+    add_trial(study, range(10), rank=8)
+    add_trial(study, range(12), rank=2)
+    add_trial(study, range(5), rank=4, labels=LABELS_VAL.flip(0))
+    verdict = assess(study)
+    assert sorted(n for c in verdict.configurations for n in c.numbers) == [0, 1]
+    assert verdict.left_out.startswith("trials 2 were scored on other validation images")
+
+
+def test_dashboard_notes_say_the_baseline_gap_and_the_recommendation(study):
+    from optuna_dashboard._note import get_note_from_system_attrs
+
+    add_trial(study, range(10), rank=8, params=8000)
+    add_trial(study, range(11), rank=2, params=2000)
+    add_trial(study, range(60), rank=None, params=500)
+    assert note_verdict(study) == 3
+    assert note_verdict(study) == 0  # unchanged notes are not written again
+    attrs = study._storage.get_study_system_attrs(study._study_id)
+    notes = [get_note_from_system_attrs(attrs, t._trial_id)["body"] for t in study.trials]
+    assert notes[0].startswith("**Best** validation accuracy 0.9500")
+    assert "**Recommended**: the fewest trainable parameters (2,000)" in notes[1]
+    assert notes[2].startswith("**Baseline**") and "25.0 pp below the best" in notes[2]
+    assert "p < 1e-6" in notes[2]
+
+
+def test_export_pick_recommended_records_which_and_why(study, tmp_path, capsys, monkeypatch):
+    add_trial(study, range(10), rank=8, params=8000)
+    add_trial(study, range(11), rank=2, params=2000)
+    url = f"sqlite:///{tmp_path / 'v.db'}"
+    code, _, err = search_in_process(["export", "--storage", url, "--pick", "recommended",
+                                      "--out", "rec.json"], tmp_path, capsys, monkeypatch)
+    assert code == 0, err
+    document = json.loads((tmp_path / "rec.json").read_text())
+    assert document["trial"] == 1 and document["params"]["rank"] == 2
+    assert document["selection"]["pick"] == "recommended"
+    assert document["selection"]["tied"] == ["rank 8, alpha 8, dropout 0.1",
+                                             "rank 2, alpha 8, dropout 0.1"]
+    code, _, err = search_in_process(["export", "--storage", url, "--out", "best.json"],
+                                     tmp_path, capsys, monkeypatch)
+    assert code == 0 and json.loads((tmp_path / "best.json").read_text())["trial"] == 0
+    assert "best trial 0" in err
+
+
+def test_export_pick_recommended_of_an_old_study_is_one_line_exit_2(study, tmp_path, capsys,
+                                                                    monkeypatch):
+    add_trial(study, range(10), rank=8, with_outcomes=False)
+    code, _, err = search_in_process(["export", "--storage", f"sqlite:///{tmp_path / 'v.db'}",
+                                      "--pick", "recommended"], tmp_path, capsys, monkeypatch)
+    assert code == 2 and err.count("\n") == 1
+    assert "has no recommendation: no tie test" in err
+    assert not (tmp_path / "best.json").exists()
+
+
+def test_the_baseline_is_outside_holms_family_and_can_be_the_tied_one(study):
+    add_trial(study, range(20), rank=8, params=8000)   # best LoRA: 180 of 200
+    add_trial(study, range(60), rank=2, params=2000)   # far below: not tied
+    add_trial(study, range(18), rank=None, params=500)  # baseline 2 right more than the best
+    verdict = assess(study)
+    assert verdict.best.numbers == [0] and verdict.recommended.numbers == [0]
+    baseline = next(c for c in verdict.configurations if c.baseline)
+    assert verdict.tied(baseline)  # unadjusted, its own question
+    line = closing_lines(verdict)[0]
+    assert line.startswith("1 of 2 LoRA configurations are tied with the best")
+    assert "recommended: the best, rank 8, alpha 8, dropout 0.1" in line
+    assert "baseline 1.0 pp above the best (p = 0.50: not told apart from the best, LoRA may " \
+           "not pay here)" in line
+
+
+def test_a_study_with_only_baselines_compares_them(study):
+    add_trial(study, range(10), rank=None)
+    verdict = assess(study)
+    assert verdict.best.baseline and verdict.recommended is verdict.best
+    assert closing_lines(verdict)[0].startswith("no LoRA trial has completed; 1 of 1 baselines")
+
+
+def test_the_report_draws_the_verdict(study, tmp_path, capsys, monkeypatch):
+    add_trial(study, range(10), rank=8, params=8000)
+    add_trial(study, range(11), rank=2, params=2000)
+    add_trial(study, range(60), rank=None, params=500)
+    code, _, err = search_in_process(["report", "--storage", f"sqlite:///{tmp_path / 'v.db'}",
+                                      "--out", "r"], tmp_path, capsys, monkeypatch)
+    assert code == 0, err
+    markdown = (tmp_path / "r" / "report.md").read_text()
+    assert "**Recommended: rank 2, alpha 8, dropout 0.1** (2,000 trainable parameters" in markdown
+    assert "- 1 of 2 LoRA configurations are tied with the best" not in markdown
+    assert "- 2 of 2 LoRA configurations are tied with the best" in markdown
+    header = (tmp_path / "r" / "report.csv").read_text().splitlines()[0]
+    assert header.endswith("val_ci,test_ci,tied,recommended")
+
+
+def test_the_report_of_an_old_study_says_why_it_has_no_intervals(study, tmp_path, capsys,
+                                                                 monkeypatch):
+    add_trial(study, range(10), rank=8, with_outcomes=False)
+    code, _, err = search_in_process(["report", "--storage", f"sqlite:///{tmp_path / 'v.db'}",
+                                      "--out", "r"], tmp_path, capsys, monkeypatch)
+    assert code == 0, err
+    assert "No tie test or intervals: 1 of 1 complete trials carry no per-example outcomes" in \
+        (tmp_path / "r" / "report.md").read_text()
+    assert "tied" not in (tmp_path / "r" / "report.csv").read_text().splitlines()[0]
