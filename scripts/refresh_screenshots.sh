@@ -17,10 +17,10 @@ stamp=$(mktemp)
 trap 'rm -f "$stamp"' EXIT
 SEARCH_SCREENSHOTS_DIR=$target .venv/bin/python -m pytest -q -rs \
     tests/test_dashboard_browser.py "$@"
-for name in study.png trials.png trial_artifacts.png; do
+for name in study.png trials.png trial_artifacts.png study_note.png; do
     if [[ ! $target/$name -nt $stamp ]]; then
         echo "$target/$name was not refreshed (did the browser test skip?)" >&2
         exit 1
     fi
 done
-echo "refreshed $target/{study,trials,trial_artifacts}.png"
+echo "refreshed $target/{study,trials,trial_artifacts,study_note}.png"

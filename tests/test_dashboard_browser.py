@@ -19,7 +19,7 @@ import pytest
 from postgres_cluster import free_port
 from run_cli import DEMO, ROOT, SEARCH, search
 
-SCREENSHOT_NAMES = ("study.png", "trials.png", "trial_artifacts.png")
+SCREENSHOT_NAMES = ("study.png", "trials.png", "trial_artifacts.png", "study_note.png")
 CHROMEDRIVER = shutil.which("chromedriver")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -104,6 +104,23 @@ def test_a_browser_finds_every_trial_and_the_best_trials_artifacts(dashboard, tm
         driver.get(f"{dashboard}/dashboard/studies/1/trials?numbers=0")
         wait_for_text(driver, "Baseline")
         wait_for_text(driver, "the best LoRA configuration (rank")
+
+        # The study's Note page is the leaderboard: a row per trial, the best first, and the
+        # chart of accuracy against trainable parameters (a study artifact).
+        driver.get(f"{dashboard}/dashboard/studies/1/note")
+        wait_for_text(driver, "Leaderboard of study demo")
+        wait_for_text(driver, "LoRA configurations are tied with the best")
+        rows = driver.find_elements("css selector", "table tbody tr")
+        assert len(rows) == len(study["trials"])
+        assert rows[0].find_elements("tag name", "td")[0].text == str(best)
+        chart = [image for image in driver.find_elements("css selector", "img")
+                 if "/artifacts/1/" in (image.get_attribute("src") or "")]
+        assert chart, "no chart on the study's note"
+        deadline = time.monotonic() + 30
+        while not driver.execute_script("return arguments[0].naturalWidth", chart[0]):
+            assert time.monotonic() < deadline, "the chart never loaded"
+            time.sleep(0.25)
+        driver.save_screenshot(str(screenshots / "study_note.png"))
     finally:
         driver.quit()
     for name in SCREENSHOT_NAMES:

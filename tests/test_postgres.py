@@ -138,3 +138,18 @@ def test_the_password_can_come_from_a_pgpass_file_and_is_never_printed(postgres_
     code, out, err = search_in_process(["leaderboard", "--storage", wrong], tmp_path, capsys,
                                        monkeypatch)
     assert code == 2 and "wrong-secret" not in out + err and "authentication failed" in err
+
+
+def test_workers_refreshing_the_dashboard_at_once_never_drop_a_row(postgres_url, tmp_path,
+                                                                   monkeypatch):
+    """The notes lock is a PostgreSQL advisory lock here: sessions of their own."""
+    import optuna
+    from test_verdict import check_concurrent_refreshes
+
+    from search.study.artifacts import artifact_store
+
+    study = optuna.create_study(storage=postgres_url, study_name="notes-race",
+                                direction="maximize")
+    study.set_user_attr("train_spec", {"model": "vit_tiny_patch16_224"})
+    check_concurrent_refreshes(study, artifact_store(tmp_path / "a"), postgres_url,
+                               monkeypatch)

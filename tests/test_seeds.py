@@ -63,6 +63,18 @@ def test_a_three_seed_grid_trains_each_configuration_exactly_three_times(seeded)
     assert len({tuple(trial_outcomes(t.user_attrs, "val")[0]) for t in lora}) > 1
 
 
+def test_the_workers_leave_the_leaderboard_in_the_studys_note(seeded):
+    from optuna_dashboard._note import get_note_from_system_attrs
+
+    study = optuna.load_study(study_name="demo", storage=f"sqlite:///{seeded / 'search.db'}")
+    board = get_note_from_system_attrs(
+        study._storage.get_study_system_attrs(study._study_id), None)["body"]
+    assert "### Configurations over their seeds" in board
+    trial_rows = board.split("### Trials")[1]
+    assert sum(line.startswith("| ") for line in trial_rows.splitlines()) == 6 + 1  # + header
+    assert "bootstrap over 3 seeds x 216 validation images" in board
+
+
 def test_the_configurations_of_one_seed_share_a_pack(seeded):
     packs = re.findall(r"pack of (\d+): trials ([\d, ]+)", (seeded / "grid.stderr").read_text())
     trials = {t.number: t.user_attrs["seed"] for t in demo_trials(seeded)}

@@ -12,9 +12,10 @@ import torch
 from optuna.distributions import FloatDistribution, IntDistribution
 from run_cli import search_in_process
 
+from search.results.dashboard_notes import refresh_dashboard
 from search.results.leaderboard import render_board, study_board
 from search.results.verdict import NoVerdict, assess, closing_lines
-from search.results.verdict_notes import note_verdict
+from search.study.artifacts import artifact_store
 from search.study.outcomes import decode_bits, encode_bits, outcomes_attr, trial_outcomes
 
 N_VAL, N_TEST = 200, 300
@@ -44,6 +45,10 @@ def add_trial(study: optuna.Study, val_wrong, rank: int | None = None, alpha: fl
     study.add_trial(optuna.trial.create_trial(
         params=point, distributions={k: DISTRIBUTIONS[k] for k in point},
         value=val.float().mean().item(), user_attrs=attrs))
+
+
+def url(folder) -> str:
+    return f"sqlite:///{folder / 'v.db'}"
 
 
 @pytest.fixture
@@ -117,7 +122,7 @@ def test_replicates_group_by_configuration_with_mean_and_sd_over_seeds(study):
     assert len(per_trial) == 6 and per_trial["seed"].tolist().count(2) == 2
 
 
-def test_a_study_without_per_example_outcomes_shows_its_board_and_says_why(study):
+def test_a_study_without_per_example_outcomes_shows_its_board_and_says_why(study, tmp_path):
     add_trial(study, range(10), rank=8, with_outcomes=False)
     add_trial(study, range(20), rank=None, with_outcomes=False)
     with pytest.raises(NoVerdict):
@@ -127,7 +132,8 @@ def test_a_study_without_per_example_outcomes_shows_its_board_and_says_why(study
     assert board.lines[-1] == ("no tie test: 2 of 2 complete trials carry no per-example "
                                "outcomes (made before they were stored); trials run from now "
                                "on do")
-    assert note_verdict(study) == 0
+    written = refresh_dashboard(study, artifact_store(tmp_path / "a"), url(tmp_path))
+    assert written == 3  # two trial notes and the study's leaderboard, without a verdict
 
 
 def test_trials_scored_on_another_split_take_no_part(study):
@@ -139,20 +145,75 @@ def test_trials_scored_on_another_split_take_no_part(study):
     assert verdict.left_out.startswith("trials 2 were scored on other validation images")
 
 
-def test_dashboard_notes_say_the_baseline_gap_and_the_recommendation(study):
+def test_dashboard_notes_say_the_baseline_gap_and_the_recommendation(study, tmp_path):
     from optuna_dashboard._note import get_note_from_system_attrs
 
     add_trial(study, range(10), rank=8, params=8000)
     add_trial(study, range(11), rank=2, params=2000)
     add_trial(study, range(60), rank=None, params=500)
-    assert note_verdict(study) == 3
-    assert note_verdict(study) == 0  # unchanged notes are not written again
+    store = artifact_store(tmp_path / "a")
+    assert refresh_dashboard(study, store, url(tmp_path)) == 4  # 3 trials and the study
+    assert refresh_dashboard(study, store, url(tmp_path)) == 0  # unchanged: not written again
     attrs = study._storage.get_study_system_attrs(study._study_id)
     notes = [get_note_from_system_attrs(attrs, t._trial_id)["body"] for t in study.trials]
-    assert notes[0].startswith("**Best** validation accuracy 0.9500")
+    assert notes[0].startswith("**LoRA r=8 alpha=8 dropout=0.1 on vit_tiny_patch16_224**: "
+                               "complete, val_acc 0.9500")
+    assert "**Best** validation accuracy 0.9500" in notes[0]
     assert "**Recommended**: the fewest trainable parameters (2,000)" in notes[1]
-    assert notes[2].startswith("**Baseline**") and "25.0 pp below the best" in notes[2]
-    assert "p < 1e-6" in notes[2]
+    assert notes[2].startswith("**Baseline**")
+    assert "25.0 pp below the best LoRA configuration" in notes[2] and "p < 1e-6" in notes[2]
+    board = get_note_from_system_attrs(attrs, None)["body"]
+    rows = [line for line in board.splitlines() if line.startswith("| ")][1:]
+    assert [row.split(" | ")[0] for row in rows] == ["| 0", "| 1", "| 2"]  # best first
+    assert "recommended: rank 2, alpha 8, dropout 0.1" in board
+    chart = study.user_attrs["leaderboard_chart"]
+    assert f"(/artifacts/{study._study_id}/{chart})" in board
+    assert (tmp_path / "a" / chart).stat().st_size > 10_000
+
+    add_trial(study, range(9), rank=4, params=4000)  # a new best: a new board and chart
+    assert refresh_dashboard(study, store, url(tmp_path)) >= 2
+    assert study.user_attrs["leaderboard_chart"] != chart
+    assert not (tmp_path / "a" / chart).exists()  # the old chart is taken back
+
+
+def test_concurrent_refreshes_never_leave_an_older_leaderboard(study, tmp_path, monkeypatch):
+    check_concurrent_refreshes(study, artifact_store(tmp_path / "a"), url(tmp_path),
+                               monkeypatch)
+
+
+def check_concurrent_refreshes(study, store, storage_url: str, monkeypatch) -> None:
+    """Two workers refresh at once: the first computed its board before the second trial
+    finished and is slow to write it. Under the notes lock the second waits and writes last,
+    from a fresh read; without it the slow one would overwrite the newer board."""
+    import threading
+    import time
+
+    from optuna_dashboard._note import get_note_from_system_attrs
+
+    from search.results import dashboard_notes
+
+    add_trial(study, range(10), rank=8, params=8000)
+    real = dashboard_notes.leaderboard_note
+    first = threading.Event()
+
+    def slow_note(*args, **kwargs):
+        note = real(*args, **kwargs)
+        if threading.current_thread().name == "slow":
+            first.set()
+            time.sleep(1.0)
+        return note
+
+    monkeypatch.setattr(dashboard_notes, "leaderboard_note", slow_note)
+    slow = threading.Thread(name="slow", target=refresh_dashboard,
+                            args=(study, store, storage_url))
+    slow.start()
+    assert first.wait(30)
+    add_trial(study, range(11), rank=2, params=2000)  # finished while the slow one writes
+    refresh_dashboard(study, store, storage_url)
+    slow.join()
+    attrs = study._storage.get_study_system_attrs(study._study_id)
+    board = get_note_from_system_attrs(attrs, None)["body"]
+    assert "| 0 | COMPLETE |" in board and "| 1 | COMPLETE |" in board
 
 
 def test_export_pick_recommended_records_which_and_why(study, tmp_path, capsys, monkeypatch):
@@ -229,3 +290,20 @@ def test_the_report_of_an_old_study_says_why_it_has_no_intervals(study, tmp_path
     assert "No tie test or intervals: 1 of 1 complete trials carry no per-example outcomes" in \
         (tmp_path / "r" / "report.md").read_text()
     assert "tied" not in (tmp_path / "r" / "report.csv").read_text().splitlines()[0]
+
+
+def test_leaderboard_note_rewrites_the_notes_of_a_study_made_before(study, tmp_path, capsys,
+                                                                   monkeypatch):
+    from optuna_dashboard._note import get_note_from_system_attrs
+
+    add_trial(study, range(10), rank=8, params=8000)
+    add_trial(study, range(30), rank=None, params=500)
+    args = ["leaderboard", "--storage", url(tmp_path), "--artifacts", str(tmp_path / "a")]
+    code, out, err = search_in_process([*args, "--note"], tmp_path, capsys, monkeypatch)
+    assert code == 0 and "rewrote 3 dashboard notes of study 'v'" in err
+    assert "1 of 1 LoRA configurations are tied with the best" in out
+    board = get_note_from_system_attrs(
+        study._storage.get_study_system_attrs(study._study_id), None)["body"]
+    assert "| 1 | COMPLETE | **baseline** (head) |" in board
+    code, _, err = search_in_process([*args, "--note"], tmp_path, capsys, monkeypatch)
+    assert "rewrote 0 dashboard notes" in err  # nothing changed

@@ -140,7 +140,6 @@ def run_workers_and_report(args: argparse.Namespace, local: dict[str, Any], stud
         print(worker_hint(study.study_name, args.storage), file=sys.stderr)
         return 0
     from search.results.leaderboard import render_board, study_board
-    from search.results.verdict_notes import note_verdict
     from search.worker.launch import run_local_workers
 
     code = run_local_workers(args.storage, study.study_name,
@@ -148,7 +147,6 @@ def run_workers_and_report(args: argparse.Namespace, local: dict[str, Any], stud
                              gpus, local, {}, storage_timeout=args.storage_timeout,
                              pack=args.pack)
     print(render_board(study_board(study), "table"))
-    note_verdict(study)
     return code
 
 
@@ -265,23 +263,16 @@ def tpe_search(args: argparse.Namespace, local: dict[str, Any]) -> int:
 
 
 def worker(args: argparse.Namespace, local: dict[str, Any]) -> int:
-    from search.worker.claim_loop import EXIT_TRIALS_FAILED
     from search.worker.launch import run_local_workers, worker_count
 
     gpus = list(args.gpus or [])
     if args.workers_per_gpu is not None:  # sharing GPUs: every visible one unless named
         gpus = gpu_ids(args)
-    code = run_local_workers(args.storage, args.study, args.artifacts,
+    return run_local_workers(args.storage, args.study, args.artifacts,
                              worker_count(args.workers, args.workers_per_gpu, gpus), gpus, local,
                              heartbeat_flags(args), args.threads, args.position,
                              storage_timeout=args.storage_timeout, journal=args.journal,
                              pack=args.pack, pack_share=args.pack_share)
-    if code in (0, EXIT_TRIALS_FAILED) and args.journal is None:
-        # The queue ran dry: the dashboard's notes tell the verdict of what the study holds.
-        from search.results.verdict_notes import note_verdict
-
-        note_verdict(existing_study(args))
-    return code
 
 
 def dashboard(args: argparse.Namespace, local: dict[str, Any]) -> int:
@@ -304,7 +295,15 @@ def report(args: argparse.Namespace, local: dict[str, Any]) -> int:
 def show_leaderboard(args: argparse.Namespace, local: dict[str, Any]) -> int:
     from search.results.leaderboard import render_board, study_board
 
-    print(render_board(study_board(existing_study(args), args.by), args.format))
+    study = existing_study(args)
+    if args.note:  # a study its workers did not annotate (made before they did)
+        from search.results.dashboard_notes import refresh_dashboard
+
+        store = artifact_store(artifacts_folder(study, args.storage, args.artifacts))
+        written = refresh_dashboard(study, store, args.storage)
+        print(f"rewrote {plural(written, 'dashboard note')} of study {study.study_name!r}",
+              file=sys.stderr)
+    print(render_board(study_board(study, args.by), args.format))
     return 0
 
 

@@ -330,7 +330,12 @@ def build_parser() -> ArgumentParser:
                     "trainable parameters. The closing lines say the tied set, the "
                     "recommendation, the baseline's gap with its p-value and whether the pick "
                     "holds on the test set.")
-    add_existing_study_flags(board, artifacts=False)
+    add_existing_study_flags(board)
+    board.add_argument("--note", action="store_true",
+                       help="also rewrite the dashboard's notes from the storage: the study's "
+                            "note (this leaderboard, with the accuracy-against-parameters "
+                            "chart) and each finished trial's (workers do it after each trial; "
+                            "this is for studies made before they did)")
     board.add_argument("--format", choices=("table", "json", "csv"), default="table",
                        help="table (with the closing lines), json or csv (the rows' fields)")
     board.add_argument("--by", choices=("auto", "trial", "configuration"), default="auto",

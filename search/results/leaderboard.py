@@ -87,6 +87,7 @@ class Board:
     frame: pd.DataFrame
     lines: list[str]
     by: str  # "trial" or "configuration"
+    verdict: Verdict | None = None  # None: the study has none (`lines` says why)
 
 
 def study_board(study: optuna.Study, by: str = "auto") -> Board:
@@ -107,8 +108,8 @@ def study_board(study: optuna.Study, by: str = "auto") -> Board:
         unfinished = int((frame["state"] != "COMPLETE").sum())
         if unfinished:
             lines.append(f"{unfinished} trial(s) not complete: `--by trial` lists every trial")
-        return Board(configuration_frame(verdict), lines, by)
-    return Board(with_verdict(frame, verdict), lines, by)
+        return Board(configuration_frame(verdict), lines, by, verdict)
+    return Board(with_verdict(frame, verdict), lines, by, verdict)
 
 
 def with_verdict(frame: pd.DataFrame, verdict: Verdict) -> pd.DataFrame:

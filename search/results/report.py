@@ -91,8 +91,15 @@ def plot_metrics(table: pd.DataFrame, path: Path, title: str) -> None:
     for index, (column, name) in enumerate(METRICS.items()):
         positions = [i + (index - (len(METRICS) - 1) / 2) * height for i in range(len(table))]
         values = table[column].astype(float)
-        bars = axes.barh(positions, values, height, label=name, xerr=error_bars(table, column),
+        errors = error_bars(table, column)
+        bars = axes.barh(positions, values, height, label=name, xerr=errors,
                          error_kw={"elinewidth": 0.8, "capsize": 1.5, "ecolor": "0.2"})
+        if errors is not None:  # the value and its interval mid-bar, clear of the error bar
+            interval = table[{"val_acc": "val_ci", "test_acc": "test_ci"}[column]]
+            axes.bar_label(bars, [f"{v:.3f} [{lo:.3f}, {hi:.3f}]" for v, (lo, hi)
+                                  in zip(values, interval, strict=True)],
+                           label_type="center", fontsize=6, color="white")
+            continue
         inside = [f"{v:.3f}" if v >= 0.15 else "" for v in values]
         outside = [f"{v:.3f}" if v < 0.15 else "" for v in values]
         axes.bar_label(bars, inside, label_type="edge", padding=-24, fontsize=6,
@@ -243,7 +250,8 @@ def write_report(study: optuna.Study, store: optuna.artifacts.FileSystemArtifact
     title = f"study {study.study_name}"
     table.to_csv(folder / "report.csv", index=False)
     plot_metrics(table, folder / "metrics.png",
-                 f"{title}: metrics per trial (val acc; the rest on test)")
+                 f"{title}: metrics per trial (val acc; the rest on test"
+                 f"{'' if isinstance(verdict, str) else '; error bars: 95% intervals'})")
     plot_accuracy_vs_params(table, folder / "accuracy_vs_params.png",
                             f"{title}: accuracy against trainable parameters")
     has_confusion = copy_best_confusion(study, table, store,

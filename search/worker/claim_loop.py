@@ -13,17 +13,20 @@ import dataclasses
 import json
 import sys
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
-from optuna.exceptions import UpdateFinishedTrialError
+import sqlalchemy
+from optuna.exceptions import StorageInternalError, UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
 from objectives.data import ImageSplits, load_splits
 from objectives.spec import TrainSpec
 from objectives.train import use_threads
 from objectives.user_error import first_line
+from search.results.dashboard_notes import refresh_dashboard
 from search.study.artifacts import artifact_store, artifacts_folder
 from search.study.heartbeat_settings import HeartbeatSettings, stored_heartbeat
 from search.study.open_study import open_study, stored_train_spec
@@ -146,7 +149,8 @@ def run_worker(storage_url: str, study_name: str, artifacts: str | None = None,
     with StopSignals() as stop:
         try:
             claim_and_run(storage, study, spec, data, store, position, heartbeat, stop, report,
-                          journal, PackPlanner(pack, spec, data, study, pack_share))
+                          journal, PackPlanner(pack, spec, data, study, pack_share),
+                          lambda: refresh_leaderboard(study, store, storage_url))
         except StorageOutage as error:  # nothing can be written: report and stop
             report.storage_lost, report.exit_code = first_line(error), EXIT_ENVIRONMENT
             journal.write(report=report.to_dict())
@@ -165,9 +169,11 @@ def run_worker(storage_url: str, study_name: str, artifacts: str | None = None,
 def claim_and_run(storage: optuna.storages.RDBStorage, study: optuna.Study, spec: TrainSpec,
                   data: ImageSplits, store: optuna.artifacts.FileSystemArtifactStore,
                   position: int, heartbeat: HeartbeatSettings, stop: StopSignals,
-                  report: WorkerReport, journal: Journal, planner: PackPlanner) -> None:
+                  report: WorkerReport, journal: Journal, planner: PackPlanner,
+                  after_finishing: Callable[[], None] = lambda: None) -> None:
     """Claim and run trials (one, or a pack of those that can share it) until none is left,
-    a stop is asked or the environment fails."""
+    a stop is asked or the environment fails; `after_finishing` runs after each trial or
+    pack that finished."""
     while (trial := next_trial(storage, study, min(heartbeat.interval, MAX_POLL_SECONDS),
                                lambda: stop.requested, announce_wait(heartbeat),
                                store=store)) is not None:
@@ -186,6 +192,21 @@ def claim_and_run(storage: optuna.storages.RDBStorage, study: optuna.Study, spec
             report.environment, report.exit_code = first_line(error), EXIT_ENVIRONMENT
             return
         count(report, journal, states)
+        after_finishing()
+
+
+def refresh_leaderboard(study: optuna.Study, store: optuna.artifacts.FileSystemArtifactStore,
+                        url: str) -> None:
+    """The dashboard's leaderboard and notes, now that trials finished. No trial depends on
+    them: a failure to write them (a full disk for the chart, a database error) is said in
+    one line and the worker goes on; a database away past --storage-timeout stops it as any
+    other call would."""
+    try:
+        refresh_dashboard(study, store, url)
+    except (OSError, sqlalchemy.exc.SQLAlchemyError, StorageInternalError) as error:
+        print(f"worker: the dashboard's leaderboard was not refreshed "
+              f"({type(error).__name__}: {first_line(error)}); the next finished trial "
+              "refreshes it", file=sys.stderr, flush=True)
 
 
 def count(report: WorkerReport, journal: Journal, states: dict[int, TrialState]) -> None:

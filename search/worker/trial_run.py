@@ -34,8 +34,8 @@ from objectives.data import ImageSplits
 from objectives.spec import LoraParams, TrainSpec
 from objectives.train import TrialResult, run_trial
 from objectives.user_error import first_line
+from search.results.dashboard_notes import baseline_note
 from search.results.trial_artifacts import upload_trial_artifacts
-from search.results.verdict_notes import baseline_note
 from search.study.enqueue import enqueue_replicates
 from search.study.outcomes import ATTR as OUTCOMES_ATTR
 from search.study.outcomes import outcomes_attr
