@@ -7,5 +7,7 @@ COPY pyproject.toml README.md ./
 COPY search search
 COPY objectives objectives
 COPY studies studies
-RUN pip install --no-cache-dir .
+# Editable: the package stays in /app beside studies/, where `search` finds its default spec
+# (a plain install would look for site-packages/studies/, which no wheel holds).
+RUN pip install --no-cache-dir -e .
 ENTRYPOINT ["search"]

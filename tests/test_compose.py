@@ -37,7 +37,8 @@ def test_workers_reserve_a_gpu_and_run_search_worker():
 def test_the_image_entrypoint_is_the_search_command():
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert 'ENTRYPOINT ["search"]' in dockerfile
-    assert "pip install --no-cache-dir ." in dockerfile
+    assert "pip install --no-cache-dir -e ." in dockerfile  # studies/ beside the package
+    assert "COPY studies studies" in dockerfile
 
 
 def test_the_dashboard_listens_on_localhost_only():

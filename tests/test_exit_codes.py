@@ -236,3 +236,11 @@ def test_worker_children_get_the_storage_password_through_the_environment(postgr
     assert summary_lines(err, "workers: ") == ["workers: 2 trials run, none failed"]
     study = open_study(open_storage(postgres_url, must_exist=True), "cmdline")
     assert [t.state.name for t in study.get_trials()] == ["COMPLETE", "COMPLETE"]
+
+
+def test_a_short_password_is_hidden_without_garbling_the_message():
+    from search.study.storage import without_secrets
+
+    message = "psycopg.OperationalError: connection to postgresql://u:p@h/db refused"
+    assert without_secrets(message, "postgresql://u:p@h/db") == \
+        "psycopg.OperationalError: connection to postgresql://u:***@h/db refused"

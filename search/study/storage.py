@@ -124,9 +124,11 @@ def secrets_of(url: str) -> list[str]:
 
 
 def without_secrets(text: str, url: str) -> str:
-    """`text` (a driver's error message, say) with any password of `url` in it hidden."""
+    """`text` (a driver's error message, say) with any password of `url` in it hidden: each
+    occurrence not inside a longer word, so that a short password ("p") hides itself, not
+    every letter p of the message."""
     for secret in secrets_of(url):
-        text = text.replace(secret, MASK)
+        text = re.sub(rf"(?<![A-Za-z0-9]){re.escape(secret)}(?![A-Za-z0-9])", MASK, text)
     return text
 
 
