@@ -5,6 +5,8 @@ fine-tuned on EMNIST). The folder holds `model.safetensors`: the winning model i
 key names (LoRA merged into the weights, q/k/v fused, the head sized for the old study's
 classes), and `search_export.json`: the old study's params, metrics, training spec and
 classes. This module reads both; `objectives.model` decides whether they fit and loads them.
+The folder also holds README.md (its model card), the peft adapter of a LoRA trial and, under
+`base_weights/`, a copy of a local backbone file the trial started from.
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ from torch import Tensor
 
 MERGED_FILE = "model.safetensors"
 EXPORT_DOCUMENT = "search_export.json"
+# A local backbone file the trial started from, copied into the folder so that the folder
+# alone rebuilds the adapter's base model on any host (`objectives.export_model`).
+BASE_WEIGHTS = "base_weights"
 
 UNREADABLE = (SafetensorError, OSError)  # what safetensors raises for a damaged file
 

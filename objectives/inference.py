@@ -52,12 +52,14 @@ def load_exported_model(folder: str | Path, spec: TrainSpec, num_classes: int,
     From the merged `model.safetensors` when the folder has it: a plain timm model built
     without pretrained weights, so `spec.weights` need not exist on this host. Otherwise from
     the peft adapter (LoRA and head) on `create_backbone(spec, num_classes)`, which does need
-    the pretrained backbone; the adapter is merged into it after loading. Weights that do not
-    fit the model exactly (missing, extra or of another shape) are an `InferenceError`.
+    the pretrained backbone (the folder's own copy when the export made one: `in_folder`);
+    the adapter is merged into it after loading. Weights that do not fit the model exactly
+    (missing, extra or of another shape) are an `InferenceError`.
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise InferenceError(f"model folder {folder} does not exist")
+    spec = in_folder(spec, folder)
     if (folder / MERGED_FILE).is_file():
         model = load_merged(folder / MERGED_FILE, spec, num_classes)
     elif (folder / ADAPTER_CONFIG).is_file() and (folder / ADAPTER_WEIGHTS).is_file():
@@ -67,6 +69,15 @@ def load_exported_model(folder: str | Path, spec: TrainSpec, num_classes: int,
                              f"adapter ({ADAPTER_CONFIG} and {ADAPTER_WEIGHTS}); write them "
                              f"with `search export --weights {folder}`")
     return model.to(device).eval()
+
+
+def in_folder(spec: TrainSpec, folder: Path) -> TrainSpec:
+    """`spec` with a relative `weights` taken inside `folder`: an export names its copy of the
+    base weights relative to itself (`base_weights/...`), so that the folder works wherever
+    it is moved; an older export's absolute path is kept as it is."""
+    if spec.weights is None or Path(spec.weights).is_absolute():
+        return spec
+    return dataclasses.replace(spec, weights=str(folder / spec.weights))
 
 
 def load_merged(file: Path, spec: TrainSpec, num_classes: int) -> nn.Module:

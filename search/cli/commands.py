@@ -330,8 +330,7 @@ def export(args: argparse.Namespace, local: dict[str, Any]) -> int:
     document = export_document(study, trial, selection)
     if args.weights is not None:
         store = artifact_store(artifacts_folder(study, args.storage, args.artifacts))
-        files = export_weights(study, trial, store, args.weights)
-        write_document(document, args.weights / "search_export.json")
+        files = export_weights(study, trial, store, args.weights, document)
         print(f"wrote {args.weights}/: {', '.join(files)}", file=sys.stderr)
     write_document(document, args.out)
     which = "trial" if args.trial is not None else f"{args.pick} trial"

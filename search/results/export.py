@@ -1,11 +1,12 @@
 """Export: the best (or the recommended) trial's params, value, metrics and spec, why it was
-picked, optionally with its weights."""
+picked, optionally with its weights: a model folder with its model card, which works on any
+host and uploads to the Hugging Face hub as it is."""
 
 from __future__ import annotations
 
 import json
 import tempfile
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 import optuna
@@ -24,6 +25,7 @@ from search.study.trials import (
 METRIC_KEYS = ("val_acc", "test_acc", "f1", "auc_micro", "auc_macro", "trainable_params",
                "total_params", "trainable_pct", "train_seconds", "images_per_second", "device")
 EXPORT_FORMATS = (".json", ".yaml", ".yml", ".toml")
+CARD_FILE = "README.md"  # the hub's name for a repository's model card
 
 
 def best_trial(study: optuna.Study) -> FrozenTrial:
@@ -123,14 +125,28 @@ def write_document(document: dict[str, Any], path: Path) -> None:
         path.write_text(tomli_w.dumps(without_none(document)))
 
 
-def export_weights(study: optuna.Study, trial: FrozenTrial, store: Any, folder: Path) -> list[str]:
-    """Rebuild the best trial's model from its stored weights and write `folder`."""
-    from objectives.export_model import load_trained_model, write_model_folder  # torch, peft
+def export_weights(study: optuna.Study, trial: FrozenTrial, store: Any, folder: Path,
+                   document: dict[str, Any]) -> list[str]:
+    """Rebuild the trial's model from its stored weights and write `folder`: the model files
+    (`objectives.export_model`), a copy of its base weights when they are a local file,
+    `document` as search_export.json without any path of this host (`portable_document`) and
+    README.md, its model card (`search.results.model_card`). The folder then works wherever
+    it is copied, and uploads to the Hugging Face hub as it is. Returns its files, relative."""
+    from objectives.export_folder import EXPORT_DOCUMENT
+    from objectives.export_model import (  # torch, peft
+        copy_base_weights,
+        load_trained_model,
+        write_model_folder,
+    )
+    from objectives.inference import ADAPTER_CONFIG
+    from search.results.leaderboard import study_board
+    from search.results.model_card import render_card, trial_sources
 
     artifact_id = trial.user_attrs.get("weights_artifact")
     if artifact_id is None:
         raise StudyError(f"trial {trial.number} has no stored weights")
     classes = study.user_attrs.get("classes") or []
+    spec = trial_train_spec(stored_train_spec(study), trial)
     with tempfile.TemporaryDirectory() as temp:
         weights = Path(temp) / "weights.safetensors"
         try:
@@ -139,7 +155,32 @@ def export_weights(study: optuna.Study, trial: FrozenTrial, store: Any, folder: 
         except FileNotFoundError:
             raise StudyError(f"weights of trial {trial.number} ({artifact_id}) are not in the "
                              "artifact store; pass --artifacts DIR") from None
-        spec = trial_train_spec(stored_train_spec(study), trial)
-        model = load_trained_model(spec, len(classes), trial_point(trial),
-                                   weights)
-    return write_model_folder(model, trial_point(trial), folder)
+        model = load_trained_model(spec, len(classes), trial_point(trial), weights)
+    folder = Path(folder)
+    write_model_folder(model, trial_point(trial), folder)  # peft's README.md is replaced below
+    portable = portable_document(document, copy_base_weights(spec, folder))
+    write_document(portable, folder / EXPORT_DOCUMENT)
+    adapter = (json.loads((folder / ADAPTER_CONFIG).read_text())
+               if trial_point(trial) is not None else None)
+    card = render_card(portable, study_board(study, by="trial"),
+                       trial_sources(study.get_trials(deepcopy=False)), adapter)
+    (folder / CARD_FILE).write_text(card, encoding="utf-8")
+    return sorted(path.relative_to(folder).as_posix() for path in folder.rglob("*")
+                  if path.is_file())
+
+
+def portable_document(document: dict[str, Any], base_weights: dict[str, Any]) -> dict[str, Any]:
+    """The export folder's search_export.json: `document` with `base_weights` (where the
+    backbone came from: `objectives.export_model.copy_base_weights`) and without the paths of
+    this host in its spec. `weights` becomes the folder's copy, relative to the folder (or
+    none: hub weights or no pretraining); an image folder dataset and an absolute `data_dir`
+    keep their last name only (prediction needs to know only that the images came from an
+    image folder; the card names the dataset by that name)."""
+    from objectives.data import IMAGEFOLDER
+
+    spec = dict(document["spec"], weights=base_weights.get("file"))
+    if spec["dataset"].startswith(IMAGEFOLDER):
+        spec["dataset"] = IMAGEFOLDER + PurePath(spec["dataset"][len(IMAGEFOLDER):]).name
+    if PurePath(spec["data_dir"]).is_absolute():
+        spec["data_dir"] = PurePath(spec["data_dir"]).name
+    return {**document, "spec": spec, "base_weights": base_weights}
