@@ -93,12 +93,16 @@ def test_a_sigkilled_child_of_grid_makes_it_exit_137_while_the_others_finish_the
                                stderr=subprocess.PIPE, text=True)
     try:
         reached: dict[int, tuple[int, int]] = {}
+        seen = []
         for line in process.stderr:  # one line per epoch: stderr is not a terminal
+            seen.append(line)
             if match := EPOCH_LINE.match(line):
                 reached[int(match[1])] = (int(match[2]), int(match[3]))
             # Both workers mid-trial (each runs one trial at a time).
             if sum(1 for epoch, total in reached.values() if epoch < total) == 2:
                 break
+        else:  # the command ended first: say what it printed (a worker that never ran?)
+            raise AssertionError("never saw both workers mid-trial:\n" + "".join(seen))
         os.kill(worker_at(process.pid, 1), signal.SIGKILL)
         rest = process.stderr.read()
         process.wait(timeout=300)

@@ -49,7 +49,7 @@ def recommended_trial(study: optuna.Study) -> tuple[FrozenTrial, dict[str, Any]]
     low, high = verdict.val_ci[chosen.key]
     return trial, {
         "pick": "recommended",
-        "why": "the fewest trainable parameters among the configurations tied with the best "
+        "why": "the fewest trainable parameters among the LoRA configurations tied with the best "
                "(paired test on the validation images, Holm-corrected, 0.05); its replicate "
                "of highest validation accuracy",
         "configuration": chosen.describe(),
@@ -58,7 +58,8 @@ def recommended_trial(study: optuna.Study) -> tuple[FrozenTrial, dict[str, Any]]
         "val_acc_mean": float(chosen.val_accs.mean()),
         "val_ci": [low, high],
         "best": verdict.best.describe(),
-        "tied": [c.describe() for c in verdict.configurations if verdict.tied(c)],
+        "tied": [c.describe() for c in verdict.configurations
+                 if verdict.tied(c) and not c.baseline],
         "verdict": closing_lines(verdict),
     }
 
