@@ -27,6 +27,7 @@ import pandas as pd
 from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna_dashboard._note import get_note_from_system_attrs
 
+from search.results import markdown
 from search.results.leaderboard import configuration_frame, study_board
 from search.results.verdict import Configuration, Verdict, describe_p
 from search.study.enqueue_lock import study_lock
@@ -146,15 +147,14 @@ def markdown_cell(column: str, value: Any) -> str:
         return f"{value:.1f}"
     if column == "trainable_params":
         return f"{value:,}"
-    return str(value).replace("|", "/")
+    return str(value)
 
 
 def markdown_table(frame: pd.DataFrame, columns: dict[str, str]) -> list[str]:
     shown = [c for c in columns if c in frame]
-    lines = ["| " + " | ".join(columns[c] for c in shown) + " |", "|" + "---|" * len(shown)]
-    lines += ["| " + " | ".join(markdown_cell(c, row[c]) for c in shown) + " |"
-              for row in frame.to_dict("records")]
-    return lines
+    return markdown.table([columns[c] for c in shown],
+                          [[markdown_cell(c, row[c]) for c in shown]
+                           for row in frame.to_dict("records")]).splitlines()
 
 
 def leaderboard_note(study: optuna.Study, frame: pd.DataFrame, lines: list[str],

@@ -26,6 +26,7 @@ from optuna.trial import FrozenTrial
 
 from objectives.data import IMAGEFOLDER, dataset_is_grayscale
 from search.results.leaderboard import Board
+from search.results.markdown import table
 from search.study.trials import configuration_key, is_baseline
 
 QUICK_START = "## Quick start"
@@ -595,8 +596,3 @@ def finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def table(headers: list[str], rows: list[Sequence[Any]]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(str(cell).replace("|", "\\|") for cell in row) + " |"
-              for row in rows]
-    return "\n".join(lines)

@@ -23,6 +23,7 @@ import optuna
 import pandas as pd
 from optuna.artifacts.exceptions import ArtifactNotFound
 
+from search.results import markdown
 from search.results.figures import new_figure, save_figure
 from search.results.leaderboard import configuration_frame, leaderboard, with_verdict
 from search.results.verdict import NoVerdict, Verdict, assess, closing_lines
@@ -215,11 +216,9 @@ def markdown_table(table: pd.DataFrame) -> str:
             return "-"
         return FORMATS.get(column, "{}").format(value)
 
-    lines = ["| " + " | ".join(table.columns) + " |",
-             "|" + "---|" * len(table.columns)]
-    lines += ["| " + " | ".join(cell(c, v) for c, v in zip(table.columns, row, strict=True))
-              + " |" for row in table.itertuples(index=False)]
-    return "\n".join(lines)
+    return markdown.table(list(table.columns),
+                          [[cell(c, v) for c, v in zip(table.columns, row, strict=True)]
+                           for row in table.itertuples(index=False)])
 
 
 def verdict_text(verdict: Verdict | str) -> list[str]:
