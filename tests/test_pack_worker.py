@@ -233,7 +233,7 @@ def test_a_pruned_trial_keeps_the_validation_outcomes_of_the_epoch_it_reached(
     attempt.on_epoch(stats)
     assert attempt.prune() == TrialState.PRUNED
     trial = storage.get_trial(attempt.frozen._trial_id)
-    values, _ = trial_outcomes(trial.user_attrs, "val")
+    values, _ = trial_outcomes(trial, "val")
     assert (values == (logits.argmax(1) == data.val_labels).numpy()).all()
     assert values.mean() == pytest.approx(trial.user_attrs["val_acc"])
-    assert trial_outcomes(trial.user_attrs, "test") is None
+    assert trial_outcomes(trial, "test") is None

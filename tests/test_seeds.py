@@ -57,10 +57,10 @@ def test_a_three_seed_grid_trains_each_configuration_exactly_three_times(seeded)
     assert {key: sorted(seeds) for key, seeds in configurations.items()} == {
         (True, None, None): [0, 1, 2], (False, 2, 4.0): [0, 1, 2]}
     # Seeds train differently but score the same images.
-    orders = {trial_outcomes(t.user_attrs, "val")[1] for t in trials}
+    orders = {trial_outcomes(t, "val")[1] for t in trials}
     assert len(orders) == 1
     lora = [t for t in trials if not t.user_attrs["baseline"]]
-    assert len({tuple(trial_outcomes(t.user_attrs, "val")[0]) for t in lora}) > 1
+    assert len({tuple(trial_outcomes(t, "val")[0]) for t in lora}) > 1
 
 
 def test_the_workers_leave_the_leaderboard_in_the_studys_note(seeded):

@@ -33,18 +33,23 @@ def outcomes(wrong: list[int] | range, n: int) -> torch.Tensor:
 
 def add_trial(study: optuna.Study, val_wrong, rank: int | None = None, alpha: float = 8.0,
               params: int = 1000, replicate: int = 0, test_wrong=range(0),
-              with_outcomes: bool = True, labels: torch.Tensor = LABELS_VAL) -> None:
+              with_outcomes: bool = True, labels: torch.Tensor = LABELS_VAL,
+              layout: str = "system") -> None:
+    """A complete trial as a worker stores it; `layout="user"`: its outcomes where studies
+    made before they moved to the system attributes kept them."""
     val, test = outcomes(val_wrong, N_VAL), outcomes(test_wrong, N_TEST)
     attrs = {"baseline": rank is None, "trainable_params": params,
              "test_acc": test.float().mean().item(), "seed": replicate}
+    system = {}
     if replicate:
         attrs["replicate"] = replicate
     if with_outcomes:
-        attrs["outcomes"] = outcomes_attr(val, labels, test, LABELS_TEST)
+        (system if layout == "system" else attrs)["outcomes"] = outcomes_attr(
+            val, labels, test, LABELS_TEST)
     point = {} if rank is None else {"rank": rank, "alpha": alpha, "dropout": 0.1}
     study.add_trial(optuna.trial.create_trial(
         params=point, distributions={k: DISTRIBUTIONS[k] for k in point},
-        value=val.float().mean().item(), user_attrs=attrs))
+        value=val.float().mean().item(), user_attrs=attrs, system_attrs=system))
 
 
 def url(folder) -> str:
@@ -62,11 +67,15 @@ def study(tmp_path) -> optuna.Study:
 def test_outcomes_survive_their_encoding():
     correct = torch.rand(1001) > 0.3
     assert (decode_bits(encode_bits(correct), 1001) == correct.numpy()).all()
-    attrs = {"outcomes": outcomes_attr(correct, torch.arange(1001) % 7)}
-    values, order = trial_outcomes(attrs, "val")
-    assert (values == correct.numpy()).all() and len(order) == 8
-    assert trial_outcomes(attrs, "test") is None  # a pruned trial stores no test outcomes
-    assert trial_outcomes({}, "val") is None
+    with pytest.raises(ValueError, match="bits stored"):  # never padded with made-up zeros
+        decode_bits(encode_bits(correct), 1009)
+    value = outcomes_attr(correct, torch.arange(1001) % 7)
+    for where in ("system_attrs", "user_attrs"):  # now; and in studies made before
+        trial = optuna.trial.create_trial(value=0.5, **{where: {"outcomes": value}})
+        values, order = trial_outcomes(trial, "val")
+        assert (values == correct.numpy()).all() and len(order) == 8
+        assert trial_outcomes(trial, "test") is None  # a pruned trial stores no test outcomes
+    assert trial_outcomes(optuna.trial.create_trial(value=0.5), "val") is None
 
 
 def test_one_example_apart_is_tied_forty_is_not_and_the_smaller_tied_one_is_recommended(study):

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import optuna
 import pandas as pd
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from search.results import significance
-from search.results.verdict import NoVerdict, Verdict, assess, closing_lines
+from search.results.verdict import NoVerdict, Verdict, VerdictCache, assess, closing_lines
 from search.study.trials import (
     gave_up_points,
     is_baseline,
@@ -39,7 +40,7 @@ STATE_ORDER = {"COMPLETE": 0, "PRUNED": 1, "RUNNING": 2, "WAITING": 3, "FAIL": 4
 FORMATS = ("table", "json", "csv")
 
 
-def leaderboard(study: optuna.Study) -> pd.DataFrame:
+def leaderboard(study: optuna.Study, trials: list[FrozenTrial] | None = None) -> pd.DataFrame:
     """One row per trial: complete, then pruned trials by validation accuracy (a pruned
     trial's at the epoch it reached, `epochs`), then the rest by number.
 
@@ -47,7 +48,7 @@ def leaderboard(study: optuna.Study) -> pd.DataFrame:
     epochs and the validation accuracy of its last one (a retry inherits its dead trial's
     user attributes, and those are not its results)."""
     rows = []
-    trials = study.get_trials(deepcopy=False)
+    trials = study.get_trials(deepcopy=False) if trials is None else trials
     retries = retried_as(trials)
     gave_up = {t.number for t in gave_up_points(study, study_max_retries(study), trials)}
     # The stored dict, not a validated spec: a leaderboard must show on any host.
@@ -90,13 +91,15 @@ class Board:
     verdict: Verdict | None = None  # None: the study has none (`lines` says why)
 
 
-def study_board(study: optuna.Study, by: str = "auto") -> Board:
+def study_board(study: optuna.Study, by: str = "auto",
+                cache: VerdictCache | None = None) -> Board:
     """The leaderboard with the study's verdict: per trial, or per configuration (`auto`:
-    per configuration when one has several complete replicates)."""
+    per configuration when one has several complete replicates). `cache` keeps the verdict's
+    work for the next board (a worker's refreshes)."""
     trials = study.get_trials(deepcopy=False)
-    frame = leaderboard(study)
+    frame = leaderboard(study, trials)
     try:
-        verdict = assess(study, trials)
+        verdict = assess(study, trials, cache)
     except NoVerdict as why:
         complete = (frame["state"] == "COMPLETE").any()
         return Board(frame, [best_versus_baseline(frame), *([str(why)] if complete else [])],
@@ -114,30 +117,42 @@ def study_board(study: optuna.Study, by: str = "auto") -> Board:
 
 def with_verdict(frame: pd.DataFrame, verdict: Verdict) -> pd.DataFrame:
     """The per-trial rows with their own 95% Wilson intervals (a row is one trial) and their
-    configuration's tie and recommendation; rows outside the verdict (not complete) get none."""
-    by_number = {t.number: c for c in verdict.configurations for t in c.trials}
-    rows = []
-    for number in frame["number"]:
-        configuration = by_number.get(number)
-        if configuration is None:
-            rows.append({"val_ci": None, "test_ci": None, "tied": None, "recommended": None})
-            continue
-        index = configuration.numbers.index(number)
-        val, test = configuration.val[index], configuration.test
-        rows.append({
-            "val_ci": rounded(significance.wilson_interval(int(val.sum()), len(val))),
-            "test_ci": (rounded(significance.wilson_interval(int(test[index].sum()),
-                                                             test.shape[1]))
-                        if test is not None else None),
-            "tied": verdict.tied(configuration),
-            "recommended": configuration is verdict.recommended})
-    extra = pd.DataFrame(rows, index=frame.index)
+    configuration's tie and recommendation; rows outside the verdict (not complete) get none.
+    The intervals of all rows come from one call per split."""
+    by_number = {t.number: (c, index) for c in verdict.configurations
+                 for index, t in enumerate(c.trials)}
+    val_ci = trial_intervals(frame["number"], by_number, "val")
+    test_ci = trial_intervals(frame["number"], by_number, "test")
+    placed = [by_number.get(number) for number in frame["number"]]
+    extra = pd.DataFrame({
+        "val_ci": val_ci, "test_ci": test_ci,
+        "tied": [verdict.tied(p[0]) if p else None for p in placed],
+        "recommended": [p[0] is verdict.recommended if p else None for p in placed]},
+        index=frame.index)
     out = frame.copy()
     out.insert(out.columns.get_loc("val_acc") + 1, "val_ci", extra["val_ci"])
     out.insert(out.columns.get_loc("test_acc") + 1, "test_ci", extra["test_ci"])
     out.insert(out.columns.get_loc("note"), "tied", extra["tied"])
     out.insert(out.columns.get_loc("note"), "recommended", extra["recommended"])
     return out
+
+
+def trial_intervals(numbers: pd.Series, by_number: dict, split: str) -> list[list[float] | None]:
+    """Each trial's own 95% Wilson interval on `split`, in the order of `numbers` (None for a
+    trial outside the verdict or without outcomes of that split)."""
+    counts = {}
+    for number in numbers:
+        configuration, index = by_number.get(number, (None, 0))
+        outcomes = getattr(configuration, split) if configuration is not None else None
+        if outcomes is not None:
+            counts[number] = (int(outcomes[index].sum()), outcomes.shape[1])
+    if not counts:
+        return [None] * len(numbers)
+    low, high = significance.wilson_intervals(np.array([c for c, _ in counts.values()]),
+                                              np.array([n for _, n in counts.values()]))
+    found = {number: rounded((lo, hi))
+             for number, lo, hi in zip(counts, low.tolist(), high.tolist(), strict=True)}
+    return [found.get(number) for number in numbers]
 
 
 def configuration_frame(verdict: Verdict) -> pd.DataFrame:

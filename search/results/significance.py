@@ -29,22 +29,24 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# statsmodels (and the scipy.stats it loads) is imported where it is used: ~0.9 s that a
-# leaderboard without a verdict (an old study, no completed trial) should not pay.
+from search.results.bootstrap import (
+    RESAMPLES,
+    ExampleResampling,
+    bootstrap_pvalue,
+    percentile_interval,
+)
+
+# statsmodels and scipy.stats are imported where they are used: ~0.9 s that a leaderboard
+# without a verdict (an old study, no completed trial) should not pay.
 
 LEVEL = 0.95
 """Coverage of the confidence intervals."""
 ALPHA = 0.05
 """Family-wise level of the tests for ties: a trial is worse than the best when its Holm-
 adjusted p-value is below ALPHA."""
-RESAMPLES = 4000
-"""Bootstrap resamples. With 4000 the Monte-Carlo standard error of a p-value near ALPHA is
-sqrt(0.05 * 0.95 / 4000) ~ 0.0035, and each tail of a 95% percentile interval rests on 100
-resamples; more buys little and costs time linearly."""
-
-_CHUNK = 256
-"""Resamples drawn at once: a chunk holds a few [_CHUNK, N] arrays of 8-byte numbers (20 MB
-each for N = 10,000; under 100 MB at the peak), so memory does not grow with RESAMPLES."""
+__all__ = ["ALPHA", "LEVEL", "RESAMPLES", "TieTest", "holm_adjusted", "mcnemar_pvalue",
+           "mcnemar_pvalues", "outcome_interval", "paired_pvalue", "recommend",
+           "ties_with_best", "wilson_interval", "wilson_intervals"]
 
 
 def wilson_interval(correct: int, total: int, level: float = LEVEL) -> tuple[float, float]:
@@ -56,10 +58,20 @@ def wilson_interval(correct: int, total: int, level: float = LEVEL) -> tuple[flo
         raise ValueError(f"total must be positive, got {total}")
     if not 0 <= correct <= total:
         raise ValueError(f"correct must be in [0, {total}], got {correct}")
+    low, high = wilson_intervals(np.array([correct]), np.array([total]), level)
+    return float(low[0]), float(high[0])
+
+
+def wilson_intervals(correct: np.ndarray, total: np.ndarray,
+                     level: float = LEVEL) -> tuple[np.ndarray, np.ndarray]:
+    """`wilson_interval` of many counts at once (one library call: a leaderboard of 5,000
+    trials pays it once, not 5,000 times)."""
     from statsmodels.stats.proportion import proportion_confint
 
-    low, high = proportion_confint(correct, total, alpha=1 - level, method="wilson")
-    return float(low), float(high)
+    low, high = proportion_confint(np.asarray(correct), np.asarray(total), alpha=1 - level,
+                                   method="wilson")
+    return np.atleast_1d(np.asarray(low, dtype=float)), np.atleast_1d(np.asarray(high,
+                                                                                 dtype=float))
 
 
 def mcnemar_pvalue(a: np.ndarray, b: np.ndarray) -> float:
@@ -73,14 +85,22 @@ def mcnemar_pvalue(a: np.ndarray, b: np.ndarray) -> float:
         raise ValueError(f"expected 1-D outcomes, got shapes {a.shape} and {b.shape}")
     if a.shape != b.shape:
         raise ValueError(f"outcomes differ in length: {a.size} and {b.size}")
-    only_a = int(np.count_nonzero(a & ~b))
-    only_b = int(np.count_nonzero(~a & b))
-    if only_a + only_b == 0:
-        return 1.0
-    table = [[int(np.count_nonzero(a & b)), only_a], [only_b, int(np.count_nonzero(~a & ~b))]]
-    from statsmodels.stats.contingency_tables import mcnemar
+    return float(mcnemar_pvalues(a, b[np.newaxis, :])[0])
 
-    return float(mcnemar(table, exact=True).pvalue)
+
+def mcnemar_pvalues(a: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """`mcnemar_pvalue(a, row)` for every row of `others`, [M, N] bool, at once.
+
+    statsmodels' `mcnemar(table, exact=True)` computes, for n1 and n2 discordant pairs,
+    min(1, 2 * binom.cdf(min(n1, n2), n1 + n2, 0.5)) one table at a time; the same formula
+    here takes every row in one array call (the same numbers, tested)."""
+    from scipy.stats import binom
+
+    only_a = np.count_nonzero(a[np.newaxis, :] & ~others, axis=1)
+    only_b = np.count_nonzero(~a[np.newaxis, :] & others, axis=1)
+    discordant = only_a + only_b
+    p = np.minimum(1.0, 2 * binom.cdf(np.minimum(only_a, only_b), discordant, 0.5))
+    return np.where(discordant == 0, 1.0, p)
 
 
 def holm_adjusted(pvalues: Sequence[float]) -> list[float]:
@@ -93,35 +113,37 @@ def holm_adjusted(pvalues: Sequence[float]) -> list[float]:
 
 
 def outcome_interval(correct: np.ndarray, level: float = LEVEL, resamples: int = RESAMPLES,
-                     seed: int = 0) -> tuple[float, float]:
+                     seed: int = 0, resampling: ExampleResampling | None = None
+                     ) -> tuple[float, float]:
     """Confidence interval of the mean accuracy of `correct`, [S, N] (or [N]) outcomes.
 
     One replicate: the Wilson interval of its count. Several: the percentile interval of
     the mean accuracy under the two-way bootstrap (examples and seeds resampled with
-    replacement), deterministic for a given `seed`."""
+    replacement, `search.results.bootstrap`), deterministic for a given `seed`, or drawn by
+    `resampling` (which keeps its work for the next call)."""
     replicates = _as_replicates(correct)
     if replicates.shape[0] == 1:
         return wilson_interval(int(replicates.sum()), replicates.shape[1], level)
-    means = _bootstrap_means([replicates], resamples, seed)[:, 0]
-    low, high = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
-    return float(low), float(high)
+    resampling = resampling or ExampleResampling(replicates.shape[1], resamples, seed)
+    return percentile_interval(resampling.means([replicates])[:, 0], level)
 
 
 def paired_pvalue(a: np.ndarray, b: np.ndarray, resamples: int = RESAMPLES,
-                  seed: int = 0) -> float:
+                  seed: int = 0, resampling: ExampleResampling | None = None) -> float:
     """Two-sided p-value that `a`, [S_a, N], and `b`, [S_b, N], are equally accurate on
     average, both scored on the same N examples in the same order ([N] = one replicate).
 
     Identical replicate sets: 1.0. One replicate each: exact McNemar. Otherwise the two-way
-    paired bootstrap of the difference in mean accuracy (see `_bootstrap_means`), with
+    paired bootstrap of the difference in mean accuracy (`search.results.bootstrap`), with
     p = min(1, 2 * min(share of differences <= 0, share of differences >= 0))."""
     a, b = _as_replicates(a), _as_replicates(b)
     _check_same_examples({"a": a, "b": b})
     direct = _direct_pvalue(a, b)
     if direct is not None:
         return direct
-    means = _bootstrap_means([a, b], resamples, seed)
-    return _bootstrap_pvalue(means[:, 0] - means[:, 1])
+    resampling = resampling or ExampleResampling(a.shape[1], resamples, seed)
+    means = resampling.means([a, b])
+    return bootstrap_pvalue(means[:, 0] - means[:, 1])
 
 
 @dataclass(frozen=True)
@@ -139,29 +161,37 @@ class TieTest:
 
 
 def ties_with_best(outcomes: Mapping[Hashable, np.ndarray], best: Hashable,
-                   alpha: float = ALPHA, resamples: int = RESAMPLES,
-                   seed: int = 0) -> dict[Hashable, TieTest]:
+                   alpha: float = ALPHA, resamples: int = RESAMPLES, seed: int = 0,
+                   resampling: ExampleResampling | None = None) -> dict[Hashable, TieTest]:
     """Compare every trial in `outcomes` (key -> [S, N] or [N] validation outcomes) with
     `best`, one of the keys, and say which are tied with it.
 
     Each comparison is that of `paired_pvalue`; Holm adjusts over the len(outcomes) - 1 of
-    them. The bootstrap comparisons share one set of resamples (the same resampled examples
-    for every trial, each trial's seeds resampled independently), which makes them
-    consistent with one another and costs one resampling for the whole study. So a p-value
-    here equals `paired_pvalue`'s in distribution, not digit for digit."""
+    them. The McNemar comparisons are one array computation; the bootstrap comparisons share
+    one set of resampled examples (each trial's seeds resampled independently), which makes
+    them consistent with one another and costs one product per outcome row, kept by
+    `resampling` for the next call. So a p-value here equals `paired_pvalue`'s in
+    distribution, not digit for digit."""
     if best not in outcomes:
         raise KeyError(f"best {best!r} is not among the outcomes")
     replicates = {key: _as_replicates(value) for key, value in outcomes.items()}
     _check_same_examples(replicates)
+    top = replicates[best]
     others = [key for key in replicates if key != best]
 
-    raw = {key: _direct_pvalue(replicates[best], replicates[key]) for key in others}
+    raw: dict[Hashable, float | None] = {key: _identical_pvalue(top, replicates[key])
+                                         for key in others}
+    single = [key for key in others
+              if raw[key] is None and top.shape[0] == 1 and replicates[key].shape[0] == 1]
+    if single:
+        rows = np.stack([replicates[key][0] for key in single])
+        raw.update(zip(single, mcnemar_pvalues(top[0], rows).tolist(), strict=True))
     resampled = [key for key in others if raw[key] is None]
     if resampled:
-        sets = [replicates[best]] + [replicates[key] for key in resampled]
-        means = _bootstrap_means(sets, resamples, seed)
-        for column, key in enumerate(resampled, start=1):
-            raw[key] = _bootstrap_pvalue(means[:, 0] - means[:, column])
+        resampling = resampling or ExampleResampling(top.shape[1], resamples, seed)
+        means = resampling.means([top] + [replicates[key] for key in resampled])
+        p = bootstrap_pvalue(means[:, :1] - means[:, 1:])
+        raw.update(zip(resampled, np.atleast_1d(p).tolist(), strict=True))
 
     adjusted = dict(zip(others, holm_adjusted([raw[key] for key in others]), strict=True))
     result = {}
@@ -212,62 +242,28 @@ def _check_same_examples(replicates: Mapping[Hashable, np.ndarray]) -> None:
         raise ValueError(f"outcomes differ in number of examples: {sizes}")
 
 
-def _direct_pvalue(a: np.ndarray, b: np.ndarray) -> float | None:
-    """The p-value of comparing [S, N] replicate sets `a` and `b` where no bootstrap is
-    needed: 1.0 when they hold the same replicates (in any order: there is no evidence of
-    a difference, and the bootstrap would only add noise around 1), exact McNemar when each
-    is a single replicate; None otherwise."""
+def _identical_pvalue(a: np.ndarray, b: np.ndarray) -> float | None:
+    """1.0 when [S, N] replicate sets `a` and `b` hold the same replicates (in any order:
+    there is no evidence of a difference, and the bootstrap would only add noise around 1);
+    None otherwise."""
     if a.shape == b.shape and np.array_equal(_sorted_rows(a), _sorted_rows(b)):
         return 1.0
+    return None
+
+
+def _direct_pvalue(a: np.ndarray, b: np.ndarray) -> float | None:
+    """The p-value of comparing [S, N] replicate sets `a` and `b` where no bootstrap is
+    needed: identical sets 1.0, exact McNemar when each is a single replicate; None
+    otherwise."""
+    identical = _identical_pvalue(a, b)
+    if identical is not None:
+        return identical
     if a.shape[0] == 1 and b.shape[0] == 1:
         return mcnemar_pvalue(a[0], b[0])
     return None
 
 
 def _sorted_rows(array: np.ndarray) -> np.ndarray:
+    if array.shape[0] == 1:
+        return array
     return array[np.lexsort(array.T[::-1])]
-
-
-def _bootstrap_pvalue(differences: np.ndarray) -> float:
-    """Two-sided bootstrap p-value that the mean difference is 0."""
-    below = np.mean(differences <= 0)
-    above = np.mean(differences >= 0)
-    return float(min(1.0, 2 * min(below, above)))
-
-
-def _bootstrap_means(sets: Sequence[np.ndarray], resamples: int, seed: int) -> np.ndarray:
-    """Mean accuracies of each [S_j, N] replicate set under the two-way bootstrap:
-    [resamples, len(sets)].
-
-    Each resample draws one multiset of N examples, shared by all the sets (the comparison
-    is paired by example), and, independently for each set, S_j of its replicates, both with
-    replacement. The resampled mean accuracy of a set is the mean over its drawn replicates
-    of their accuracy on the drawn examples.
-
-    Written by hand: the libraries we know (scipy.stats.bootstrap, arch) resample one axis,
-    not examples and seeds jointly. Vectorised through counts: W [B, N] counts how often
-    each example is drawn, so W @ correct.T [B, S] is each replicate's number of correct
-    answers on the drawn examples; C [B, S] counts how often each replicate is drawn, and
-    the mean accuracy is (C / S * (W @ correct.T)).sum(1) / N. The draws come in a fixed
-    order (per chunk: the examples, then each set's replicates) for determinism."""
-    if resamples < 1:
-        raise ValueError(f"resamples must be positive, got {resamples}")
-    rng = np.random.default_rng(seed)
-    n = sets[0].shape[1]
-    sizes = [array.shape[0] for array in sets]
-    # All replicates of all sets as the columns of one matrix: one product per chunk.
-    columns = np.concatenate([array.T for array in sets], axis=1).astype(np.float64)
-    bounds = np.cumsum([0, *sizes])
-    means = np.empty((resamples, len(sets)))
-    for start in range(0, resamples, _CHUNK):
-        chunk = min(_CHUNK, resamples - start)
-        # The counts of N uniform draws, i.e. Multinomial(N, 1/N): bincount of the drawn
-        # indices gives the same distribution as rng.multinomial, about 5x faster.
-        drawn = rng.integers(0, n, size=(chunk, n)) + n * np.arange(chunk)[:, np.newaxis]
-        weights = np.bincount(drawn.ravel(), minlength=chunk * n).reshape(chunk, n)
-        counts = weights.astype(np.float64) @ columns  # [B, sum of S_j]
-        for j, size in enumerate(sizes):
-            drawn_replicates = rng.multinomial(size, np.full(size, 1.0 / size), size=chunk)
-            set_counts = counts[:, bounds[j]:bounds[j + 1]]
-            means[start:start + chunk, j] = (drawn_replicates * set_counts).sum(1) / (size * n)
-    return means

@@ -38,7 +38,7 @@ from search.results.dashboard_notes import baseline_note
 from search.results.trial_artifacts import upload_trial_artifacts
 from search.study.enqueue import enqueue_replicates
 from search.study.outcomes import ATTR as OUTCOMES_ATTR
-from search.study.outcomes import outcomes_attr
+from search.study.outcomes import outcomes_attr, record_outcomes
 from search.study.patient_storage import StorageOutage
 from search.study.replicates import replicate_of
 from search.study.tpe_search import is_sampled
@@ -101,8 +101,9 @@ def record_result(trial: optuna.Trial, result: TrialResult) -> None:
     record_history(trial, result.epochs)
 
 
-# What a finished attempt records (`TrialResult.summary`); a retry inherits its dead trial's
-# user attributes, so they are cleared when an attempt starts: a trial shows only its own.
+# What a finished attempt records (`TrialResult.summary`, and its outcomes); a retry inherits
+# its dead trial's user and system attributes, so they are cleared when an attempt starts: a
+# trial shows only its own. (Outcomes were user attributes in studies made before.)
 RESULT_ATTRS = ("val_acc", "test_acc", "f1", "auc_micro", "auc_macro", "trainable_params",
                 "total_params", "trainable_pct", "train_seconds", "images_per_second", "device",
                 "resumed_from_epoch", OUTCOMES_ATTR)
@@ -112,6 +113,8 @@ def clear_inherited_results(trial: optuna.Trial, frozen: FrozenTrial) -> None:
     for key in RESULT_ATTRS:
         if frozen.user_attrs.get(key) is not None:
             trial.set_user_attr(key, None)
+    if frozen.system_attrs.get(OUTCOMES_ATTR) is not None:
+        record_outcomes(trial, None)
 
 
 def upload_weights(trial: optuna.Trial, result: TrialResult, store: ArtifactStore) -> str:
@@ -225,7 +228,7 @@ class TrialAttempt:
         upload_trial_artifacts(self.trial, result, self.data.classes, self.title, self.store)
         self.trial.set_user_attr("weights_artifact", weights)
         record_result(self.trial, result)
-        self.trial.set_user_attr(OUTCOMES_ATTR, outcomes_attr(
+        record_outcomes(self.trial, outcomes_attr(
             result.val_correct, self.data.val_labels, result.test_correct,
             self.data.test_labels))
 
@@ -244,8 +247,8 @@ class TrialAttempt:
     def prune(self) -> TrialState:
         self.trial.set_user_attr("val_acc", self.epochs[-1].val_acc)
         if self.epochs[-1].val_correct is not None:  # what it has: the epoch it reached
-            self.trial.set_user_attr(OUTCOMES_ATTR, outcomes_attr(self.epochs[-1].val_correct,
-                                                                  self.data.val_labels))
+            record_outcomes(self.trial, outcomes_attr(self.epochs[-1].val_correct,
+                                                      self.data.val_labels))
         record_history(self.trial, self.epochs)
         self.checkpoints.discard()
         self.study.tell(self.trial, state=TrialState.PRUNED)
