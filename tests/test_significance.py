@@ -11,15 +11,18 @@ import pytest
 from scipy.stats import binomtest
 from statsmodels.stats.proportion import proportion_confint
 
+from search.results.bootstrap import ExampleResampling
 from search.results.significance import (
     TieTest,
     holm_adjusted,
     mcnemar_pvalue,
+    mcnemar_pvalues,
     outcome_interval,
     paired_pvalue,
     recommend,
     ties_with_best,
     wilson_interval,
+    wilson_intervals,
 )
 
 Z95 = 1.959963984540054
@@ -235,3 +238,73 @@ def test_outcome_interval_widens_when_seeds_disagree():
     # Seeds that agree everywhere leave only the examples' spread: about a Wilson interval's.
     low, high = wilson_interval(400, n)
     assert high_agree - low_agree == pytest.approx(high - low, rel=0.1)
+
+
+# At the size of real studies: array calls and kept work
+
+def test_many_mcnemar_tests_at_once_equal_statsmodels_one_table_at_a_time():
+    from statsmodels.stats.contingency_tables import mcnemar
+
+    rng = np.random.default_rng(12)
+    best = rng.random(2000) < 0.9
+    others = np.stack([best ^ (rng.random(2000) < flip) for flip in
+                       (0.0, 0.001, 0.01, 0.05, 0.2, 0.5)] + [best.copy(), ~best])
+    expected = []
+    for row in others:
+        table = [[np.sum(best & row), np.sum(best & ~row)], [np.sum(~best & row),
+                                                             np.sum(~best & ~row)]]
+        discordant = table[0][1] + table[1][0]
+        expected.append(1.0 if discordant == 0 else mcnemar(table, exact=True).pvalue)
+    assert mcnemar_pvalues(best, others).tolist() == expected  # exactly
+
+
+def test_many_wilson_intervals_at_once_equal_one_at_a_time():
+    correct, total = np.array([0, 1, 57, 199, 200, 9_312]), np.array([200] * 5 + [10_000])
+    low, high = wilson_intervals(correct, total)
+    for c, n, lo, hi in zip(correct, total, low, high, strict=True):
+        # alpha as the scalar function has always passed it: 1 - 0.95 (not quite 0.05)
+        assert (lo, hi) == proportion_confint(int(c), int(n), alpha=1 - 0.95, method="wilson")
+
+
+def plain_resampled_means(resampling: ExampleResampling, rows: np.ndarray) -> np.ndarray:
+    """Each row's accuracy under each of `resampling`'s resamples, one resample at a time
+    over every example: the definition, with none of the shortcuts."""
+    weights = np.concatenate([resampling._example_counts(start)
+                              for start in range(0, resampling.resamples, 256)])
+    return np.array([[float(w[row].sum()) for row in rows] for w in weights]) / rows.shape[1]
+
+
+def test_resampled_counts_equal_the_plain_definition_over_every_example():
+    # Rows that agree on most examples, as trials of a study do: the shortcut over the
+    # examples they disagree on must not change a count.
+    rng = np.random.default_rng(13)
+    easy = rng.random(300) < 0.7
+    rows = np.stack([easy | (rng.random(300) < 0.5) for _ in range(4)])
+    rows[:, :5] = False  # examples every row gets wrong
+    resampling = ExampleResampling(300, resamples=600, seed=4)
+    means = resampling.means([row[np.newaxis] for row in rows])
+    assert np.array_equal(means, plain_resampled_means(resampling, rows))
+
+
+def test_a_configurations_resampled_means_do_not_depend_on_the_others_or_the_order():
+    a = replicates([0.90, 0.88, 0.91], 400, seed=14)
+    b = replicates([0.80, 0.82, 0.85], 400, seed=15)
+    alone = ExampleResampling(400, resamples=500).means([a])[:, 0]
+    resampling = ExampleResampling(400, resamples=500)
+    together = resampling.means([b, a])
+    assert np.array_equal(together[:, 1], alone)
+    assert np.array_equal(resampling.means([a])[:, 0], alone)  # kept: the same again
+    assert np.array_equal(ExampleResampling(400, resamples=500).means([a[::-1]])[:, 0].shape,
+                          alone.shape)
+
+
+def test_a_kept_resampling_gives_what_a_fresh_one_gives():
+    study = {"a": replicates([0.9, 0.91, 0.89], 300, 16),
+             "b": replicates([0.85, 0.86, 0.84], 300, 17)}
+    kept = ExampleResampling(300)
+    first = ties_with_best(study, "a", resampling=kept)
+    study["c"] = replicates([0.9, 0.88, 0.9], 300, 18)  # a trial joins
+    again = ties_with_best(study, "a", resampling=kept)
+    fresh = ties_with_best(study, "a")
+    assert again == fresh
+    assert again["b"].p_value == first["b"].p_value  # its comparison is unchanged

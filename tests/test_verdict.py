@@ -4,6 +4,8 @@ leaderboard, report, export and dashboard notes that show it."""
 from __future__ import annotations
 
 import json
+import math
+from pathlib import Path
 
 import numpy as np
 import optuna
@@ -14,7 +16,7 @@ from run_cli import search_in_process
 
 from search.results.dashboard_notes import refresh_dashboard
 from search.results.leaderboard import render_board, study_board
-from search.results.verdict import NoVerdict, assess, closing_lines
+from search.results.verdict import NoVerdict, VerdictCache, assess, closing_lines
 from search.study.artifacts import artifact_store
 from search.study.outcomes import decode_bits, encode_bits, outcomes_attr, trial_outcomes
 
@@ -316,3 +318,89 @@ def test_leaderboard_note_rewrites_the_notes_of_a_study_made_before(study, tmp_p
     assert "| 1 | COMPLETE | **baseline** (head) |" in board
     code, _, err = search_in_process([*args, "--note"], tmp_path, capsys, monkeypatch)
     assert "rewrote 0 dashboard notes" in err  # nothing changed
+
+
+# The verdict of the demo's 3-seed study (its stored outcomes, tests/fixtures/demo_seeds3.json)
+# against what the verdict before the vectorised, cached one said of the same trials.
+
+FIXTURE = Path(__file__).parent / "fixtures" / "demo_seeds3.json"
+
+
+def p_tolerance(p: float, resamples: int = 4000) -> float:
+    """How far two bootstrap p-values of the same comparison, from independent resamplings,
+    may lie apart: p = 2 q with q a share of B resamples has Monte Carlo sd 2 sqrt(q (1 - q)
+    / B); the difference of two has sqrt(2) times that; 4 of those, plus one step of 2 / B."""
+    q = min(p, 1.0) / 2
+    return 4 * 2 * math.sqrt(2 * q * (1 - q) / resamples) + 2 / resamples
+
+
+INTERVAL_TOLERANCE = 0.005
+"""A percentile bound of the mean accuracy from 4,000 resamples has Monte Carlo sd ~0.0009
+at 216 images x 3 seeds (sqrt(0.025 x 0.975 / 4000) over the density of the means at the
+tail), so two resamplings' bounds lie within ~0.005 (4 sd of the difference), plus the means'
+grid step of 1 / (3 x 216) ~ 0.0015 that a quantile jumps by."""
+
+
+def fixture_study(subset: str, layout: str) -> tuple[optuna.Study, dict]:
+    fixture = json.loads(FIXTURE.read_text())
+    study = optuna.create_study(direction="maximize")
+    study.set_user_attr("train_spec", fixture["train_spec"])
+    for trial in fixture["trials"]:
+        if subset == "seed0" and trial["user_attrs"].get("replicate"):
+            continue
+        where = {"system_attrs": {}, "user_attrs": dict(trial["user_attrs"])}
+        where["system_attrs" if layout == "system" else "user_attrs"]["outcomes"] = \
+            trial["outcomes"]
+        study.add_trial(optuna.trial.create_trial(
+            params=trial["params"], distributions={k: DISTRIBUTIONS[k] for k in trial["params"]},
+            value=trial["value"], **where))
+    return study, fixture["verdict_before"][subset]
+
+
+@pytest.mark.parametrize("layout", ["system", "user"])
+def test_one_seed_verdict_equals_the_one_before_to_the_last_digit(layout):
+    study, before = fixture_study("seed0", layout)
+    verdict = assess(study)
+    assert [sorted(c.numbers) for c in verdict.configurations] == [
+        c["trials"] for c in before["configurations"]]
+    for configuration, expected in zip(verdict.configurations, before["configurations"],
+                                       strict=True):
+        tie = verdict.ties[configuration.key]
+        assert (tie.p_value, tie.p_holm, tie.tied) == (expected["p_value"], expected["p_holm"],
+                                                       expected["tied"])  # McNemar, Holm
+        assert list(verdict.val_ci[configuration.key]) == expected["val_ci"]  # Wilson
+        assert list(verdict.test_ci[configuration.key]) == expected["test_ci"]
+    assert sorted(verdict.recommended.numbers) == before["recommended"]
+    assert verdict.test_pvalue == before["test_pvalue"]
+
+
+def test_three_seed_verdict_equals_the_one_before_within_monte_carlo_error():
+    study, before = fixture_study("all", "system")
+    verdict = assess(study)
+    assert [sorted(c.numbers) for c in verdict.configurations] == [
+        c["trials"] for c in before["configurations"]]
+    for configuration, expected in zip(verdict.configurations, before["configurations"],
+                                       strict=True):
+        tie = verdict.ties[configuration.key]
+        assert abs(tie.p_value - expected["p_value"]) <= p_tolerance(expected["p_value"])
+        # Holm multiplies a p-value by at most the family's size.
+        holm_tolerance = len(verdict.configurations) * p_tolerance(expected["p_value"])
+        assert abs(tie.p_holm - expected["p_holm"]) <= holm_tolerance
+        if abs(expected["p_holm"] - 0.05) > holm_tolerance:
+            assert tie.tied == expected["tied"]  # a decision clear of the line stays put
+        for split in ("val", "test"):
+            new = getattr(verdict, f"{split}_ci")[configuration.key]
+            assert np.allclose(new, expected[f"{split}_ci"], atol=INTERVAL_TOLERANCE, rtol=0)
+    assert sorted(verdict.best.numbers) == before["best"]
+    assert sorted(verdict.recommended.numbers) == before["recommended"]
+
+
+def test_a_kept_cache_gives_the_verdict_a_fresh_one_gives():
+    study, _ = fixture_study("all", "system")
+    trials = study.get_trials(deepcopy=False)
+    cache = VerdictCache()
+    assess(study, trials[:20], cache)  # a worker's earlier refresh, fewer trials
+    kept, fresh = assess(study, trials, cache), assess(study, trials)
+    assert kept.ties == fresh.ties
+    assert kept.val_ci == fresh.val_ci and kept.test_ci == fresh.test_ci
+    assert kept.recommended.key == fresh.recommended.key

@@ -34,6 +34,7 @@ from search.results.bootstrap import (
     ExampleResampling,
     bootstrap_pvalue,
     percentile_interval,
+    row_key,
 )
 
 # statsmodels and scipy.stats are imported where they are used: ~0.9 s that a leaderboard
@@ -246,7 +247,7 @@ def _identical_pvalue(a: np.ndarray, b: np.ndarray) -> float | None:
     """1.0 when [S, N] replicate sets `a` and `b` hold the same replicates (in any order:
     there is no evidence of a difference, and the bootstrap would only add noise around 1);
     None otherwise."""
-    if a.shape == b.shape and np.array_equal(_sorted_rows(a), _sorted_rows(b)):
+    if a.shape == b.shape and sorted(map(row_key, a)) == sorted(map(row_key, b)):
         return 1.0
     return None
 
@@ -262,8 +263,3 @@ def _direct_pvalue(a: np.ndarray, b: np.ndarray) -> float | None:
         return mcnemar_pvalue(a[0], b[0])
     return None
 
-
-def _sorted_rows(array: np.ndarray) -> np.ndarray:
-    if array.shape[0] == 1:
-        return array
-    return array[np.lexsort(array.T[::-1])]
