@@ -258,12 +258,28 @@ def test_many_mcnemar_tests_at_once_equal_statsmodels_one_table_at_a_time():
     assert mcnemar_pvalues(best, others).tolist() == expected  # exactly
 
 
-def test_many_wilson_intervals_at_once_equal_one_at_a_time():
-    correct, total = np.array([0, 1, 57, 199, 200, 9_312]), np.array([200] * 5 + [10_000])
-    low, high = wilson_intervals(correct, total)
-    for c, n, lo, hi in zip(correct, total, low, high, strict=True):
-        # alpha as the scalar function has always passed it: 1 - 0.95 (not quite 0.05)
-        assert (lo, hi) == proportion_confint(int(c), int(n), alpha=1 - 0.95, method="wilson")
+def test_wilson_intervals_equal_statsmodels_to_the_last_digit():
+    rng = np.random.default_rng(19)
+    total = np.concatenate([np.full(6, 200), rng.integers(1, 20_000, 300)])
+    correct = np.concatenate([[0, 1, 57, 199, 200, 100], rng.integers(0, total[6:] + 1)])
+    for level in (0.95, 0.9):
+        low, high = wilson_intervals(correct, total, level)
+        for c, n, lo, hi in zip(correct, total, low, high, strict=True):
+            # alpha as the code has always passed it: 1 - level (for 0.95 not quite 0.05)
+            expected = proportion_confint(int(c), int(n), alpha=1 - level, method="wilson")
+            assert (lo, hi) == expected
+            assert wilson_interval(int(c), int(n), level) == expected
+
+
+def test_holm_equals_statsmodels_to_the_last_digit():
+    from statsmodels.stats.multitest import multipletests
+
+    rng = np.random.default_rng(20)
+    for size in (1, 2, 9, 500):
+        for pvalues in (rng.random(size), rng.random(size) ** 8,
+                        np.round(rng.random(size), 1)):  # many ties
+            assert holm_adjusted(pvalues.tolist()) == \
+                multipletests(pvalues, method="holm")[1].tolist()
 
 
 def plain_resampled_means(resampling: ExampleResampling, rows: np.ndarray) -> np.ndarray:
