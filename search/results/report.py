@@ -1,31 +1,47 @@
 """`search report`: the study-level comparison the paper shows, as files in one folder.
 
-    report.md                  the table below, the verdict, and the pictures
+    report.md                  the table below, the verdict, and the pictures; past
+                               MAX_TABLE_ROWS trials, the table holds the best of them by
+                               validation accuracy and, below those, every baseline and the
+                               recommended trial(s), and says that report.csv has them all
     report.csv                 one row per completed trial, best validation accuracy first:
                                method, model, rank, alpha, dropout, val_acc, test_acc, f1,
                                auc_micro, auc_macro, trainable_pct, trainable_params, and with
                                the study's verdict val_ci, test_ci (95% Wilson), tied,
                                recommended (`search.results.verdict`)
     metrics.png                the five metrics of every trial, side by side (axis from 0),
-                               with the accuracies' 95% intervals as error bars
+                               with the accuracies' 95% intervals as error bars; past
+                               MAX_BARS trials, the best MAX_BARS of them and, below a dashed
+                               line, every baseline and the recommended trial(s) (the title
+                               says so)
     accuracy_vs_params.png     test accuracy (axis from 0) with its 95% interval against
                                trainable parameters (log scale), each point labelled with its
                                trial number; the trials tied with the best filled, the rest
-                               hollow, the recommended one ringed
+                               hollow, the recommended one ringed. Past LABEL_EVERY_TRIAL
+                               trials: every trial a small translucent dot (spread sideways
+                               within its parameter count), a box of the quartiles and the
+                               median per parameter count, and labels and intervals on the
+                               best, the recommended and the baselines only
     best_confusion_matrix.png  the best trial's confusion matrix (from its artifacts)
+
+The table, the charts and the Markdown cost what they show, not the study's size: a study of
+5,000 trials draws the same number of bars and labels as one of 50.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pandas as pd
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch, Rectangle
 from optuna.artifacts.exceptions import ArtifactNotFound
 
 from search.results import markdown
 from search.results.figures import new_figure, save_figure
-from search.results.leaderboard import configuration_frame, leaderboard, with_verdict
+from search.results.leaderboard import Board, configuration_frame, leaderboard, with_verdict
 from search.results.verdict import NoVerdict, Verdict, assess, closing_lines
 from search.study.open_study import StudyError, stored_train_spec
 
@@ -34,18 +50,33 @@ METRICS = {"val_acc": "val acc", "test_acc": "test acc", "f1": "weighted F1",
 COLUMNS = ["trial", "method", "model", "rank", "alpha", "dropout", *METRICS, "trainable_pct",
            "trainable_params"]
 VERDICT_COLUMNS = ["val_ci", "test_ci", "tied", "recommended"]
+MAX_TABLE_ROWS = 50  # report.md's table (and per-configuration table): the best this many
+MAX_BARS = 30  # metrics.png: the best this many trials
+LABEL_EVERY_TRIAL = 50  # accuracy_vs_params.png labels every trial up to this many
 
 
-def report_table(study: optuna.Study) -> tuple[pd.DataFrame, Verdict | str]:
+def report_table(study: optuna.Study, board: Board | None = None
+                 ) -> tuple[pd.DataFrame, Verdict | str]:
     """The completed trials, best first, with what each one is; and the study's verdict, or
-    why it has none (then the table has no interval or tie columns)."""
-    frame = leaderboard(study)
+    why it has none (then the table has no interval or tie columns). `board`: the study's
+    `study_board`, when the caller has it (a dashboard refresh), so that its verdict is not
+    computed a second time."""
+    trials = None
+    if board is not None and board.by == "trial":
+        frame = board.frame
+    else:
+        trials = study.get_trials(deepcopy=False)
+        frame = leaderboard(study, trials)
     if not (frame["state"] == "COMPLETE").any():
         raise StudyError(f"study {study.study_name!r} has no completed trial to report")
     columns = COLUMNS
     try:
-        verdict: Verdict | str = assess(study)
-        frame = with_verdict(frame, verdict)
+        if board is not None and board.verdict is not None:
+            verdict: Verdict | str = board.verdict
+        else:  # a board without a verdict: `assess` says why
+            verdict = assess(study, trials)
+        if "tied" not in frame:
+            frame = with_verdict(frame, verdict)
         columns = [*COLUMNS, *VERDICT_COLUMNS]
     except NoVerdict as why:
         verdict = str(why)
@@ -55,6 +86,45 @@ def report_table(study: optuna.Study) -> tuple[pd.DataFrame, Verdict | str]:
                                     False: f"LoRA on {spec.targets}"})
     table = frame.assign(trial=frame["number"], method=method)[columns].reset_index(drop=True)
     return table, verdict
+
+
+def flag(table: pd.DataFrame, column: str) -> pd.Series:
+    """A yes/no column of the table as bools (False where absent or unknown)."""
+    if column not in table:
+        return pd.Series(False, index=table.index)
+    return table[column].map(lambda value: value is True or value is np.True_)
+
+
+def is_baseline_row(table: pd.DataFrame) -> pd.Series:
+    if "baseline" in table:
+        return flag(table, "baseline")
+    return table["rank"].isna()
+
+
+def top_rows(table: pd.DataFrame, limit: int) -> tuple[pd.DataFrame, int]:
+    """What a bounded chart or table shows of `table` (best first): all of it up to `limit`
+    rows, else its first `limit` rows and, below them in the table's order, every baseline
+    and recommended row that is not among them; and how many rows were left out."""
+    if len(table) <= limit:
+        return table, 0
+    keep = np.zeros(len(table), dtype=bool)
+    keep[:limit] = True
+    keep |= (is_baseline_row(table) | flag(table, "recommended")).to_numpy()
+    return table[keep], int((~keep).sum())
+
+
+def shown_note(shown: pd.DataFrame, total: int, limit: int, what: str, where: str) -> str:
+    """What a bounded chart or table (`shown`, from `top_rows`) shows, in words: the best
+    `limit` of `total` `what`s, and `where` the lower-ranked baselines and recommended
+    rows are."""
+    note = f"the best {limit} of {total:,} {what}s by validation accuracy"
+    below = shown.iloc[limit:]
+    baselines = int(is_baseline_row(below).sum())
+    recommended = int((flag(below, "recommended") & ~is_baseline_row(below)).sum())
+    parts = [f"{count} {name}{'s' if count > 1 else ''}" if count > 1 else f"the {name}"
+             for count, name in ((baselines, "baseline"), (recommended, f"recommended {what}"))
+             if count]
+    return f"{note}; {where}, ranked lower: {' and '.join(parts)}" if parts else note
 
 
 def error_bars(table: pd.DataFrame, column: str) -> list[list[float]] | None:
@@ -85,10 +155,13 @@ MAX_STACKED = 20  # labels in one column of accuracy_vs_params.png before they a
 def plot_metrics(table: pd.DataFrame, path: Path, title: str) -> None:
     """One group of horizontal bars per trial, best first from the top: the trial labels
     read horizontally at the left whatever their length, and the legend sits outside the
-    axes, to the right, clear of labels and bars."""
+    axes, to the right, clear of labels and bars. Past MAX_BARS trials, the best MAX_BARS
+    and, below a dashed line, the baselines and the recommended trial(s) ranked lower."""
+    total = len(table)
+    table, left_out = top_rows(table, MAX_BARS)
     labels = [label(row) for _, row in table.iterrows()]
     height = 0.8 / len(METRICS)
-    figure, axes = new_figure(size=(9.5, 0.9 * len(table) + 1.6))
+    figure, axes = new_figure(size=(9.5, 0.9 * len(table) + 1.6 + (0.3 if left_out else 0)))
     for index, (column, name) in enumerate(METRICS.items()):
         positions = [i + (index - (len(METRICS) - 1) / 2) * height for i in range(len(table))]
         values = table[column].astype(float)
@@ -111,8 +184,15 @@ def plot_metrics(table: pd.DataFrame, path: Path, title: str) -> None:
     axes.set_yticks(range(len(table)), labels, fontsize=8)
     axes.set_ylim(len(table) - 0.5, -0.5)  # best (first row) at the top
     axes.grid(axis="x", alpha=0.3)
+    if left_out and len(table) > MAX_BARS:  # the rows ranked below the best MAX_BARS
+        axes.axhline(MAX_BARS - 0.5, color="0.3", linestyle="--", linewidth=1)
+        axes.annotate(f"{left_out:,} trials not shown (report.csv has every trial)",
+                      (0.5, MAX_BARS - 0.5), ha="center", va="center", fontsize=7,
+                      bbox={"boxstyle": "round", "fc": "white", "ec": "0.3"})
     axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
-    axes.set_title(title, fontsize=10)
+    shown = shown_note(table, total, MAX_BARS, "trial", "below the dashed line")
+    shown = shown.replace("; ", ";\n", 1)  # two lines: the title spans the axes alone
+    axes.set_title(f"{title}\n{shown}" if left_out else title, fontsize=10)
     save_figure(figure, path)
 
 
@@ -131,6 +211,12 @@ def spread_labels(heights: list[float], gap: float, top: float = 0.98) -> list[f
 
 
 def plot_accuracy_vs_params(table: pd.DataFrame, path: Path, title: str) -> None:
+    """Test accuracy against trainable parameters: every trial labelled up to
+    LABEL_EVERY_TRIAL trials, past that the distribution per parameter count
+    (`plot_many_trials`)."""
+    if len(table) > LABEL_EVERY_TRIAL:
+        plot_many_trials(table, path, title)
+        return
     figure, axes = new_figure(size=(8, 5))
     baseline = table["rank"].isna()
     tied = table["tied"].fillna(False).astype(bool) if "tied" in table else None
@@ -188,9 +274,177 @@ def plot_accuracy_vs_params(table: pd.DataFrame, path: Path, title: str) -> None
     save_figure(figure, path)
 
 
+BOX_MIN = 5  # trials of one parameter count that get a box of their quartiles
+TIED, WORSE = "C0", "0.55"  # dots of the trials tied with the best, and of the rest
+
+
+def column_halfwidth(params: np.ndarray) -> float:
+    """Half the width (in decades of the log x axis) a parameter count's column of dots may
+    take: at most 0.06, and less where counts stand closer (they never overlap)."""
+    counts = np.unique(np.log10(params[params > 0]))
+    gaps = np.diff(counts)
+    return float(min(0.06, 0.4 * gaps.min())) if len(gaps) else 0.06
+
+
+# How wide a character of a 7-point label is, and the many-trials chart's axes (of its 8-inch
+# figure, the legend takes the right): what keeps labels on one row from overlapping.
+CHARACTER_INCHES, AXES_INCHES = 0.062, 4.2
+
+
+def name_labels(table: pd.DataFrame, roles: dict[int, list[str]]) -> list[tuple[int, str]]:
+    """One label per configuration and role (its seeds' trials together: "#3, #9, #15
+    recommended"), anchored at its first row's point, left to right by parameters."""
+    groups: dict[tuple, list[int]] = {}
+    for index, role in roles.items():
+        row = table.iloc[index]
+        key = (tuple(role), *(None if pd.isna(row[c]) else row[c]
+                              for c in ("model", "rank", "alpha", "dropout")))
+        groups.setdefault(key, []).append(index)
+    texts = []
+    for key, indices in groups.items():
+        numbers = [f"#{table['trial'].iloc[i]}" for i in indices]
+        shown = ", ".join(numbers[:3]) + (f" +{len(numbers) - 3}" if len(numbers) > 3 else "")
+        texts.append((indices[0], f"{shown} {', '.join(key[0])}"))
+    params = table["trainable_params"].astype(float).to_numpy()
+    return sorted(texts, key=lambda t: (params[t[0]], t[0]))
+
+
+def label_levels(centres: list[float], widths: list[float]) -> list[int]:
+    """For labels centred at `centres` (left to right) of `widths` on the x axis, the
+    lowest level (0, 1, ...) on which each clears the labels already placed there."""
+    placed: list[list[tuple[float, float]]] = []
+    levels = []
+    for centre, width in zip(centres, widths, strict=True):
+        span = (centre - width / 2, centre + width / 2)
+        level = next((k for k, spans in enumerate(placed)
+                      if all(span[0] > b or span[1] < a for a, b in spans)), len(placed))
+        if level == len(placed):
+            placed.append([])
+        placed[level].append(span)
+        levels.append(level)
+    return levels
+
+
+def plot_many_trials(table: pd.DataFrame, path: Path, title: str) -> None:
+    """Accuracy against parameters for a study of many trials: one small translucent dot per
+    trial, spread sideways within its parameter count's column (seeded, so the picture is
+    the same each time), the quartiles and the median of each column as a box; the best,
+    the recommended and the baselines drawn over them with their 95% intervals and labelled
+    (the only labels: 5,000 trial numbers would be a black smear)."""
+    figure, axes = new_figure(size=(8, 5))
+    baseline = is_baseline_row(table).to_numpy()
+    tied = flag(table, "tied").to_numpy()
+    recommended = flag(table, "recommended").to_numpy()
+    has_verdict = "tied" in table
+    params = table["trainable_params"].astype(float).to_numpy()
+    accuracy = table["test_acc"].astype(float).to_numpy()
+    half = column_halfwidth(params)
+    lora = ~baseline
+    rng = np.random.default_rng(0)
+    spread = params * 10 ** (rng.uniform(-0.8, 0.8, len(params)) * half)
+    dot_alpha = float(np.clip(12 / np.sqrt(max(lora.sum(), 1)), 0.12, 0.6))
+    handles = []
+    groups = ([(lora & tied, TIED, "LoRA trial, tied with the best"),
+               (lora & ~tied, WORSE, "LoRA trial, worse than the best")] if has_verdict else
+              [(lora, TIED, "LoRA trial")])
+    for rows, colour, name in groups:
+        if rows.any():
+            axes.scatter(spread[rows], accuracy[rows], s=7, color=colour, alpha=dot_alpha,
+                         linewidths=0, zorder=2)
+            handles.append(Line2D([], [], marker="o", linestyle="", color=colour,
+                                  markersize=5, label=name))
+    boxed = False
+    for count in np.unique(params[lora]):
+        values = accuracy[lora & (params == count)]
+        if len(values) < BOX_MIN:
+            continue
+        q1, median, q3 = np.percentile(values, [25, 50, 75])
+        left, right = count * 10 ** -half, count * 10 ** half
+        axes.add_patch(Rectangle((left, q1), right - left, q3 - q1, facecolor="none",
+                                 edgecolor="black", linewidth=1, zorder=3))
+        axes.plot([left, right], [median, median], color="black", linewidth=1.5, zorder=3)
+        boxed = True
+    if boxed:
+        handles.append(Patch(facecolor="none", edgecolor="black",
+                             label=f"quartiles and median per parameter count\n"
+                                   f"(columns of {BOX_MIN}+ trials)"))
+    # The trials worth a name: the best LoRA trial (the table's first), the recommended and
+    # the baselines, each at its own x (not spread) with its interval.
+    named = np.zeros(len(table), dtype=bool)
+    best = int(np.argmax(lora)) if lora.any() else None
+    if best is not None:
+        named[best] = True
+    named |= recommended | baseline
+    rows = table[named]
+    bars = error_bars(rows, "test_acc")
+    if bars is not None:
+        axes.errorbar(params[named], accuracy[named], yerr=bars, fmt="none", ecolor="0.15",
+                      elinewidth=1, capsize=3, zorder=4)
+        handles.append(Line2D([], [], color="0.15", linewidth=1,
+                              label="95% interval (of the named trials)"))
+    if baseline.any():
+        axes.scatter(params[baseline], accuracy[baseline], marker="s", s=50, color="C1",
+                     edgecolors="black", linewidths=0.5, zorder=5)
+        handles.append(Line2D([], [], marker="s", linestyle="", color="C1", markersize=7,
+                              markeredgecolor="black", label="baseline (head only)"))
+    if best is not None:
+        axes.scatter(params[best], accuracy[best], marker="*", s=160, color="gold",
+                     edgecolors="black", linewidths=0.7, zorder=6)
+        handles.append(Line2D([], [], marker="*", linestyle="", color="gold", markersize=12,
+                              markeredgecolor="black", label="best (validation accuracy)"))
+    if recommended.any():
+        axes.scatter(params[recommended], accuracy[recommended], s=220, facecolors="none",
+                     edgecolors="crimson", linewidths=1.5, zorder=6)
+        handles.append(Line2D([], [], marker="o", linestyle="", markerfacecolor="none",
+                              markeredgecolor="crimson", markeredgewidth=1.5, markersize=13,
+                              label="recommended"))
+    axes.set_xscale("log")
+    low, high = axes.get_xlim()
+    axes.set_xlim(low / 1.3, high * 1.3)
+    axes.set_ylim(*SCORE_AXIS)
+    roles = {index: [role for role, on in (("best", index == best),
+                                           ("recommended", recommended[index]),
+                                           ("baseline", baseline[index])) if on]
+             for index in np.flatnonzero(named)}
+    texts = name_labels(table, roles)
+    # The labels go below the lowest dot where there is room (scores sit high on an axis
+    # from 0), on the highest row where each clears the others; else right of the columns,
+    # stacked clear of each other. A thin line joins each to its (first) trial's point.
+    decades = float(np.log10(axes.get_xlim()[1] / axes.get_xlim()[0]))
+    widths = [(len(text) * CHARACTER_INCHES + 0.1) * decades / AXES_INCHES for _, text in texts]
+    levels = label_levels([float(np.log10(params[i])) for i, _ in texts], widths)
+    floor = float(accuracy.min())
+    if floor - 0.06 * (max(levels, default=0) + 1) > 0.02:
+        places = [(params[i], floor - 0.06 * (level + 1), "center")
+                  for (i, _), level in zip(texts, levels, strict=True)]
+    else:
+        heights = spread_labels([float(accuracy[i]) for i, _ in texts], gap=0.06)
+        places = [(params[i] * 10 ** (2 * half + 0.02), at, "left")
+                  for (i, _), at in zip(texts, heights, strict=True)]
+    for (index, text), (x, at, align) in zip(texts, places, strict=True):
+        axes.annotate(text, (params[index], accuracy[index]), xytext=(x, at),
+                      fontsize=7, ha=align, va="center", zorder=7,
+                      bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "0.5",
+                            "alpha": 0.9},
+                      arrowprops={"arrowstyle": "-", "lw": 0.6, "color": "0.3"})
+    axes.set_xlabel("trainable parameters (log scale; a count's dots spread sideways)")
+    axes.set_ylabel("test accuracy (axis from 0 to 1)")
+    axes.grid(alpha=0.3)
+    axes.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0),
+                borderaxespad=0)
+    named_roles = [role for role, any_ in (("best", best is not None),
+                                           ("recommended", recommended.any()),
+                                           ("baselines", baseline.any())) if any_]
+    axes.set_title(f"{title}\n{len(table):,} trials, a dot each; named: "
+                   f"{', '.join(named_roles)}", fontsize=10)
+    save_figure(figure, path)
+
+
 def copy_best_confusion(study: optuna.Study, table: pd.DataFrame,
                         store: optuna.artifacts.FileSystemArtifactStore, path: Path) -> bool:
-    best = study.trials[int(table.iloc[0]["trial"])]
+    storage = study._storage  # one trial read, not the study's every trial
+    best = storage.get_trial(storage.get_trial_id_from_study_id_trial_number(
+        study._study_id, int(table.iloc[0]["trial"])))
     artifact = best.user_attrs.get("artifacts", {}).get("confusion_matrix.png")
     if artifact is None:
         return False
@@ -221,6 +475,18 @@ def markdown_table(table: pd.DataFrame) -> str:
                            for row in table.itertuples(index=False)])
 
 
+def bounded_table(table: pd.DataFrame, what: str, everything: str) -> list[str]:
+    """A Markdown table of at most MAX_TABLE_ROWS rows (and the baselines and recommended
+    rows below them), after a line saying what it leaves out and where to find it, if
+    anything."""
+    shown, left_out = top_rows(table, MAX_TABLE_ROWS)
+    if not left_out:
+        return [markdown_table(shown)]
+    note = shown_note(shown, len(table), MAX_TABLE_ROWS, what, "after them")
+    return [f"The table shows {note} ({left_out:,} left out; {everything}).", "",
+            markdown_table(shown)]
+
+
 def verdict_text(verdict: Verdict | str) -> list[str]:
     """The report's answer: tied set, recommendation, baseline gap, test-set check."""
     if isinstance(verdict, str):
@@ -233,11 +499,13 @@ def verdict_text(verdict: Verdict | str) -> list[str]:
              ""]
     lines += [f"- {line}" for line in closing_lines(verdict)]
     if verdict.seeds > 1:
+        configurations = (configuration_frame(verdict).drop(columns=["model", "method"])
+                          .assign(trials=lambda f: f["trials"].map(
+                              lambda t: ", ".join(map(str, t)))))
         lines += ["", "Per configuration over its seeds (mean, sd; intervals over seeds x "
                       "examples, by bootstrap):", "",
-                  markdown_table(configuration_frame(verdict).drop(columns=["model", "method"])
-                                 .assign(trials=lambda f: f["trials"].map(
-                                     lambda t: ", ".join(map(str, t)))))]
+                  *bounded_table(configurations, "configuration",
+                                 "`search leaderboard --by configuration` lists them all")]
     return lines
 
 
@@ -257,9 +525,10 @@ def write_report(study: optuna.Study, store: optuna.artifacts.FileSystemArtifact
                                         folder / "best_confusion_matrix.png")
     best = table.iloc[0]
     text = [f"# {title}", "",
-            f"{len(table)} completed trials, best validation accuracy first. Best: trial "
+            f"{len(table):,} completed trials, best validation accuracy first. Best: trial "
             f"{best['trial']} ({best['method']}), val acc {best['val_acc']:.4f}, test acc "
-            f"{best['test_acc']:.4f}.", "", *verdict_text(verdict), "", markdown_table(table), "",
+            f"{best['test_acc']:.4f}.", "", *verdict_text(verdict), "",
+            *bounded_table(table, "trial", "report.csv has every trial"), "",
             "![metrics per trial](metrics.png)", "",
             "![accuracy against trainable parameters](accuracy_vs_params.png)", ""]
     if has_confusion:
