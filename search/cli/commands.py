@@ -303,7 +303,9 @@ def show_leaderboard(args: argparse.Namespace, local: dict[str, Any]) -> int:
         written = refresh_dashboard(study, store, args.storage)
         print(f"rewrote {plural(written, 'dashboard note')} of study {study.study_name!r}",
               file=sys.stderr)
-    print(render_board(study_board(study, args.by), args.format))
+    from search.study.trial_reader import all_trials
+
+    print(render_board(study_board(study, args.by, trials=all_trials(study)), args.format))
     return 0
 
 

@@ -91,12 +91,13 @@ class Board:
     verdict: Verdict | None = None  # None: the study has none (`lines` says why)
 
 
-def study_board(study: optuna.Study, by: str = "auto",
-                cache: VerdictCache | None = None) -> Board:
+def study_board(study: optuna.Study, by: str = "auto", cache: VerdictCache | None = None,
+                trials: list[FrozenTrial] | None = None) -> Board:
     """The leaderboard with the study's verdict: per trial, or per configuration (`auto`:
     per configuration when one has several complete replicates). `cache` keeps the verdict's
-    work for the next board (a worker's refreshes)."""
-    trials = study.get_trials(deepcopy=False)
+    work for the next board (a worker's refreshes); `trials`, the study's trials if the
+    caller has read them (`search.study.trial_reader`)."""
+    trials = study.get_trials(deepcopy=False) if trials is None else trials
     frame = leaderboard(study, trials)
     try:
         verdict = assess(study, trials, cache)
