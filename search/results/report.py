@@ -150,6 +150,7 @@ def label(row: pd.Series) -> str:
 # large). The axis label says so; the exact values are written on the bars.
 SCORE_AXIS = (0.0, 1.0)
 MAX_STACKED = 20  # labels in one column of accuracy_vs_params.png before they are merged
+BELOW_GAP = 0.6  # metrics.png: room (in rows) for the dashed line above the rows ranked lower
 
 
 def plot_metrics(table: pd.DataFrame, path: Path, title: str) -> None:
@@ -161,9 +162,11 @@ def plot_metrics(table: pd.DataFrame, path: Path, title: str) -> None:
     table, left_out = top_rows(table, MAX_BARS)
     labels = [label(row) for _, row in table.iterrows()]
     height = 0.8 / len(METRICS)
-    figure, axes = new_figure(size=(9.5, 0.9 * len(table) + 1.6 + (0.3 if left_out else 0)))
+    below = len(table) > MAX_BARS  # rows ranked below the best MAX_BARS: a gap before them
+    rows = [i + (BELOW_GAP if below and i >= MAX_BARS else 0) for i in range(len(table))]
+    figure, axes = new_figure(size=(9.5, 0.9 * (rows[-1] + 1) + 1.6 + (0.3 if left_out else 0)))
     for index, (column, name) in enumerate(METRICS.items()):
-        positions = [i + (index - (len(METRICS) - 1) / 2) * height for i in range(len(table))]
+        positions = [i + (index - (len(METRICS) - 1) / 2) * height for i in rows]
         values = table[column].astype(float)
         errors = error_bars(table, column)
         bars = axes.barh(positions, values, height, label=name, xerr=errors,
@@ -181,13 +184,14 @@ def plot_metrics(table: pd.DataFrame, path: Path, title: str) -> None:
         axes.bar_label(bars, outside, label_type="edge", padding=2, fontsize=6)
     axes.set_xlim(*SCORE_AXIS)
     axes.set_xlabel("score (axis from 0 to 1)")
-    axes.set_yticks(range(len(table)), labels, fontsize=8)
-    axes.set_ylim(len(table) - 0.5, -0.5)  # best (first row) at the top
+    axes.set_yticks(rows, labels, fontsize=8)
+    axes.set_ylim(rows[-1] + 0.5, -0.5)  # best (first row) at the top
     axes.grid(axis="x", alpha=0.3)
-    if left_out and len(table) > MAX_BARS:  # the rows ranked below the best MAX_BARS
-        axes.axhline(MAX_BARS - 0.5, color="0.3", linestyle="--", linewidth=1)
+    if below:
+        line = MAX_BARS - 0.5 + BELOW_GAP / 2
+        axes.axhline(line, color="0.3", linestyle="--", linewidth=1)
         axes.annotate(f"{left_out:,} trials not shown (report.csv has every trial)",
-                      (0.5, MAX_BARS - 0.5), ha="center", va="center", fontsize=7,
+                      (0.5, line), ha="center", va="center", fontsize=7,
                       bbox={"boxstyle": "round", "fc": "white", "ec": "0.3"})
     axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     shown = shown_note(table, total, MAX_BARS, "trial", "below the dashed line")
