@@ -3,7 +3,7 @@ note and the dashboard's study API, on synthetic studies of 10 to 5,000 trials.
 
     python benchmarks/results_scale.py [--sizes 10 100 1000 5000] [--images 216 10000]
         [--seeds 1 3] [--storage sqlite postgresql] [--layout system|user] [--repeats 1]
-        [--refreshes 3] [--timeout 600] [--format table|json] [--write]
+        [--refreshes 3] [--timeout 600] [--root CHECKOUT] [--format table|json] [--write]
 
 Each study is made by `benchmarks/synthetic_study.py` (every trial COMPLETE as a worker leaves
 it: outcomes, artifact records, history; SQLite ones cached under benchmarks/.cache/). Per
@@ -15,7 +15,9 @@ worker makes after finishing a trial (warmed by one refresh, then `--refreshes` 
 trial finished, the refresh timed; the median), the study note's size, and the dashboard's
 study API (`GET /api/studies/<id>`, the JSON a browser polls, through optuna-dashboard's WSGI
 app) in bytes per trial and seconds. A command over `--timeout` is stopped and shown as
-"> T s". `--write` puts the table in BENCHMARKS.md. No assertion on any time.
+"> T s". `--root` times another checkout's code on the same studies (a `git archive` of the
+commit before, say; `--layout user` for code that reads outcomes from user attributes only).
+`--write` puts the table in BENCHMARKS.md. No assertion on any time.
 """
 
 from __future__ import annotations
@@ -243,6 +245,7 @@ def measure_in_child(studies, source, case: Case, args: argparse.Namespace, fold
         found.update(json.loads(line))
     if process.returncode not in (0, -signal.SIGKILL):
         say(f"in-process measures stopped ({process.returncode}): {stderr.strip()[-1500:]}")
+        found["failed"] = True
     return found
 
 
@@ -256,7 +259,8 @@ def measure_case(case: Case, studies, args: argparse.Namespace) -> dict[str, Any
     return {**asdict(case), **commands,
             "refresh": statistics.median(refreshes) if len(refreshes) == args.refreshes
             else None,
-            **{key: in_process.get(key) for key in ("first_refresh", "refreshes", "note_bytes",
+            **{key: in_process.get(key) for key in ("failed", "first_refresh", "refreshes",
+                                                    "note_bytes",
                                                     "api_s", "api_bytes_per_trial",
                                                     "api_user_attrs_per_trial")}}
 
@@ -353,9 +357,9 @@ def cell(value: int | None) -> str:
 
 
 def refresh_cell(row: dict[str, Any], timeout: float) -> str:
-    """The median refresh, the first one in brackets; "-" when the child measured nothing."""
+    """The median refresh, the first one in brackets."""
     if row.get("first_refresh") is None:
-        return f"> {timeout:g}"
+        return "failed" if row.get("failed") else f"> {timeout:g}"
     return f"{seconds(row['refresh'], timeout)} ({row['first_refresh']:.1f})"
 
 
