@@ -23,9 +23,9 @@ easy images), and the seeds of a configuration share most of its per-image noise
 trial is decided by a Gaussian copula: correct when `sqrt(RHO) e_i + sqrt(1-RHO) (sqrt(SEED_SHARE)
 v_ci + sqrt(1-SEED_SHARE) w_cis) < Phi^-1(accuracy)`. Everything is a function of `seed`.
 
-`layout` says where the outcomes live: "system" (trial system attribute `outcomes`, where the
-dashboard does not ship them with every trial) or "user" (user attribute `outcomes`, as
-studies made before that change hold them).
+`layout` says where the outcomes and the per-epoch history live: "system" (trial system
+attributes `outcomes` and `history`, where the dashboard does not ship them with every trial)
+or "user" (user attributes of those names, as studies made before that change hold them).
 
 `cached_study` builds a study once per set of parameters under `benchmarks/.cache/`
 (git-ignored) for `benchmarks/results_scale.py`; copy it before a run that writes to it.
@@ -64,9 +64,10 @@ if str(ROOT) not in sys.path:
 DEMO = ROOT / "studies" / "demo.toml"
 CACHE = Path(__file__).resolve().parent / ".cache" / "results_scale"
 # Bump when the generated studies change, so that cached ones are built again.
-VERSION = 1
+VERSION = 2  # 2: the history beside the outcomes (system attributes)
 LAYOUTS = ("system", "user")
 OUTCOMES = "outcomes"
+HISTORY = "history"
 CLASSES = [str(digit) for digit in range(10)]  # the demo's digits, as a worker stores them
 TRAIN_IMAGES = 1222  # the demo's training split, for images_per_second
 RHO = 0.6  # share of an image's difficulty in every trial's per-image noise
@@ -274,7 +275,7 @@ class Generator:
         user = {**enqueued, "baseline": params is None, "model": self.model,
                 "method": "head" if params is None else "lora", "pack": 1,
                 "seed": self.base_seed + slot.replicate, "checkpoint": None,
-                "epochs_done": self.epochs, "history": stored_history(rows),
+                "epochs_done": self.epochs,
                 "weights_artifact": weights, "artifacts": {name: i for i, name in files.items()
                                                            if name != WEIGHTS_FILE},
                 "val_acc": value, "test_acc": test_acc,
@@ -285,7 +286,9 @@ class Generator:
                 "train_seconds": seconds,
                 "images_per_second": TRAIN_IMAGES * self.epochs / seconds, "device": "cpu"}
         document = outcomes_value((self.val, val_bits), (self.test, test_bits))
+        # The per-epoch history moved to the system attributes with the outcomes.
         (system if self.layout == "system" else user)[OUTCOMES] = document
+        (system if self.layout == "system" else user)[HISTORY] = stored_history(rows)
         return Record(value, user, system, {r["epoch"]: r["val_acc"] for r in rows}, seconds,
                       files)
 

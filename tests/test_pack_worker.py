@@ -20,7 +20,7 @@ from objectives.data import load_splits
 from objectives.train import epoch_stats
 from search.results.leaderboard import leaderboard
 from search.study.artifacts import artifact_store
-from search.study.outcomes import trial_outcomes
+from search.study.outcomes import stored_outcomes, trial_outcomes
 from search.study.study_spec import load_spec
 from search.worker import pack_run
 from search.worker.claim_loop import run_worker
@@ -54,7 +54,7 @@ def points(url: str) -> dict:
     frame = leaderboard(study)
     trials = study.get_trials(deepcopy=False)
     return {(None if row.baseline else row["rank"], None if row.baseline else row.alpha):
-            {**row.to_dict(), "outcomes": trials[row.number].user_attrs["outcomes"]}
+            {**row.to_dict(), "outcomes": stored_outcomes(trials[row.number])}
             for _, row in frame.iterrows() if row.state == "COMPLETE"}
 
 

@@ -16,6 +16,7 @@ from benchmarks import synthetic_study  # noqa: E402
 from search.results.leaderboard import leaderboard  # noqa: E402
 from search.study.outcomes import trial_outcomes  # noqa: E402
 from search.study.replicates import replicate_of  # noqa: E402
+from search.study.trials import trial_history  # noqa: E402
 
 
 @pytest.mark.parametrize(("layout", "trials", "seeds"), [("system", 9, 1), ("user", 11, 3)])
@@ -46,7 +47,8 @@ def test_study_reads_back(tmp_path, layout, trials, seeds):
         assert (val.shape, test.shape) == ((40,), (24,))
         assert trial.value == pytest.approx(val.mean(), abs=1e-6)
         assert trial.user_attrs["test_acc"] == pytest.approx(test.mean(), abs=1e-6)
-        assert len(trial.intermediate_values) == len(trial.user_attrs["history"]) == 4
+        assert len(trial.intermediate_values) == len(trial_history(trial)) == 4
+        assert ("history" in trial.system_attrs) == (layout == "system")
         records = [k for k in trial.system_attrs if k.startswith("artifacts:")]
         assert len(records) == 6
         assert all((tmp_path / "artifacts" / k.removeprefix("artifacts:")).is_file()

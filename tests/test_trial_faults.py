@@ -278,7 +278,7 @@ def test_a_point_whose_retries_are_used_up_is_given_up_and_leaves_no_checkpoint(
     assert rows[2]["note"] == ("retry of trial 1; resumed after epoch 1; worker lost (no "
                                "heartbeat); gave up after 2 tries")
     assert rows[1]["epochs"] == 1 and rows[2]["epochs"] == 2
-    own = study.get_trials()[2].user_attrs["history"][-1]["val_acc"]
+    own = trials.trial_history(study.get_trials()[2])[-1]["val_acc"]
     assert rows[2]["val_acc"] == own != 0.99
     for number in (1, 2):
         assert all(pd.isna(rows[number][key]) for key in ("test_acc", "f1", "auc_micro"))

@@ -404,3 +404,21 @@ def test_a_kept_cache_gives_the_verdict_a_fresh_one_gives():
     assert kept.ties == fresh.ties
     assert kept.val_ci == fresh.val_ci and kept.test_ci == fresh.test_ci
     assert kept.recommended.key == fresh.recommended.key
+
+
+def test_a_study_made_before_outcomes_and_history_moved_reads_as_before(tmp_path):
+    """Outcomes and the per-epoch history were user attributes before they moved to the
+    system attributes (which optuna-dashboard does not send with every trial)."""
+    url_ = f"sqlite:///{tmp_path / 'old.db'}"
+    old = optuna.create_study(storage=url_, study_name="v", direction="maximize")
+    old.set_user_attr("train_spec", {"model": "vit_tiny_patch16_224"})
+    add_trial(old, range(10), rank=8, params=8000, layout="user")
+    add_trial(old, range(60), rank=None, params=500, layout="user")
+    running = old.ask()
+    running.set_user_attr("history", [{"epoch": 1, "val_acc": 0.5},
+                                      {"epoch": 2, "val_acc": 0.625}])
+    board = study_board(old, by="trial")
+    rows = {row["number"]: row for row in board.frame.to_dict("records")}
+    assert rows[0]["tied"] and rows[0]["recommended"] and rows[0]["val_ci"] is not None
+    assert rows[2]["state"] == "RUNNING" and rows[2]["val_acc"] == 0.625
+    assert board.verdict is not None and "baseline 25.0 pp below the best" in board.lines[0]

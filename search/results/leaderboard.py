@@ -19,6 +19,7 @@ from search.study.trials import (
     is_baseline,
     retried_as,
     study_max_retries,
+    trial_history,
     trial_method,
     trial_model,
     trial_point,
@@ -193,8 +194,8 @@ def reached_val_acc(trial: optuna.trial.FrozenTrial) -> float | None:
     it; any other's comes from its own per-epoch history."""
     if trial.state == TrialState.PRUNED:
         return trial.user_attrs.get("val_acc")
-    history = trial.user_attrs.get("history") or []
-    last = history[-1] if isinstance(history, list) and history else None
+    history = trial_history(trial)
+    last = history[-1] if history else None
     return last.get("val_acc") if isinstance(last, dict) else None
 
 

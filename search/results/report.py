@@ -44,6 +44,7 @@ from search.results.figures import new_figure, save_figure
 from search.results.leaderboard import Board, configuration_frame, leaderboard, with_verdict
 from search.results.verdict import NoVerdict, Verdict, assess, closing_lines
 from search.study.open_study import StudyError, stored_train_spec
+from search.study.trial_reader import all_trials
 
 METRICS = {"val_acc": "val acc", "test_acc": "test acc", "f1": "weighted F1",
            "auc_micro": "AUC micro", "auc_macro": "AUC macro"}
@@ -65,7 +66,7 @@ def report_table(study: optuna.Study, board: Board | None = None
     if board is not None and board.by == "trial":
         frame = board.frame
     else:
-        trials = study.get_trials(deepcopy=False)
+        trials = all_trials(study)
         frame = leaderboard(study, trials)
     if not (frame["state"] == "COMPLETE").any():
         raise StudyError(f"study {study.study_name!r} has no completed trial to report")

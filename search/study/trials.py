@@ -17,6 +17,17 @@ from search.study.heartbeat_settings import HeartbeatError, HeartbeatSettings, s
 from search.study.replicates import replicate_of, replicate_train_spec, with_replicate
 from search.study.space import BASELINE_KEY, point_key, point_of
 
+HISTORY_ATTR = "history"
+
+
+def trial_history(trial: FrozenTrial) -> list[dict]:
+    """The per-epoch record of a trial (epoch, losses, accuracies): a system attribute, or in
+    studies made before it moved there, a user attribute."""
+    history = trial.system_attrs.get(HISTORY_ATTR)
+    if history is None:
+        history = trial.user_attrs.get(HISTORY_ATTR)
+    return history if isinstance(history, list) else []
+
 
 def is_baseline(trial: FrozenTrial) -> bool:
     return bool(trial.user_attrs.get("baseline", False))

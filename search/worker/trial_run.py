@@ -42,7 +42,7 @@ from search.study.outcomes import outcomes_attr, record_outcomes
 from search.study.patient_storage import StorageOutage
 from search.study.replicates import replicate_of
 from search.study.tpe_search import is_sampled
-from search.study.trials import is_baseline, trial_point, trial_train_spec
+from search.study.trials import HISTORY_ATTR, is_baseline, trial_point, trial_train_spec
 from search.worker.attempt_store import AttemptStore, Checkpoints
 from search.worker.faults import WorkerEnvironmentError, environment_fault
 from search.worker.signals import StopRequested
@@ -88,8 +88,12 @@ def suggest_point(trial: optuna.Trial, bounds: dict[str, tuple]) -> LoraParams:
 
 
 def record_history(trial: optuna.Trial, epochs: list[EpochStats]) -> None:
+    """How far the trial got, and each epoch's losses and accuracies. The per-epoch list is a
+    system attribute (`search.study.trials.trial_history`): ~100 bytes an epoch that
+    optuna-dashboard would send with every trial on every poll as a user attribute, and that
+    its charts already show (the intermediate values) or the trial's curves do."""
     trial.set_user_attr("epochs_done", len(epochs))
-    trial.set_user_attr("history", [
+    trial.storage.set_trial_system_attr(trial._trial_id, HISTORY_ATTR, [
         {"epoch": e.epoch, "train_loss": round(e.train_loss, 5), "train_acc": round(e.train_acc, 5),
          "val_loss": round(e.val_loss, 5), "val_acc": round(e.val_acc, 5)}
         for e in epochs])
