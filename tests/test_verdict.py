@@ -157,7 +157,9 @@ def test_trials_scored_on_another_split_take_no_part(study):
 
 
 def test_dashboard_notes_say_the_baseline_gap_and_the_recommendation(study, tmp_path):
-    from optuna_dashboard._note import get_note_from_system_attrs
+    """A trial's note says what it is and how it ended; where it stands (the baseline's gap,
+    tied, recommended) is on the study's note, which moves as trials finish."""
+    from optuna_dashboard import get_note
 
     add_trial(study, range(10), rank=8, params=8000)
     add_trial(study, range(11), rank=2, params=2000)
@@ -165,26 +167,31 @@ def test_dashboard_notes_say_the_baseline_gap_and_the_recommendation(study, tmp_
     store = artifact_store(tmp_path / "a")
     assert refresh_dashboard(study, store, url(tmp_path)) == 4  # 3 trials and the study
     assert refresh_dashboard(study, store, url(tmp_path)) == 0  # unchanged: not written again
-    attrs = study._storage.get_study_system_attrs(study._study_id)
-    notes = [get_note_from_system_attrs(attrs, t._trial_id)["body"] for t in study.trials]
+    notes = [get_note(optuna.Trial(study, t._trial_id)) for t in study.trials]
     assert notes[0].startswith("**LoRA r=8 alpha=8 dropout=0.1 on vit_tiny_patch16_224**: "
                                "complete, val_acc 0.9500")
-    assert "**Best** validation accuracy 0.9500" in notes[0]
-    assert "**Recommended**: the fewest trainable parameters (2,000)" in notes[1]
     assert notes[2].startswith("**Baseline**")
-    assert "25.0 pp below the best LoRA configuration" in notes[2] and "p < 1e-6" in notes[2]
-    board = get_note_from_system_attrs(attrs, None)["body"]
+    assert all("Note page" in note and "p =" not in note for note in notes)
+    board = get_note(study)
     rows = [line for line in board.splitlines() if line.startswith("| ")][1:]
     assert [row.split(" | ")[0] for row in rows] == ["| 0", "| 1", "| 2"]  # best first
     assert "recommended: rank 2, alpha 8, dropout 0.1" in board
+    assert "**Recommended**: rank 2, alpha 8, dropout 0.1, trial 1 (2,000 trainable" in board
+    assert "**Tied with the best** (2): rank 8, alpha 8, dropout 0.1 (trial 0); rank 2" in board
+    assert "baseline 25.0 pp below the best (p < 1e-6)" in board
     chart = study.user_attrs["leaderboard_chart"]
-    assert f"(/artifacts/{study._study_id}/{chart})" in board
+    assert f"(/artifacts/{study._study_id}/{chart}?v=" in board
     assert (tmp_path / "a" / chart).stat().st_size > 10_000
+    table = study.user_attrs["leaderboard_csv"]
+    assert f"[The leaderboard as CSV](/artifacts/{study._study_id}/{table}?v=" in board
+    assert (tmp_path / "a" / table).read_text().startswith("number,state,")
 
     add_trial(study, range(9), rank=4, params=4000)  # a new best: a new board and chart
-    assert refresh_dashboard(study, store, url(tmp_path)) >= 2
-    assert study.user_attrs["leaderboard_chart"] != chart
-    assert not (tmp_path / "a" / chart).exists()  # the old chart is taken back
+    assert refresh_dashboard(study, store, url(tmp_path)) == 2  # its own note and the study's
+    assert notes == [get_note(optuna.Trial(study, t._trial_id)) for t in study.trials[:3]]
+    assert study.user_attrs["leaderboard_chart"] == chart  # overwritten in place
+    assert get_note(study) != board and "| 3 | COMPLETE |" in get_note(study)
+    assert sorted(path.name for path in (tmp_path / "a").iterdir()) == sorted([chart, table])
 
 
 def test_concurrent_refreshes_never_leave_an_older_leaderboard(study, tmp_path, monkeypatch):

@@ -9,19 +9,27 @@ writes therefore run under a lock that lives where the study lives:
 - PostgreSQL: a session-level advisory lock keyed by the study name, held on a connection of
   its own (released by the server if the process dies);
 - SQLite: an exclusive `flock` on a file beside the database (SQLite is one host anyway;
-  SQLite's own locks cannot be held across Optuna's separate transactions).
+  SQLite's own locks cannot be held across Optuna's separate transactions): for enqueueing
+  the one file that also guards creating the schema; for another purpose a file of its own,
+  so that a refresh of the notes never stalls an enqueuer, nor an enqueuer a refresh.
+
+`try_study_lock` takes the same lock only if it is free at once: a worker that finished a
+trial refreshes the dashboard when no other one is refreshing it, and otherwise goes on
+training (`search.results.dashboard_notes`).
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import optuna
 import sqlalchemy
 
-from search.study.storage import sqlite_file_lock, sqlite_path
+from search.study.storage import sqlite_path
 
 
 def advisory_key(study_name: str, purpose: str = "enqueue") -> int:
@@ -38,8 +46,8 @@ def enqueue_lock(storage: optuna.storages.RDBStorage, url: str, study_name: str)
 @contextmanager
 def study_lock(storage: optuna.storages.RDBStorage, url: str, study_name: str,
                purpose: str) -> Iterator[None]:
-    """Hold the study's lock for `purpose` for the block: an advisory lock of its own on
-    PostgreSQL; on SQLite the one file lock of the database (its holders are brief).
+    """Hold the study's lock for `purpose` for the block (waiting while another process
+    holds it): an advisory lock of its own on PostgreSQL; on SQLite a file lock of its own.
     `storage` may be a study's own (Optuna wraps an RDBStorage in a cache)."""
     engine = getattr(storage, "_backend", storage).engine
     if engine.dialect.name == "postgresql":
@@ -50,13 +58,58 @@ def study_lock(storage: optuna.storages.RDBStorage, url: str, study_name: str,
             try:
                 yield
             finally:
-                connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"),
-                                   {"key": key})
-                connection.commit()
+                unlock(connection, key)
         return
     path = sqlite_path(url)
     if path is None:  # in-memory SQLite: one process
         yield
         return
-    with sqlite_file_lock(path):
-        yield
+    with open(purpose_lock_file(path, purpose), "a") as lock_file:
+        fcntl.flock(lock_file, fcntl.LOCK_EX)
+        yield  # closing the file releases the lock
+
+
+@contextmanager
+def try_study_lock(storage: optuna.storages.RDBStorage, url: str, study_name: str,
+                   purpose: str) -> Iterator[bool]:
+    """The study's lock for `purpose` (as `study_lock`), taken only if it is free now: the
+    block gets True holding it, False without it (another process holds it; nothing was
+    waited for). PostgreSQL: `pg_try_advisory_lock`; SQLite: `flock` with LOCK_NB."""
+    engine = getattr(storage, "_backend", storage).engine
+    if engine.dialect.name == "postgresql":
+        key = advisory_key(study_name, purpose)
+        with engine.connect() as connection:
+            held = connection.execute(sqlalchemy.text("SELECT pg_try_advisory_lock(:key)"),
+                                      {"key": key}).scalar()
+            connection.commit()
+            if held:
+                try:
+                    yield True
+                finally:
+                    unlock(connection, key)
+                return
+        yield False  # its connection back in the pool first
+        return
+    path = sqlite_path(url)
+    if path is None:  # in-memory SQLite: one process
+        yield True
+        return
+    with open(purpose_lock_file(path, purpose), "a") as lock_file:
+        try:
+            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True  # closing the file releases the lock
+
+
+def unlock(connection: sqlalchemy.Connection, key: int) -> None:
+    connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+    connection.commit()
+
+
+def purpose_lock_file(database: Path, purpose: str) -> Path:
+    """The file beside a SQLite database whose `flock` is the lock for `purpose`; for
+    "enqueue" the file of `search.study.storage.sqlite_file_lock`, which also guards creating
+    the schema."""
+    return database.with_name(f"{database.name}-{purpose}.lock")

@@ -26,7 +26,7 @@ from objectives.data import ImageSplits, load_splits
 from objectives.spec import TrainSpec
 from objectives.train import use_threads
 from objectives.user_error import first_line
-from search.results.dashboard_notes import refresh_dashboard
+from search.results.dashboard_notes import DashboardMemory, after_finishing, refresh_if_dirty
 from search.study.artifacts import artifact_store, artifacts_folder
 from search.study.heartbeat_settings import HeartbeatSettings, stored_heartbeat
 from search.study.open_study import open_study, stored_train_spec
@@ -146,11 +146,15 @@ def run_worker(storage_url: str, study_name: str, artifacts: str | None = None,
     report = WorkerReport()
     journal = Journal(journal_path)
     before = {key: trial.number for key, trial in given_up(study, heartbeat.max_retries).items()}
+    memory = DashboardMemory()  # one for the worker's life: refreshes redo only what changed
     with StopSignals() as stop:
         try:
             claim_and_run(storage, study, spec, data, store, position, heartbeat, stop, report,
                           journal, PackPlanner(pack, spec, data, study, pack_share),
-                          lambda: refresh_leaderboard(study, store, storage_url))
+                          lambda: refresh_leaderboard(after_finishing, study, store,
+                                                      storage_url, memory))
+            if not stop.requested and report.environment is None:  # the queue is empty
+                refresh_leaderboard(refresh_if_dirty, study, store, storage_url, memory)
         except StorageOutage as error:  # nothing can be written: report and stop
             report.storage_lost, report.exit_code = first_line(error), EXIT_ENVIRONMENT
             journal.write(report=report.to_dict())
@@ -195,14 +199,17 @@ def claim_and_run(storage: optuna.storages.RDBStorage, study: optuna.Study, spec
         after_finishing()
 
 
-def refresh_leaderboard(study: optuna.Study, store: optuna.artifacts.FileSystemArtifactStore,
-                        url: str) -> None:
-    """The dashboard's leaderboard and notes, now that trials finished. No trial depends on
-    them: a failure to write them (a full disk for the chart, a database error) is said in
+def refresh_leaderboard(refresh: Callable[..., int], study: optuna.Study,
+                        store: optuna.artifacts.FileSystemArtifactStore, url: str,
+                        memory: DashboardMemory) -> None:
+    """The dashboard's leaderboard and notes, now that trials finished: `after_finishing`
+    (mark the board dirty, refresh only if no other worker is refreshing: never waits) or,
+    the queue empty, `refresh_if_dirty` (`search.results.dashboard_notes`). No trial depends
+    on them: a failure to write them (a full disk for the chart, a database error) is said in
     one line and the worker goes on; a database away past --storage-timeout stops it as any
     other call would."""
     try:
-        refresh_dashboard(study, store, url)
+        refresh(study, store, url, memory)
     except (OSError, sqlalchemy.exc.SQLAlchemyError, StorageInternalError) as error:
         print(f"worker: the dashboard's leaderboard was not refreshed "
               f"({type(error).__name__}: {first_line(error)}); the next finished trial "
