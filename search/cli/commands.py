@@ -294,18 +294,21 @@ def report(args: argparse.Namespace, local: dict[str, Any]) -> int:
 
 def show_leaderboard(args: argparse.Namespace, local: dict[str, Any]) -> int:
     from search.results.leaderboard import render_board, study_board
-
-    study = existing_study(args)
-    if args.note:  # a study its workers did not annotate (made before they did)
-        from search.results.dashboard_notes import refresh_dashboard
-
-        store = artifact_store(artifacts_folder(study, args.storage, args.artifacts))
-        written = refresh_dashboard(study, store, args.storage)
-        print(f"rewrote {plural(written, 'dashboard note')} of study {study.study_name!r}",
-              file=sys.stderr)
+    from search.results.verdict import VerdictCache
     from search.study.trial_reader import all_trials
 
-    print(render_board(study_board(study, args.by, trials=all_trials(study)), args.format))
+    study = existing_study(args)
+    verdicts = VerdictCache()  # the notes' verdict, again for the printed board
+    if args.note:  # a study its workers did not annotate (made before they did)
+        from search.results.dashboard_notes import DashboardMemory, refresh_dashboard
+
+        store = artifact_store(artifacts_folder(study, args.storage, args.artifacts))
+        written = refresh_dashboard(study, store, args.storage,
+                                    DashboardMemory(verdicts=verdicts, read_trials=all_trials))
+        print(f"rewrote {plural(written, 'dashboard note')} of study {study.study_name!r}",
+              file=sys.stderr)
+    board = study_board(study, args.by, cache=verdicts, trials=all_trials(study))
+    print(render_board(board, args.format))
     return 0
 
 

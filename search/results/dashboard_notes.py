@@ -30,6 +30,7 @@ import hashlib
 import io
 import tempfile
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,11 @@ class DashboardMemory:
 
     verdicts: VerdictCache = field(default_factory=VerdictCache)
     notes: dict[int, str] = field(default_factory=dict)
+    # How a refresh reads the study's trials: a worker through its study's cached storage
+    # (which reads only what changed); a command that refreshes once, all at once
+    # (`search.study.trial_reader.all_trials`).
+    read_trials: Callable[[optuna.Study], list[FrozenTrial]] = field(
+        default=lambda study: study.get_trials(deepcopy=False))
 
 
 def baseline_note(model: str) -> str:
@@ -405,8 +411,8 @@ def write_dashboard(study: optuna.Study, store: optuna.artifacts.FileSystemArtif
                     memory: DashboardMemory) -> int:
     """One refresh, for the caller holding the notes lock: the board from a fresh read, then
     the notes that changed; how many were written."""
-    board = study_board(study, by="trial", cache=memory.verdicts)
-    trials = study.get_trials(deepcopy=False)
+    trials = memory.read_trials(study)
+    board = study_board(study, by="trial", cache=memory.verdicts, trials=trials)
     return (write_trial_notes(study, trials, board.frame, memory)
             + write_study_note(study, store, board))
 

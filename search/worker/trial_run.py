@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import optuna
-import optuna_dashboard
 from optuna.trial import FrozenTrial, TrialState
 from safetensors.torch import save_file
 from tqdm import tqdm
@@ -35,6 +34,7 @@ from objectives.spec import LoraParams, TrainSpec
 from objectives.train import TrialResult, run_trial
 from objectives.user_error import first_line
 from search.results.dashboard_notes import baseline_note
+from search.results.note_store import write_notes
 from search.results.trial_artifacts import upload_trial_artifacts
 from search.study.enqueue import enqueue_replicates
 from search.study.outcomes import ATTR as OUTCOMES_ATTR
@@ -179,7 +179,8 @@ class TrialAttempt:
         trial.set_user_attr("pack", self.pack)
         trial.set_user_attr("seed", spec.seed)  # its replicate's (`search.study.replicates`)
         if point is None:  # the dashboard shows a trial's note on top of its page
-            optuna_dashboard.save_note(trial, baseline_note(spec.model))
+            write_notes(self.study._storage, self.study._study_id,
+                        {trial._trial_id: baseline_note(spec.model)})
         extra_model = spec.model if "train_overrides" in frozen.user_attrs else None
         self.title = f"trial {frozen.number} {describe_point(point, extra_model)}"
         clear_inherited_results(trial, frozen)
