@@ -402,7 +402,16 @@ def section(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
             f"refresh: a worker's, after one more finished trial, median of {args.refreshes} "
             "(first: the one before them); API: the dashboard's `GET /api/studies/<id>`, "
             f"uncompressed. \"> T\": stopped at the {args.timeout:g} s timeout.\n\n"
-            + table(rows, args.timeout))
+            + table(rows, args.timeout) + before_table(args))
+
+
+def before_table(args: argparse.Namespace) -> str:
+    """The rows of earlier `--format json` runs (`--before`), e.g. of the code before a
+    change timed with `--root`, as a table of their own under the new one."""
+    if not args.before:
+        return ""
+    rows = [row for path in args.before for row in json.loads(Path(path).read_text())]
+    return (f"\n\nBefore: {args.before_label}\n\n" + table(rows, args.timeout))
 
 
 # ---------------------------------------------------------------------------- main
@@ -464,6 +473,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="checkout whose code to time (e.g. a git worktree of the commit "
                              "before; with --layout user if it predates outcomes in system "
                              "attributes); default: this one")
+    parser.add_argument("--before", nargs="+", metavar="JSON", default=[],
+                        help="rows of earlier `--format json` runs to show under the new "
+                             "table with --write (e.g. the code before, timed with --root)")
+    parser.add_argument("--before-label", default="the rows of --before",
+                        help="what the --before rows measured (commit, date, options)")
     parser.add_argument("--in-process", metavar="JSON", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
