@@ -395,7 +395,9 @@ def tree_commit(root: Path) -> str:
 
 def section(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
     command = "python benchmarks/results_scale.py " + shlex.join(sys.argv[1:])
-    return (f"### Results at scale\n\n`{command}` on the {cpu_name()} ({os.cpu_count()} cores, "
+    where = " and ".join(args.storage)
+    return (f"### Results at scale ({where})\n\n`{command}` on the {cpu_name()} "
+            f"({os.cpu_count()} cores, "
             f"shared), {date.today()}, commit {tree_commit(args.root)}: synthetic studies "
             "(`benchmarks/synthetic_study.py`, outcomes in trial "
             f"{args.layout} attributes); whole-process wall seconds, median of {args.repeats}; "
@@ -490,8 +492,9 @@ def main() -> None:
         return
     rows = run(args)
     print(json.dumps(rows) if args.format == "json" else table(rows, args.timeout))
-    if args.write:
-        write_section("results_scale", section(rows, args))
+    if args.write:  # a section per choice of storages: a PostgreSQL run keeps SQLite's
+        name = "_".join(["results_scale", *(x for x in args.storage if x != "sqlite")])
+        write_section(name, section(rows, args))
 
 
 if __name__ == "__main__":

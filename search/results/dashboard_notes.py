@@ -69,7 +69,7 @@ class DashboardMemory:
     id; a complete or pruned trial's note only changes with the trial itself, so it is not
     read again)."""
 
-    verdicts: VerdictCache = field(default_factory=VerdictCache)
+    verdicts: VerdictCache = field(default_factory=lambda: VerdictCache(threads=1))
     notes: dict[int, str] = field(default_factory=dict)
     # How a refresh reads the study's trials: a worker through its study's cached storage
     # (which reads only what changed); a command that refreshes once, all at once
