@@ -258,6 +258,17 @@ def test_many_mcnemar_tests_at_once_equal_statsmodels_one_table_at_a_time():
     assert mcnemar_pvalues(best, others).tolist() == expected  # exactly
 
 
+def test_the_binomial_tail_is_scipy_stats_binom_cdf_bit_for_bit():
+    from scipy.stats import binom
+
+    from search.results.significance import binomial_cdf
+
+    for n in [*range(1, 400), 999, 2_500, 10_000]:
+        k = np.arange(0, n // 2 + 1, dtype=float)  # McNemar's min(n1, n2) <= n / 2 < n
+        assert binomial_cdf(k, np.full_like(k, n), 0.5).tolist() == \
+            binom.cdf(k, n, 0.5).tolist()
+
+
 def test_wilson_intervals_equal_statsmodels_to_the_last_digit():
     rng = np.random.default_rng(19)
     total = np.concatenate([np.full(6, 200), rng.integers(1, 20_000, 300)])
