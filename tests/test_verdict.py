@@ -364,15 +364,22 @@ def fixture_study(subset: str, layout: str) -> tuple[optuna.Study, dict]:
     return study, fixture["verdict_before"][subset]
 
 
-@pytest.mark.parametrize("layout", ["system", "user"])
-def test_one_seed_verdict_equals_the_one_before_to_the_last_digit(layout):
-    study, before = fixture_study("seed0", layout)
+def beside_the_one_before(subset: str, layout: str):
+    """The fixture's verdict now, what was said before, and each configuration's tie test
+    beside what was said of it; the configurations in the same order."""
+    study, before = fixture_study(subset, layout)
     verdict = assess(study)
     assert [sorted(c.numbers) for c in verdict.configurations] == [
         c["trials"] for c in before["configurations"]]
-    for configuration, expected in zip(verdict.configurations, before["configurations"],
-                                       strict=True):
-        tie = verdict.ties[configuration.key]
+    pairs = [(configuration, verdict.ties[configuration.key], expected) for configuration,
+             expected in zip(verdict.configurations, before["configurations"], strict=True)]
+    return verdict, before, pairs
+
+
+@pytest.mark.parametrize("layout", ["system", "user"])
+def test_one_seed_verdict_equals_the_one_before_to_the_last_digit(layout):
+    verdict, before, pairs = beside_the_one_before("seed0", layout)
+    for configuration, tie, expected in pairs:
         assert (tie.p_value, tie.p_holm, tie.tied) == (expected["p_value"], expected["p_holm"],
                                                        expected["tied"])  # McNemar, Holm
         assert list(verdict.val_ci[configuration.key]) == expected["val_ci"]  # Wilson
@@ -382,13 +389,8 @@ def test_one_seed_verdict_equals_the_one_before_to_the_last_digit(layout):
 
 
 def test_three_seed_verdict_equals_the_one_before_within_monte_carlo_error():
-    study, before = fixture_study("all", "system")
-    verdict = assess(study)
-    assert [sorted(c.numbers) for c in verdict.configurations] == [
-        c["trials"] for c in before["configurations"]]
-    for configuration, expected in zip(verdict.configurations, before["configurations"],
-                                       strict=True):
-        tie = verdict.ties[configuration.key]
+    verdict, before, pairs = beside_the_one_before("all", "system")
+    for configuration, tie, expected in pairs:
         assert abs(tie.p_value - expected["p_value"]) <= p_tolerance(expected["p_value"])
         # Holm multiplies a p-value by at most the family's size.
         holm_tolerance = len(verdict.configurations) * p_tolerance(expected["p_value"])
