@@ -184,3 +184,25 @@ def test_a_worker_gives_up_after_the_storage_timeout_and_fails_no_trial(cluster,
     assert make_url(cluster.url).password not in log
     states = {state for state, _, _ in results(cluster, tmp_path, "timeout").values()}
     assert "FAIL" not in states and states <= {"WAITING", "RUNNING", "COMPLETE"}
+
+
+def test_the_storage_pickles_without_its_lock_or_outage_and_keeps_its_sqlite_settings(tmp_path):
+    """Optuna hands a storage to another process by pickling it (its own storage tests do);
+    the copy starts with a lock of its own, no outage, and our SQLite connection settings."""
+    import pickle
+
+    from search.study.storage import open_storage
+
+    url = f"sqlite:///{tmp_path / 'p.db'}"
+    storage = open_storage(url, outage_timeout=5)
+    study = optuna.create_study(storage=storage, study_name="p")
+    storage._away_since = time.monotonic()  # as if in an outage when pickled
+    copy = pickle.loads(pickle.dumps(storage))
+    assert copy._away_since is None and copy._outage_lock is not storage._outage_lock
+    assert copy._outage_lock.acquire(blocking=False)
+    copy._outage_lock.release()
+    again = optuna.load_study(study_name="p", storage=copy)
+    again.add_trial(optuna.trial.create_trial(value=1.0))
+    assert [t.value for t in study.get_trials()] == [1.0]
+    with copy.engine.connect() as connection:  # `harden_sqlite`'s hook ran on it
+        assert connection.connection.dbapi_connection.isolation_level is None

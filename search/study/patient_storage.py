@@ -85,6 +85,22 @@ class PatientRDBStorage(RDBStorage):
         self._back_at: float | None = None  # monotonic time the last outage ended
         super().__init__(url, **kwargs)
 
+    def __getstate__(self) -> dict[str, Any]:
+        """What a pickle keeps (Optuna pickles a storage to hand it to another process): no
+        lock, and no outage: the process that unpickles it has seen none yet."""
+        state = super().__getstate__()
+        del state["_outage_lock"]
+        state["_away_since"] = state["_back_at"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)  # a new engine, without the hooks `open_storage` added
+        self._outage_lock = threading.Lock()
+        if self.engine.dialect.name == "sqlite":
+            from search.study.storage import harden_sqlite  # storage imports this module
+
+            harden_sqlite(self.engine)
+
     def _patiently(self, call: Callable[[], Any]) -> Any:
         delay, started = 0.1, time.monotonic()
         while True:
