@@ -40,7 +40,7 @@ def test_grid_runs_every_trial_once_and_prints_a_leaderboard(finished):
         assert row["trainable_params"] > 0 and row["train_seconds"] > 0
     # Each worker says how many trials it completed: together exactly the three, none twice.
     stderr = (finished / "grid.stderr").read_text()
-    workers = re.findall(r"worker: no queued trial left in 'demo' \((.*)\)", stderr)
+    workers = re.findall(r"worker: no queued trial left in 'demo' \(([^)]*)\)", stderr)
     assert len(workers) == 2
     assert sum(int(n) for report in workers for n in re.findall(r"(\d+) complete", report)) == 3
     assert (finished / "search.db").is_file() and (finished / "search-artifacts").is_dir()

@@ -25,7 +25,7 @@ def test_three_workers_share_one_study_and_run_every_trial_once(postgres_url, tm
     result = search("grid", *FAST, "--study", "three", "--storage", postgres_url,
                     "--artifacts", str(tmp_path / "artifacts"), "--ranks", "2", "4", "8",
                     "--alphas", "2", "--workers", "3", cwd=tmp_path)
-    workers = re.findall(r"worker: no queued trial left in 'three' \((.*)\)", result.stderr)
+    workers = re.findall(r"worker: no queued trial left in 'three' \(([^)]*)\)", result.stderr)
     assert len(workers) == 3
     done = [int(n) for report in workers for n in re.findall(r"(\d+) complete", report)]
     assert sum(done) == 4  # baseline + 3 grid points, none run twice (a slow starter may run 0)

@@ -117,7 +117,10 @@ def run_local_workers(storage_url: str, study_name: str, artifacts: str | None, 
                             threads or threads_per_worker(1), local_overrides,
                             heartbeat_overrides, journal_path=journal,
                             storage_timeout=storage_timeout, pack=pack, pack_share=pack_share)
-        print(describe_report(study_name, report), file=sys.stderr)
+        # One write: other workers share this stream, and print's separate write of the
+        # newline (unbuffered under PYTHONUNBUFFERED) let their lines run into this one.
+        sys.stderr.write(describe_report(study_name, report) + "\n")
+        sys.stderr.flush()
         return report.exit_code
     threads = threads_per_worker(workers) if not gpu_ids else 1
     with tempfile.TemporaryDirectory(prefix="search-workers-") as folder:
