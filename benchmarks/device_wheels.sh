@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 EXCLUDE="$(git rev-parse --git-dir)/info/exclude"; mkdir -p "$(dirname "$EXCLUDE")"
 grep -qx '/.whl/' "$EXCLUDE" 2>/dev/null || echo '/.whl/' >> "$EXCLUDE"
-PACKAGES=(optuna==5.0.0 optuna-dashboard==0.21.0 sqlalchemy==2.1.9 alembic==1.20.1
+PACKAGES=(optuna==5.1.0 optuna-dashboard==0.21.0 sqlalchemy==2.1.9 alembic==1.20.1
           colorlog==6.12.0 mako==1.4.3 bottle==0.13.4 tomli-w==1.2.0 greenlet)
 python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
     --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
