@@ -1,8 +1,18 @@
-"""A chaos run: workers on the demo grid in a throwaway PostgreSQL, under a schedule of faults
-(SIGKILL of a random worker, database restarts, 20 s outages, SIGTERM), bounded in time.
+"""A chaos run: workers on the demo grid in a throwaway PostgreSQL, under a schedule of faults,
+bounded in time:
+
+- sigkill / sigterm: a random worker is killed / asked to stop;
+- restart: the database restarts; outage: it is stopped for 20 s;
+- hang: the whole server is SIGSTOPped for 35 s (longer than a worker's 30 s stall limit), so
+  it answers nothing and raises nothing;
+- partition: `iptables` drops the server's packets for 35 s (skipped where iptables is
+  missing or refused);
+- disk full: the database's data folder (a tmpfs of its own) is filled for 20 s; workers
+  that write meanwhile stop with exit 75 and are replaced (skipped where no tmpfs can be
+  mounted).
 
     python benchmarks/faults.py [--workers 3] [--faults 20] [--epochs 20] [--seed 0]
-                                [--format table|json] [--write]
+                                [--kinds sigkill restart ...] [--format table|json] [--write]
 
 The same grid runs first undisturbed (the reference). At the end it counts, per grid point:
 complete exactly once, failed for good, lost (no trial holds it), duplicated (complete more
@@ -16,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
 import os
 import random
@@ -30,12 +41,65 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT / "tests"))  # the suite's throwaway-cluster helper
 from markdown_section import write_section  # noqa: E402
-from postgres_cluster import PostgresCluster, server_binaries  # noqa: E402
+from postgres_cluster import (  # noqa: E402
+    PostgresCluster,
+    SmallDiskUnavailable,
+    cluster_on_small_disk,
+    fill_disk,
+    free_disk,
+    server_binaries,
+)
 
 DEMO = str(ROOT / "studies" / "demo.toml")
 SEARCH = [sys.executable, "-m", "search"]
-FAULTS = ("sigkill", "restart", "outage", "sigterm")
+FAULTS = ("sigkill", "restart", "outage", "sigterm", "hang", "partition", "disk full")
 OUTAGE_S = 20
+HANG_S = 35  # past the workers' stall limit (search.study.patient_storage.STALL_S = 30)
+DISK_FULL_S = 20
+DISK_MB = 256  # the data folder's tmpfs for "disk full"
+
+
+def partition_rule(port: int) -> list[str]:
+    """iptables arguments (after -A / -D) that drop every packet to or from the server."""
+    return ["INPUT", "-p", "tcp", "-i", "lo", "--dport", str(port), "-j", "DROP"]
+
+
+def can_partition(port: int) -> bool:
+    """Whether iptables works here: a rule can be added and taken away again."""
+    try:
+        added = subprocess.run(["iptables", "-A", *partition_rule(port)], capture_output=True)
+    except FileNotFoundError:
+        return False
+    if added.returncode != 0:
+        return False
+    subprocess.run(["iptables", "-D", *partition_rule(port)], check=True)
+    return True
+
+
+def inject(fault: str, cluster: PostgresCluster, disk: Path | None) -> None:
+    """One database fault, from its start to its end."""
+    if fault == "restart":
+        cluster.restart_server()
+    elif fault == "outage":
+        cluster.stop_server()
+        time.sleep(OUTAGE_S)
+        cluster.start_server()
+    elif fault == "hang":
+        cluster.freeze()
+        time.sleep(HANG_S)
+        cluster.thaw()
+    elif fault == "partition":
+        subprocess.run(["iptables", "-A", *partition_rule(cluster.port)], check=True)
+        try:
+            time.sleep(HANG_S)
+        finally:
+            subprocess.run(["iptables", "-D", *partition_rule(cluster.port)], check=True)
+    elif fault == "disk full":
+        fill_disk(disk)
+        try:
+            time.sleep(DISK_FULL_S)
+        finally:
+            free_disk(disk)
 
 
 def search(*args: str, cwd: Path, url: str) -> subprocess.CompletedProcess:
@@ -79,7 +143,8 @@ def run_undisturbed(epochs: int, workers: int, folder: Path, url: str) -> dict:
             if r["state"] == "COMPLETE"}
 
 
-def run_chaos(args: argparse.Namespace, cluster: PostgresCluster, folder: Path) -> dict:
+def run_chaos(args: argparse.Namespace, cluster: PostgresCluster, folder: Path,
+              disk: Path | None, kinds: tuple[str, ...]) -> dict:
     url, chance = cluster.url, random.Random(args.seed)
     queue("chaos", args.epochs, folder, url)
     done: collections.Counter = collections.Counter()
@@ -88,18 +153,15 @@ def run_chaos(args: argparse.Namespace, cluster: PostgresCluster, folder: Path) 
         workers = [start_worker("chaos", folder, url, log) for _ in range(args.workers)]
         time.sleep(8)  # let the workers claim their first trials
         while sum(done.values()) < args.faults and time.monotonic() < deadline:
-            fault = chance.choice(FAULTS)
+            fault = chance.choice(kinds)
             alive = [w for w in workers if w.poll() is None]
-            if fault in ("sigkill", "sigterm") and alive:
-                victim = chance.choice(alive)
-                victim.send_signal(signal.SIGKILL if fault == "sigkill" else signal.SIGTERM)
-                victim.wait(timeout=120)
-            elif fault == "restart":
-                cluster.restart_server()
-            elif fault == "outage":
-                cluster.stop_server()
-                time.sleep(OUTAGE_S)
-                cluster.start_server()
+            if fault in ("sigkill", "sigterm"):
+                if alive:
+                    victim = chance.choice(alive)
+                    victim.send_signal(signal.SIGKILL if fault == "sigkill" else signal.SIGTERM)
+                    victim.wait(timeout=120)
+            else:
+                inject(fault, cluster, disk)
             done[fault] += 1
             print(f"faults: {sum(done.values())}/{args.faults} ({fault}) at "
                   f"{time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
@@ -116,7 +178,14 @@ def run_chaos(args: argparse.Namespace, cluster: PostgresCluster, folder: Path) 
             time.sleep(2)
         for worker in workers:
             worker.wait(timeout=600)
-    return {"faults": dict(done), "seconds": round(time.monotonic() - started)}
+    codes = collections.Counter()
+    for line in (folder / "chaos.log").read_text().splitlines():
+        if line.startswith("worker: stopped: database disk full"):
+            codes["stopped on a full disk"] += 1
+        elif line.startswith("worker: stopped: storage"):
+            codes["stopped past --storage-timeout"] += 1
+    return {"faults": dict(done), "seconds": round(time.monotonic() - started),
+            "worker_stops": dict(codes)}
 
 
 def tally(rows: list[dict], reference: dict, points: set) -> dict:
@@ -150,6 +219,8 @@ def table(result: dict) -> str:
             ("retried from a checkpoint", result["retried_from_checkpoint"]),
             ("retried from scratch", result["retried_from_scratch"]),
             ("trials in the study", result["trials"]),
+            ("worker stops (exit 75), replaced", ", ".join(
+                f"{n} {why}" for why, n in sorted(result["worker_stops"].items())) or "none"),
             ("leaderboard equal to the undisturbed run's",
              "yes" if result["leaderboard_equal"] else "no")]
     return "\n".join(["| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)])
@@ -161,28 +232,41 @@ def main() -> None:
     parser.add_argument("--faults", type=int, default=20)
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--kinds", nargs="+", choices=FAULTS, default=list(FAULTS),
+                        metavar="KIND", help=f"fault kinds to draw from (default: all of "
+                                             f"{', '.join(FAULTS)})")
     parser.add_argument("--max-seconds", type=int, default=1500,
                         help="bound on the chaos run (default 1500)")
     parser.add_argument("--format", choices=("table", "json"), default="table")
+    parser.add_argument("--keep-log", metavar="FILE", help="copy the workers' log there")
     parser.add_argument("--write", action="store_true",
                         help="also write the table into BENCHMARKS.md")
     args = parser.parse_args()
-    binaries = server_binaries()
-    if binaries is None:
+    if server_binaries() is None:
         sys.exit("faults: no PostgreSQL server binaries (Debian package postgresql)")
-    cluster = PostgresCluster(binaries)
-    cluster.url = cluster.start()
-    folder = cluster.folder / "run"
-    folder.mkdir()
-    if os.geteuid() == 0:  # the server's folder belongs to postgres; the run's is ours
-        os.chown(folder, 0, 0)
-    try:
+    with contextlib.ExitStack() as stack:
+        kinds = tuple(args.kinds)
+        try:
+            cluster, disk = stack.enter_context(cluster_on_small_disk(DISK_MB))
+        except SmallDiskUnavailable as why:  # a plain cluster, without "disk full"
+            print(f"faults: no 'disk full' ({why})", file=sys.stderr)
+            cluster, disk = PostgresCluster(server_binaries()), None
+            cluster.url = cluster.start()
+            stack.callback(cluster.stop)
+            kinds = tuple(k for k in kinds if k != "disk full")
+        if "partition" in kinds and not can_partition(cluster.port):
+            print("faults: no 'partition' (iptables missing or refused)", file=sys.stderr)
+            kinds = tuple(k for k in kinds if k != "partition")
+        folder = cluster.folder / "run"
+        folder.mkdir()
+        if os.geteuid() == 0:  # the server's folder belongs to postgres; the run's is ours
+            os.chown(folder, 0, 0)
         reference = run_undisturbed(args.epochs, args.workers, folder, cluster.url)
-        chaos = run_chaos(args, cluster, folder)
+        chaos = run_chaos(args, cluster, folder, disk, kinds)
         result = {**chaos, **tally(board("chaos", folder, cluster.url), reference,
-                                   set(reference))}
-    finally:
-        cluster.stop()
+                                   set(reference)), "kinds": list(kinds)}
+        if args.keep_log:
+            Path(args.keep_log).write_text((folder / "chaos.log").read_text())
     print(json.dumps(result) if args.format == "json" else table(result))
     if args.write:
         write_section("faults", f"### Faults: a chaos run\n\n`python benchmarks/faults.py "
@@ -190,7 +274,10 @@ def main() -> None:
                                 f"{args.epochs} --seed {args.seed} --write` on a "
                                 f"{os.cpu_count()}-core machine without GPU, {date.today()}: "
                                 f"the demo grid (baseline + 3 x 3), heartbeat 1 s, grace 5 s, "
-                                f"max 8 retries; outages of {OUTAGE_S} s.\n\n{table(result)}")
+                                f"max 8 retries; outages of {OUTAGE_S} s, hangs and "
+                                f"partitions of {HANG_S} s, full disks for {DISK_FULL_S} s; "
+                                f"kinds drawn from: {', '.join(result['kinds'])}."
+                                f"\n\n{table(result)}")
 
 
 if __name__ == "__main__":

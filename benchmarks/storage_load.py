@@ -73,7 +73,7 @@ def run_worker(url: str, start_line: Path) -> None:
             frozen = next_trial(storage, study, MAX_POLL_SECONDS, lambda: False)
             if frozen is None:
                 break
-            with Heartbeat(storage, frozen._trial_id, BEATS.interval):
+            with Heartbeat(storage, [frozen._trial_id], BEATS.interval):
                 trial = optuna.Trial(study, frozen._trial_id)
                 rank = trial.suggest_int("rank", 1, 64)
                 trial.report(rank / 64, 1)

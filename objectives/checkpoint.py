@@ -37,14 +37,16 @@ class EpochStats:
     val_acc: float
     images_per_second: float
     # Which validation images this epoch's model classified correctly ([N] bool, CPU): what
-    # pairs two trials' accuracies. Not kept in checkpoints (the last epoch always runs live).
+    # pairs two trials' accuracies. Checkpoints keep only the last epoch's: a trial resumed
+    # after its final epoch reports it without training again.
     val_correct: torch.Tensor | None = dataclasses.field(default=None, repr=False,
                                                          compare=False)
 
 
 @dataclass
 class TrainingState:
-    """A trial after `epoch` finished epochs (everything on the CPU)."""
+    """A trial after `epoch` finished epochs (everything on the CPU); after the last one, it
+    holds all a trial's result needs but the test pass (which is cheap to redo)."""
 
     epoch: int
     lora: LoraParams | None
@@ -62,7 +64,7 @@ class TrainingState:
     def check_matches(self, lora: LoraParams | None, epochs: int) -> None:
         if self.lora != lora:
             raise CheckpointError(f"the checkpoint is of {self.lora}, not of {lora}")
-        if self.epoch >= epochs:
+        if self.epoch > epochs:
             raise CheckpointError(f"the checkpoint is after epoch {self.epoch}; the trial has "
                                   f"only {epochs}")
 
@@ -70,7 +72,8 @@ class TrainingState:
 def write_training_state(state: TrainingState, stream: BinaryIO) -> None:
     values = dataclasses.asdict(state)
     values["lora"] = dataclasses.asdict(state.lora) if state.lora is not None else None
-    values["history"] = [{**epoch, "val_correct": None} for epoch in values["history"]]
+    values["history"] = [{**epoch, "val_correct": None} for epoch in values["history"][:-1]] \
+        + values["history"][-1:]
     torch.save({"format": FORMAT, **values}, stream)
 
 

@@ -139,7 +139,7 @@ def run_pack(spec: TrainSpec, members: list[PackMember], data: ImageSplits,
     `on_epoch(k, stats)` sees member k's statistics after every epoch and returns whether it
     goes on; it may also raise, which stops the whole pack. `on_step` sees the images per
     member of every step; `on_checkpoint(k, state)` receives member k's solo-format training
-    state after every epoch but the last. `members[k].resume` continues from such a state.
+    state after every epoch. `members[k].resume` continues from such a state.
     """
     device = resolve_device(spec.device)
     first_epoch = start_epoch(members)
@@ -195,7 +195,7 @@ def run_pack(spec: TrainSpec, members: list[PackMember], data: ImageSplits,
             stats = epoch_stats(epoch, losses_sum[position], corrects[position], len(train_y),
                                 val_logits[position], val_y, epoch_train_seconds)
             histories[k].append(stats)
-            if on_checkpoint is not None and epoch < spec.epochs:
+            if on_checkpoint is not None:
                 on_checkpoint(k, training_state(
                     members[k].lora, model.member_weights(position),
                     optimizer.member_state(position), optimizer.scheduler.state_dict(),

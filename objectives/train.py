@@ -165,8 +165,9 @@ def run_trial(spec: TrainSpec, lora: LoraParams | None, data: ImageSplits | None
 
     `on_epoch` sees every epoch's statistics and may raise to stop the trial (pruning);
     `on_step` sees the number of images of every training step (progress bars) and may raise
-    too; `on_checkpoint`, when given, receives the training state after every epoch but the
-    last, and `resume` continues from such a state instead of starting at epoch 1.
+    too; `on_checkpoint`, when given, receives the training state after every epoch, and
+    `resume` continues from such a state instead of starting at epoch 1 (after the last
+    epoch: only the test pass runs, for a trial whose end could not be recorded).
     """
     device = resolve_device(spec.device)
     data = data if data is not None else load_splits(spec)
@@ -224,7 +225,7 @@ def run_trial(spec: TrainSpec, lora: LoraParams | None, data: ImageSplits | None
                             val_y, epoch_train_seconds)
         history.append(stats)
         train_seconds += time.perf_counter() - epoch_start
-        if on_checkpoint is not None and epoch < spec.epochs:
+        if on_checkpoint is not None:
             on_checkpoint(training_state(
                 lora, trainable_state_dict(model), on_cpu(optimizer.state_dict()),
                 scheduler.state_dict(), generator, masks, history, train_seconds, step_seconds))

@@ -11,6 +11,7 @@ import contextlib
 import glob
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -40,11 +41,12 @@ def free_port() -> int:
 class PostgresCluster:
     """`start()` gives a URL to an empty database; `stop()` ends the server."""
 
-    def __init__(self, binaries: Path) -> None:
+    def __init__(self, binaries: Path, data: Path | None = None) -> None:
         # Its own folder right under /tmp: pytest's temp folders are private to root, and the
         # server may run as `postgres`.
         self.folder, self.binaries = Path(tempfile.mkdtemp(prefix="search-pg-")), binaries
-        self.data = self.folder / "data"
+        self.data = data or self.folder / "data"
+        self.wal: Path | None = None  # the write-ahead log's folder, when not in the data
         self.port = free_port()
         self.as_postgres = os.geteuid() == 0
 
@@ -64,7 +66,8 @@ class PostgresCluster:
         # The test process itself logs in over TCP with a password; only the set-up below
         # uses the trusted socket in the cluster's folder.
         self.run("initdb", "-D", str(self.data), "-U", USER, "--auth-local=trust",
-                 "--auth-host=scram-sha-256", f"--pwfile={password_file}", "-E", "UTF8")
+                 "--auth-host=scram-sha-256", f"--pwfile={password_file}", "-E", "UTF8",
+                 *([f"--waldir={self.wal}"] if self.wal else []))
         password_file.unlink()
         self.start_server()
         self.run("createdb", "-h", str(self.folder), "-p", str(self.port), "-U", USER, "search")
@@ -85,7 +88,29 @@ class PostgresCluster:
         self.stop_server(mode)
         self.start_server()
 
+    def server_processes(self) -> list:
+        """The postmaster and every backend and helper process it started."""
+        import psutil
+
+        pid = int((self.data / "postmaster.pid").read_text().split()[0])
+        postmaster = psutil.Process(pid)
+        return [postmaster, *postmaster.children(recursive=True)]
+
+    def freeze(self) -> None:
+        """SIGSTOP the whole server: it keeps its sockets (the kernel still accepts and
+        acknowledges) but answers nothing: a hung database, not a stopped one."""
+        for process in self.server_processes():
+            with contextlib.suppress(Exception):
+                process.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        for process in self.server_processes():
+            with contextlib.suppress(Exception):
+                process.send_signal(signal.SIGCONT)
+
     def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            self.thaw()  # pg_ctl cannot stop a frozen server
         try:
             self.run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
         finally:
@@ -108,3 +133,55 @@ def running_cluster() -> Iterator[PostgresCluster]:
         yield cluster
     finally:
         cluster.stop()
+
+
+class SmallDiskUnavailable(Exception):
+    """No tmpfs can be mounted here (not root, or no mount permission in a container)."""
+
+
+@contextlib.contextmanager
+def cluster_on_small_disk(megabytes: int) -> Iterator[tuple[PostgresCluster, Path]]:
+    """A started cluster whose data folder is a tmpfs of `megabytes` MiB, and that folder: a
+    database disk that a test can fill. The write-ahead log lives elsewhere, so a full disk
+    fails a table's write (SQLSTATE 53100) rather than the log's, which would stop the server.
+    Raises SmallDiskUnavailable where no tmpfs can be mounted."""
+    binaries = server_binaries()
+    if binaries is None:
+        raise SmallDiskUnavailable("no PostgreSQL server binaries")
+    cluster = PostgresCluster(binaries)
+    mount = cluster.folder / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={megabytes}m", "tmpfs",
+                           str(mount)], capture_output=True, text=True)
+    if done.returncode != 0:
+        shutil.rmtree(cluster.folder, ignore_errors=True)
+        raise SmallDiskUnavailable(done.stderr.strip() or "mount failed")
+    try:
+        cluster.data, cluster.wal = mount / "data", cluster.folder / "wal"
+        if cluster.as_postgres:
+            shutil.chown(mount, "postgres", "postgres")
+        cluster.url = cluster.start()
+        try:
+            yield cluster, mount
+        finally:
+            with contextlib.suppress(Exception):
+                cluster.thaw()
+            with contextlib.suppress(Exception):
+                cluster.run("pg_ctl", "-D", str(cluster.data), "-m", "immediate", "-w", "stop")
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+        shutil.rmtree(cluster.folder, ignore_errors=True)
+
+
+def fill_disk(folder: Path) -> None:
+    """Fill the file system of `folder` to the last byte (files `filler*`)."""
+    for name, chunk in (("filler", 1 << 20), ("filler-small", 4096)):
+        with contextlib.suppress(OSError), open(folder / name, "wb") as filler:
+            while True:
+                filler.write(b"\0" * chunk)
+                filler.flush()
+
+
+def free_disk(folder: Path) -> None:
+    for filler in folder.glob("filler*"):
+        filler.unlink()

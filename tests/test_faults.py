@@ -94,7 +94,7 @@ def test_a_live_workers_trial_is_waited_for_and_never_failed(url):
     live = claim_next_trial(storage, study)
 
     def finish_after_three_grace_periods() -> None:
-        with Heartbeat(storage, live._trial_id, FAST_BEATS.interval):
+        with Heartbeat(storage, [live._trial_id], FAST_BEATS.interval):
             time.sleep(3 * FAST_BEATS.grace_period)
         study.tell(live.number, 0.5)
 

@@ -123,7 +123,13 @@ class Workers:
             time.sleep(0.1)
 
     def finish(self, timeout: float = 300) -> list[int]:
-        codes = [process.wait(timeout=timeout) for process in self.processes]
+        try:
+            codes = [process.wait(timeout=timeout) for process in self.processes]
+        except subprocess.TimeoutExpired:  # no worker outlives its test
+            for process in self.processes:
+                process.kill()
+            raise AssertionError(f"workers still running after {timeout} s:\n"
+                                 + "".join(self.lines)) from None
         for reader in self.readers:
             reader.join(timeout=10)
         return codes

@@ -96,17 +96,26 @@ def test_a_trial_resumed_from_a_checkpoint_ends_exactly_as_an_uninterrupted_one(
     whole = run_trial(TINY, lora, digits)
     states = []
     run_trial(TINY, lora, digits, on_checkpoint=states.append)
-    assert [s.epoch for s in states] == [1, 2]  # none after the last epoch: nothing to resume
+    assert [s.epoch for s in states] == [1, 2, 3]  # the last too: a trial never told resumes
     # Through bytes, as the artifact store keeps it; a fresh model, optimizer and generators.
     saved = read_training_state(io.BytesIO(training_state_bytes(states[0])))
-    assert states[0].history[0].val_correct is not None  # kept while training ...
-    assert saved.history[0].val_correct is None  # ... not in the checkpoint: epochs resumed run
+    assert states[1].history[0].val_correct is not None  # kept while training ...
+    second = read_training_state(io.BytesIO(training_state_bytes(states[1])))
+    assert second.history[0].val_correct is None  # ... only the last epoch's in a checkpoint
+    assert torch.equal(second.history[1].val_correct, states[1].history[1].val_correct)
     seen = []
     resumed = run_trial(TINY, lora, digits, on_epoch=seen.append, resume=saved)
     assert [e.epoch for e in seen] == [2, 3]
     assert comparable(resumed) == comparable(whole)
     for name, tensor in whole.weights.items():
         torch.testing.assert_close(tensor, resumed.weights[name], rtol=0, atol=0)
+    # After the last epoch: no epoch runs, and the result is the uninterrupted one's.
+    final = read_training_state(io.BytesIO(training_state_bytes(states[2])))
+    seen.clear()
+    told = run_trial(TINY, lora, digits, on_epoch=seen.append, resume=final)
+    assert seen == []
+    assert comparable(told) == comparable(whole)
+    assert torch.equal(told.val_correct, whole.val_correct)
 
 
 def test_a_checkpoint_of_other_params_or_a_damaged_one_is_refused(digits):

@@ -123,7 +123,9 @@ def test_a_checkpoint_missing_from_this_hosts_store_starts_the_trial_over(
     assert "resuming" not in err
     assert pointers[0] is None  # dropped before the first step
     done = storage.get_trial(trial._trial_id)
-    assert done.user_attrs["epochs_done"] == 2 and done.user_attrs["checkpoint"] is None
+    # The pointer names the checkpoint after the last epoch, kept until COMPLETE was written;
+    # its file is gone now (a finished trial's attributes cannot change).
+    assert done.user_attrs["epochs_done"] == 2 and done.user_attrs["checkpoint"]["epoch"] == 2
     assert "resumed_from_epoch" not in done.user_attrs
     assert checkpoint_files(folder) == []
 
@@ -146,7 +148,8 @@ def test_a_corrupt_checkpoint_pointer_starts_the_trial_over_and_the_worker_goes_
     assert code == 0, err
     assert "checkpoint ../../victim not usable (Invalid artifact_id" in err
     assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE] * 2
-    assert study.get_trials()[1].user_attrs["checkpoint"] is None
+    assert study.get_trials()[1].user_attrs["checkpoint"]["epoch"] == 1  # a new one, whose
+    assert not any(folder.glob("checkpoint-*"))  # file went once the trial was COMPLETE
     assert victim.read_text() == "not a checkpoint; must survive"
 
 

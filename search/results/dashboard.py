@@ -15,7 +15,7 @@ import sys
 import optuna
 
 from objectives.user_error import UserError
-from search.study.artifacts import artifact_store
+from search.study.artifacts import ArtifactsFolderError, artifact_store, stored_artifacts_folder
 from search.study.storage import default_artifacts_dir, open_storage, shown
 
 
@@ -26,14 +26,21 @@ class DashboardError(UserError):
 def dashboard_artifacts(storage: optuna.storages.BaseStorage, url: str,
                         override: str | None) -> str:
     """The folder to serve: `override`, else the one the studies were created with (when
-    they agree), else the default beside the storage."""
+    they agree, and this host trusts it: `search.study.artifacts`), else the default beside
+    the storage."""
     if override:
         return override
-    folders = {summary.user_attrs.get("artifacts")
-               for summary in optuna.get_all_study_summaries(storage)}
-    folders.discard(None)
-    if len(folders) == 1:
-        return folders.pop()
+    named = [summary for summary in optuna.get_all_study_summaries(storage)
+             if summary.user_attrs.get("artifacts") is not None]
+    if named and all(s.user_attrs["artifacts"] == named[0].user_attrs["artifacts"]
+                     for s in named):
+        refusals = []
+        for summary in named:  # any study's token that matches the folder's marker will do
+            try:
+                return stored_artifacts_folder(summary.study_name, summary.user_attrs, url)
+            except ArtifactsFolderError as refused:
+                refusals.append(refused)
+        raise refusals[0]
     return str(default_artifacts_dir(url))
 
 

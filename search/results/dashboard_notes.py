@@ -42,7 +42,9 @@ from optuna.trial import FrozenTrial
 from search.results import markdown, note_store
 from search.results.leaderboard import STATE_ORDER, Board, configuration_frame, render, study_board
 from search.results.verdict import Verdict, VerdictCache
+from search.study.contained_store import is_artifact_id
 from search.study.enqueue_lock import study_lock, try_study_lock
+from search.study.optuna_private import study_id, study_storage, trial_id
 
 CHART_ATTR = "leaderboard_chart"  # study user attribute: the chart's artifact id
 CSV_ATTR = "leaderboard_csv"  # study user attribute: the full leaderboard's artifact id
@@ -294,7 +296,7 @@ def artifact_link(study: optuna.Study, artifact_id: str, version: str) -> str:
     """The dashboard's address of a study artifact, with the version of its content in the
     query: one artifact id is overwritten in place, and the browser must not show a cached
     older copy (the dashboard's route ignores the query)."""
-    return f"/artifacts/{study._study_id}/{artifact_id}?v={version}"
+    return f"/artifacts/{study_id(study)}/{artifact_id}?v={version}"
 
 
 def put_artifact(study: optuna.Study, store: optuna.artifacts.FileSystemArtifactStore,
@@ -303,7 +305,9 @@ def put_artifact(study: optuna.Study, store: optuna.artifacts.FileSystemArtifact
     of the last one (one artifact per study, not one per refresh), or, the first time or when
     its record is gone (a person deleted it in the dashboard), as a new one; its id."""
     known = study.user_attrs.get(attr)
-    if known and note_store.artifact_recorded(study._storage, study._study_id, known):
+    # An id that is not one of ours (the database edited) gets a fresh artifact instead.
+    if (is_artifact_id(known) and
+            note_store.artifact_recorded(study_storage(study), study_id(study), known)):
         store.write(known, io.BytesIO(content))
         return known
     with tempfile.TemporaryDirectory() as folder:
@@ -361,7 +365,7 @@ def chart_link(study: optuna.Study, store: optuna.artifacts.FileSystemArtifactSt
 def write_trial_notes(study: optuna.Study, trials: list[FrozenTrial], frame: pd.DataFrame,
                       memory: DashboardMemory) -> int:
     """Write the finished trials' notes whose text is not what is stored; how many."""
-    trial_ids = {t.number: t._trial_id for t in trials}
+    trial_ids = {t.number: trial_id(t) for t in trials}
     texts = {trial_ids[number]: text for number, text in trial_notes(study, frame).items()}
     failed = [trial_ids[n] for n in frame.loc[frame["state"] == "FAIL", "number"]]
     recall_notes(study, memory, [trial_id for trial_id in texts if trial_id not in memory.notes],
@@ -370,7 +374,7 @@ def write_trial_notes(study: optuna.Study, trials: list[FrozenTrial], frame: pd.
                if memory.notes[trial_id] != text]
     for start in range(0, len(changed), 500):  # short transactions: others write too
         batch = dict(changed[start:start + 500])
-        note_store.write_notes(study._storage, study._study_id, batch)
+        note_store.write_notes(study_storage(study), study_id(study), batch)
         memory.notes.update(batch)
     return len(changed)
 
@@ -385,9 +389,9 @@ def recall_notes(study: optuna.Study, memory: DashboardMemory, unknown: list[int
     wanted = list(dict.fromkeys(unknown + failed))
     if not wanted:
         return
-    found = (note_store.read_all_notes(study._storage, study._study_id)
+    found = (note_store.read_all_notes(study_storage(study), study_id(study))
              if len(unknown) > BULK_READ else
-             note_store.read_notes(study._storage, study._study_id, wanted))
+             note_store.read_notes(study_storage(study), study_id(study), wanted))
     empty = note_store.StoredNote()
     memory.notes.update({trial_id: found.get(trial_id, empty).body for trial_id in wanted})
 
@@ -397,13 +401,13 @@ def write_study_note(study: optuna.Study, store: optuna.artifacts.FileSystemArti
     """Write the study's note (and the artifacts it links) where it changed, read from the
     storage (by its own keys: other writers, or a person, may have changed it); 1 if
     written."""
-    current = note_store.read_notes(study._storage, study._study_id, [None])[None].body
+    current = note_store.read_notes(study_storage(study), study_id(study), [None])[None].body
     csv = csv_link(study, store, board, current)
     chart = chart_link(study, store, board, current)
     note = leaderboard_note(study, board, chart, csv)
     if note == current:
         return 0
-    note_store.write_notes(study._storage, study._study_id, {None: note})
+    note_store.write_notes(study_storage(study), study_id(study), {None: note})
     return 1
 
 
@@ -419,13 +423,13 @@ def write_dashboard(study: optuna.Study, store: optuna.artifacts.FileSystemArtif
 
 def marks(study: optuna.Study) -> tuple[Any, Any]:
     """The dirty mark and the mark the last refresh showed (equal: the board is current)."""
-    found = note_store.read_attrs(study._storage, study._study_id, [DIRTY_ATTR, CLEAN_ATTR])
+    found = note_store.read_attrs(study_storage(study), study_id(study), [DIRTY_ATTR, CLEAN_ATTR])
     return found[DIRTY_ATTR], found[CLEAN_ATTR]
 
 
 def mark_dirty(study: optuna.Study) -> None:
     """Say that a trial finished since the last refresh: a fresh token (one write)."""
-    study._storage.set_study_system_attr(study._study_id, DIRTY_ATTR, uuid.uuid4().hex)
+    study_storage(study).set_study_system_attr(study_id(study), DIRTY_ATTR, uuid.uuid4().hex)
 
 
 def is_clean(study: optuna.Study) -> bool:
@@ -450,7 +454,7 @@ def refresh_rounds(study: optuna.Study, store: optuna.artifacts.FileSystemArtifa
             break
         budget.left -= 1
         written += write_dashboard(study, store, memory)
-        study._storage.set_study_system_attr(study._study_id, CLEAN_ATTR, dirty)
+        study_storage(study).set_study_system_attr(study_id(study), CLEAN_ATTR, dirty)
         force = False
     return written
 
@@ -463,7 +467,7 @@ def refresh_when_free(study: optuna.Study, store: optuna.artifacts.FileSystemArt
     budget = budget or Budget()
     written = 0
     while budget.left > 0:
-        with try_study_lock(study._storage, url, study.study_name, "notes") as held:
+        with try_study_lock(study_storage(study), url, study.study_name, "notes") as held:
             if not held:
                 return written
             written += refresh_rounds(study, store, memory, budget)
@@ -497,7 +501,7 @@ def refresh_dashboard(study: optuna.Study, store: optuna.artifacts.FileSystemArt
     board looks current, with `force`); how many notes were written."""
     memory = memory or DashboardMemory()
     budget = Budget()
-    with study_lock(study._storage, url, study.study_name, "notes"):
+    with study_lock(study_storage(study), url, study.study_name, "notes"):
         written = refresh_rounds(study, store, memory, budget, force)
     if budget.left > 0 and not is_clean(study):
         written += refresh_when_free(study, store, url, memory, budget)

@@ -156,6 +156,9 @@ def export_weights(study: optuna.Study, trial: FrozenTrial, store: Any, folder: 
         except FileNotFoundError:
             raise StudyError(f"weights of trial {trial.number} ({artifact_id}) are not in the "
                              "artifact store; pass --artifacts DIR") from None
+        except ValueError:  # an id that leads out of the store (the database edited)
+            raise StudyError(f"trial {trial.number}'s weights_artifact {artifact_id!r} is not "
+                             "an artifact id of this store") from None
         model = load_trained_model(spec, len(classes), trial_point(trial), weights)
     folder = Path(folder)
     write_model_folder(model, trial_point(trial), folder)  # peft's README.md is replaced below

@@ -28,11 +28,16 @@ from typing import Any
 
 import optuna
 import sqlalchemy
-from optuna.artifacts._upload import ARTIFACTS_ATTR_PREFIX
-from optuna.storages._rdb.models import StudySystemAttributeModel
-from optuna_dashboard._note import SYSTEM_ATTR_MAX_LENGTH, note_str_key_prefix, note_ver_key
 
-TABLE = StudySystemAttributeModel.__table__
+from search.study.optuna_private import (
+    ARTIFACTS_ATTR_PREFIX,
+    SYSTEM_ATTR_MAX_LENGTH,
+    note_str_key_prefix,
+    note_ver_key,
+    rdb_models,
+)
+
+TABLE = rdb_models.StudySystemAttributeModel.__table__
 CHUNK = SYSTEM_ATTR_MAX_LENGTH
 # Keys of one query (SQLite allows 32,766 bound parameters; PostgreSQL 65,535).
 KEYS_PER_QUERY = 500

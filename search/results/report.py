@@ -44,6 +44,7 @@ from search.results.figures import new_figure, save_figure
 from search.results.leaderboard import Board, configuration_frame, leaderboard, with_verdict
 from search.results.verdict import NoVerdict, Verdict, assess, closing_lines
 from search.study.open_study import StudyError, stored_train_spec
+from search.study.optuna_private import study_id, study_storage
 from search.study.trial_reader import all_trials
 
 METRICS = {"val_acc": "val acc", "test_acc": "test acc", "f1": "weighted F1",
@@ -447,16 +448,16 @@ def plot_many_trials(table: pd.DataFrame, path: Path, title: str) -> None:
 
 def copy_best_confusion(study: optuna.Study, table: pd.DataFrame,
                         store: optuna.artifacts.FileSystemArtifactStore, path: Path) -> bool:
-    storage = study._storage  # one trial read, not the study's every trial
+    storage = study_storage(study)  # one trial read, not the study's every trial
     best = storage.get_trial(storage.get_trial_id_from_study_id_trial_number(
-        study._study_id, int(table.iloc[0]["trial"])))
+        study_id(study), int(table.iloc[0]["trial"])))
     artifact = best.user_attrs.get("artifacts", {}).get("confusion_matrix.png")
     if artifact is None:
         return False
     try:
         with store.open_reader(artifact) as reader:
             path.write_bytes(reader.read())
-    except ArtifactNotFound:
+    except (ArtifactNotFound, ValueError):  # ValueError: an id that leads out of the store
         return False
     return True
 

@@ -7,18 +7,22 @@ knowing only the storage URL and the study name:
     space        ranks / alphas / dropouts enqueued so far (grows with wider grids)
     tpe          the TPE search's settings, when `search optuna` ran (`search.study.tpe_search`)
     artifacts    the artifact folder chosen at creation (a worker may override it)
+    artifacts_token  the token of that folder's marker file: a worker trusts the folder only
+                 with it (`search.study.artifacts`)
     baselines    the study's no-LoRA reference trials (`search.study.baselines`)
     heartbeat    how workers tell a dead worker's trial (`search.study.heartbeat_settings`)
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import optuna
 
 from objectives.spec import TrainSpec
 from objectives.user_error import UserError
+from search.study.artifacts import mark_artifacts_folder
 from search.study.study_spec import SpecError, describe_differences
 
 OBJECTIVE = "val_acc"  # a trial's value: accuracy on the validation split
@@ -60,6 +64,8 @@ def open_study(storage: optuna.storages.BaseStorage, name: str | None, *,
     missing study is created from `create`, and an existing one is joined: it keeps its own
     spec, and a spec the command gave that differs from it is an error naming the differences
     rather than a silent choice. `sampler` and `pruner` go to Optuna (a worker's TPE search).
+    Creating marks `create.artifacts` as the study's artifact folder; joining marks it again
+    when it is the folder the study names (an older study's, made before folders were marked).
     """
     # Names only: a summary carries each study's best trial, and finding it read every
     # trial of the study (7.8 s of a 5,000-trial leaderboard's 10.5).
@@ -78,6 +84,8 @@ def open_study(storage: optuna.storages.BaseStorage, name: str | None, *,
                 raise StudyError(f"study {name!r} exists with another spec "
                                  f"({'; '.join(differences)}); drop the spec flags to continue "
                                  "it, or pick a new --study name")
+            if same_folder(study.user_attrs.get("artifacts"), create.artifacts):
+                mark_artifacts_folder(study, create.artifacts)
         return study
     if create is None:
         known = f"; studies there: {', '.join(names)}" if names else "; the storage has no studies"
@@ -86,5 +94,10 @@ def open_study(storage: optuna.storages.BaseStorage, name: str | None, *,
                                 load_if_exists=True, sampler=sampler, pruner=pruner)
     study.set_metric_names([OBJECTIVE])  # the dashboard's name for the value
     study.set_user_attr("train_spec", create.train.to_dict())
+    mark_artifacts_folder(study, create.artifacts)
     study.set_user_attr("artifacts", create.artifacts)
     return study
+
+
+def same_folder(stored: object, chosen: str) -> bool:
+    return isinstance(stored, str) and os.path.realpath(stored) == os.path.realpath(chosen)

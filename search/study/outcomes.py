@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
+from search.study.optuna_private import trial_id
+
 if TYPE_CHECKING:  # read-only commands (the leaderboard) decode outcomes without torch
     import optuna
     import torch
@@ -66,7 +68,7 @@ def outcomes_attr(val_correct: torch.Tensor, val_labels: torch.Tensor,
 
 def record_outcomes(trial: optuna.Trial, value: dict[str, Any] | None) -> None:
     """Store (or, with None, clear) a trial's outcomes as a system attribute."""
-    trial.storage.set_trial_system_attr(trial._trial_id, ATTR, value)
+    trial.storage.set_trial_system_attr(trial_id(trial), ATTR, value)
 
 
 def stored_outcomes(trial: FrozenTrial) -> dict[str, Any] | None:

@@ -3,11 +3,13 @@ back or a timeout passes.
 
 Optuna's `RDBStorage` turns every SQLAlchemy error into `StorageInternalError` ("invalid data
 in the commit ..."), so a worker whose database restarts sees its trial's report fail as if
-the trial were at fault. `PatientRDBStorage` tells the two apart: an error whose cause is a
-lost or refused connection (SQLAlchemy's OperationalError, InterfaceError, or a DBAPIError that
-invalidated its connection) is an outage and is retried with backoff; any other error is
-raised at once, as before. Only workers use it: a read-only command should say at once that
-the database is away, not wait ten minutes.
+the trial were at fault. `PatientRDBStorage` tells them apart by the driver's own code
+(`search.study.storage_errors`): a lost, refused or timed-out connection is an outage and is
+retried with backoff; a full database disk stops the worker at once with `StorageDiskFull`
+(nothing to wait for); any other error is raised at once, as plain `RDBStorage` does. A
+server that stops answering without an error (frozen, or cut off by a partition) is made
+into an outage by `search.study.stall_watch`. Only workers use it: a read-only command
+should say at once that the database is away, not wait ten minutes.
 
 Retrying is safe for the calls a worker makes: setting attributes, intermediate values and
 heartbeats writes the same row again. A state change whose first commit reached the server
@@ -26,6 +28,7 @@ only the trials of workers that really died are stale.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
 import threading
@@ -39,8 +42,16 @@ from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
 from objectives.user_error import first_line
+from search.study.stall_watch import StallWatch
+from search.study.storage_errors import StorageFault, classify, storage_fault
 
 MAX_BACKOFF_S = 2.0  # short, so that a worker notices within seconds that the database is back
+# A call running longer than this is taken for a server that stopped answering (or the
+# storage timeout, if shorter). A worker's slowest call is the dashboard refresh's read of
+# every trial: ~1 s at 5,000 trials (BENCHMARKS.md, results at scale); an epoch's report is
+# a few KiB. So 30 s is far above any answer a live server gives, and short next to the
+# default --storage-timeout of 600 s.
+STALL_S = 30.0
 # Reads and writes a worker makes; Alembic's schema calls and session handling are not retried.
 RETRIED = ("check_trial_is_updatable", "create_new_study", "create_new_trial", "delete_study",
            "get_all_studies", "get_all_trials", "get_best_trial", "get_n_trials",
@@ -59,82 +70,113 @@ class StorageOutage(Exception):
     heartbeat going stale), and a worker retries it once the database is back."""
 
 
+class StorageDiskFull(StorageOutage):
+    """The database's disk is full ("database disk full: ..."): the worker stops at once, as
+    for an outage; the write that failed was rolled back, so nothing is in a wrong state."""
+
+
 def is_outage(error: BaseException) -> bool:
     """Whether `error` (or what caused it) says the database could not be reached."""
-    seen = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        if isinstance(error, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)):
-            return True
-        if isinstance(error, sqlalchemy.exc.DBAPIError) and error.connection_invalidated:
-            return True
-        error = error.__cause__ or error.__context__
-    return False
+    return storage_fault(error) is StorageFault.OUTAGE
 
 
 class PatientRDBStorage(RDBStorage):
     """`RDBStorage` whose calls wait out an outage of up to `outage_timeout` seconds, saying
     once that the database is away and once that it is back; past the timeout they raise
-    `StorageOutage` naming the storage (`shown_url`, password hidden)."""
+    `StorageOutage` naming the storage (`shown_url`, password hidden). A full database disk
+    raises `StorageDiskFull` at once. On PostgreSQL a call that runs longer than `stall_s`
+    (at most `outage_timeout`) counts as an outage too: its connections are cut and it is
+    retried (`search.study.stall_watch`)."""
 
     def __init__(self, url: str, *, outage_timeout: float, shown_url: str,
-                 **kwargs: Any) -> None:
+                 stall_s: float = STALL_S, **kwargs: Any) -> None:
         self._outage_timeout, self._shown_url = outage_timeout, shown_url
-        self._outage_lock = threading.Lock()
-        self._away_since: float | None = None  # monotonic time the current outage began
+        # A call stalled this long is an outage (no longer than the timeout, at least 2 s).
+        self._stall_s = max(min(stall_s, outage_timeout), 2.0)
+        self._away_since: float | None = None  # monotonic time the current outage was noted
+        self._first_failed: float = 0.0  # when the call that noted it had started
         self._back_at: float | None = None  # monotonic time the last outage ended
         super().__init__(url, **kwargs)
+        self._start_watching()
+
+    def _start_watching(self) -> None:
+        self._outage_lock = threading.Lock()
+        self._inside = threading.local()  # .depth: retried calls running in this thread
+        # SQLite answers or fails by itself (busy_timeout); only a server can stall.
+        self._stall_watch = (StallWatch(self.engine, self._stall_s)
+                             if self.engine.dialect.name == "postgresql" else None)
 
     def __getstate__(self) -> dict[str, Any]:
         """What a pickle keeps (Optuna pickles a storage to hand it to another process): no
-        lock, and no outage: the process that unpickles it has seen none yet."""
+        lock or watcher, and no outage: the process that unpickles it has seen none yet."""
         state = super().__getstate__()
-        del state["_outage_lock"]
+        for name in ("_outage_lock", "_inside", "_stall_watch"):
+            del state[name]
         state["_away_since"] = state["_back_at"] = None
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)  # a new engine, without the hooks `open_storage` added
-        self._outage_lock = threading.Lock()
+        self._start_watching()
         if self.engine.dialect.name == "sqlite":
             from search.study.storage import harden_sqlite  # storage imports this module
 
             harden_sqlite(self.engine)
 
     def _patiently(self, call: Callable[[], Any]) -> Any:
+        depth = getattr(self._inside, "depth", 0)
+        if depth:  # inside a retried call (Optuna's writes call check_trial_is_updatable):
+            return call()  # the outer call retries the whole, and says away/back once
+        self._inside.depth = 1
+        try:
+            return self._retry(call)
+        finally:
+            self._inside.depth = 0
+
+    def _retry(self, call: Callable[[], Any]) -> Any:
         delay, started = 0.1, time.monotonic()
         while True:
+            attempt_started = time.monotonic()
+            watch = self._stall_watch.watching() if self._stall_watch else contextlib.nullcontext()
             try:
-                result = call()
+                with watch:
+                    result = call()
             except Exception as error:
-                if not is_outage(error):
+                fault, source = classify(error)
+                if fault is StorageFault.DISK_FULL:
+                    raise StorageDiskFull(f"database disk full: {first_line(source)} "
+                                          f"(storage {self._shown_url})") from None
+                if fault is not StorageFault.OUTAGE:
                     raise
-                self._note_away(error)
+                self._note_away(source, attempt_started)
                 if time.monotonic() - started > self._outage_timeout:
                     raise StorageOutage(f"storage {self._shown_url} unreachable for more than "
                                         f"{self._outage_timeout:.0f} s "
-                                        f"({first_line(error)})") from None
+                                        f"({first_line(source)})") from None
                 time.sleep(delay)
                 delay = min(2 * delay, MAX_BACKOFF_S)
                 continue
-            self._note_back()
+            self._note_back(attempt_started)
             return result
 
-    def _note_away(self, error: BaseException) -> None:
+    def _note_away(self, error: BaseException, attempt_started: float) -> None:
         with self._outage_lock:
             if self._away_since is None:
-                self._away_since = time.monotonic()
+                self._away_since, self._first_failed = time.monotonic(), attempt_started
                 print(f"worker: storage {self._shown_url} unreachable "
-                      f"({type(error.__cause__ or error).__name__}); training goes on, writes "
+                      f"({type(error).__name__}: {first_line(error)}); training goes on, writes "
                       f"are retried for up to {self._outage_timeout:.0f} s", file=sys.stderr,
                       flush=True)
 
-    def _note_back(self) -> None:
+    def _note_back(self, attempt_started: float) -> None:
+        """The outage is over when a call that began after it began succeeds: one that was
+        already under way (a read answered just before the server went) proves nothing, and
+        would make the away/back lines flap."""
         if self._away_since is None:  # the common case, without taking the lock
             return
         with self._outage_lock:
-            if self._away_since is not None:
-                away = time.monotonic() - self._away_since
+            if self._away_since is not None and attempt_started > self._away_since:
+                away = time.monotonic() - self._first_failed  # a stall counts from its start
                 self._away_since, self._back_at = None, time.monotonic()
                 print(f"worker: storage {self._shown_url} reachable again after {away:.0f} s",
                       file=sys.stderr, flush=True)
@@ -156,7 +198,7 @@ class PatientRDBStorage(RDBStorage):
 
         return self._patiently(call)
 
-    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:  # STALE_TRIALS_HOOK
         if self._recently_back():
             return []
         return self._patiently(lambda: RDBStorage._get_stale_trial_ids(self, study_id))

@@ -5,7 +5,9 @@ transactions: Optuna claims a queued trial with `SELECT ... FOR UPDATE`, which S
 so without an immediate write lock two workers could read the same WAITING trial, and a
 deferred transaction that later upgrades to a write fails at once with "database is locked"
 instead of waiting. PostgreSQL needs none of that; its connections are pre-pinged so a worker
-survives a database restart.
+survives a database restart, and carry a connect timeout and TCP keepalives
+(`POSTGRES_CONNECT`) so that a server that stops answering is noticed rather than waited on
+forever.
 """
 
 from __future__ import annotations
@@ -149,10 +151,13 @@ def open_storage(url: str, must_exist: bool = False,
             raise StorageError(f"folder {path.parent} of {shown(url)} does not exist")
         engine_kwargs = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
     else:
-        # A worker holds at most two connections (its trial and its heartbeat thread), so 64
-        # workers fit PostgreSQL's default of 100 connections only with max_connections raised
-        # (docker-compose.yml sets 300); pre-ping survives a database restart.
-        engine_kwargs = {"pool_pre_ping": True, "pool_size": 1, "max_overflow": 1}
+        # A worker holds one connection while it trains (its trials' writes), one for the
+        # heartbeat thread that all trials of a pack share, and briefly a third (the
+        # dashboard's refresh lock beside the refresh's reads). 64 workers fit PostgreSQL's
+        # default of 100 connections only with max_connections raised (docker-compose.yml
+        # sets 300). Pre-ping survives a database restart.
+        engine_kwargs = {"pool_pre_ping": True, "pool_size": 1, "max_overflow": 2,
+                         "connect_args": postgres_connect_args(url)}
     for attempt in range(SCHEMA_RACE_ATTEMPTS):
         try:
             # SQLite: one process at a time creates or checks the schema of a file.
@@ -175,6 +180,25 @@ def open_storage(url: str, must_exist: bool = False,
     if path is not None:
         harden_sqlite(storage.engine)
     return storage
+
+
+# libpq settings (PostgreSQL's "Parameter Key Words"), unless the URL sets them:
+POSTGRES_CONNECT = {
+    # Opening a connection to a server that accepts TCP but never answers (stopped, or its
+    # host frozen) fails after 10 s instead of never; a live server answers in milliseconds.
+    "connect_timeout": 10,
+    # An idle pooled connection whose peer vanished (a partition, a host gone) is found
+    # dead within 15 + 3 x 5 = 30 s rather than at the next use, two hours later by default.
+    "keepalives": 1, "keepalives_idle": 15, "keepalives_interval": 5, "keepalives_count": 3,
+    # Data sent but never acknowledged for 30 s (packets dropped) ends the connection.
+    "tcp_user_timeout": 30_000,
+}
+
+
+def postgres_connect_args(url: str) -> dict[str, int]:
+    """`POSTGRES_CONNECT` less the settings the URL's query already gives (its own win)."""
+    given = set(make_url(url).query)
+    return {key: value for key, value in POSTGRES_CONNECT.items() if key not in given}
 
 
 @contextmanager

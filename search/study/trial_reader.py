@@ -25,21 +25,22 @@ import optuna
 import sqlalchemy
 from optuna.distributions import json_to_distribution
 from optuna.storages import RDBStorage
-from optuna.storages._rdb import models
 from optuna.trial import FrozenTrial
+
+from search.study.optuna_private import rdb_backend, rdb_models, study_id, study_storage
 
 
 def all_trials(study: optuna.Study) -> list[FrozenTrial]:
     """The study's trials in number order, read at once from its database; from Optuna's
     reader when the study is not in one."""
-    storage = getattr(study._storage, "_backend", study._storage)
+    storage = rdb_backend(study_storage(study))
     if not isinstance(storage, RDBStorage):
         return study.get_trials(deepcopy=False)
-    return read_trials(storage.engine, study._study_id)
+    return read_trials(storage.engine, study_id(study))
 
 
 def read_trials(engine: sqlalchemy.Engine, study_id: int) -> list[FrozenTrial]:
-    trials = models.TrialModel.__table__
+    trials = rdb_models.TrialModel.__table__
     in_study = sqlalchemy.select(trials.c.trial_id).where(trials.c.study_id == study_id)
     with engine.connect() as connection:
         rows = connection.execute(
@@ -56,15 +57,15 @@ def read_trials(engine: sqlalchemy.Engine, study_id: int) -> list[FrozenTrial]:
                 found[row[0]].append(row[1:])
             return found
 
-        params = children(models.TrialParamModel, "param_name", "param_value",
+        params = children(rdb_models.TrialParamModel, "param_name", "param_value",
                           "distribution_json", order="param_id")
-        values = children(models.TrialValueModel, "objective", "value", "value_type",
+        values = children(rdb_models.TrialValueModel, "objective", "value", "value_type",
                           order="trial_value_id")
-        user = children(models.TrialUserAttributeModel, "key", "value_json",
+        user = children(rdb_models.TrialUserAttributeModel, "key", "value_json",
                         order="trial_user_attribute_id")
-        system = children(models.TrialSystemAttributeModel, "key", "value_json",
+        system = children(rdb_models.TrialSystemAttributeModel, "key", "value_json",
                           order="trial_system_attribute_id")
-        intermediate = children(models.TrialIntermediateValueModel, "step",
+        intermediate = children(rdb_models.TrialIntermediateValueModel, "step",
                                 "intermediate_value", "intermediate_value_type",
                                 order="trial_intermediate_value_id")
     distributions: dict[str, Any] = {}  # the same few JSON texts, parsed once each
@@ -79,7 +80,7 @@ def read_trials(engine: sqlalchemy.Engine, study_id: int) -> list[FrozenTrial]:
         user_attrs={key: json.loads(text) for key, text in user.get(trial_id, ())},
         system_attrs={key: json.loads(text) for key, text in system.get(trial_id, ())},
         intermediate_values={
-            step: models.TrialIntermediateValueModel.stored_repr_to_intermediate_value(
+            step: rdb_models.TrialIntermediateValueModel.stored_repr_to_intermediate_value(
                 value, kind) for step, value, kind in intermediate.get(trial_id, ())},
         trial_id=trial_id,
     ) for trial_id, number, state, start, complete in rows]
@@ -97,7 +98,7 @@ def objective_values(rows: Iterable | None) -> list[float] | None:
     rows = list(rows)
     values: list[float] = [0.0] * len(rows)
     for objective, value, kind in rows:
-        values[objective] = models.TrialValueModel.stored_repr_to_value(value, kind)
+        values[objective] = rdb_models.TrialValueModel.stored_repr_to_value(value, kind)
     return values
 
 

@@ -7,6 +7,9 @@ continues after that epoch. Each checkpoint is a new artifact, written before th
 moves to it, so a worker killed while writing leaves the previous one whole; a write that fails
 leaves no partial file. A pointer that cannot be used (its artifact is missing from this
 host's store, damaged, or not an artifact id at all) is dropped and the trial starts over.
+The pointer comes from the database: only a damaged file named as `Checkpoints.save` names one
+is deleted, and the store itself refuses ids that lead out of its folder
+(`search.study.contained_store`).
 """
 
 from __future__ import annotations
@@ -29,10 +32,11 @@ from objectives.checkpoint import (
 )
 from objectives.spec import LoraParams
 from objectives.user_error import first_line
+from search.study.contained_store import is_checkpoint_id
 from search.worker.faults import environment_fault
 
 if TYPE_CHECKING:
-    from optuna.artifacts._protocol import ArtifactStore
+    from search.study.optuna_private import ArtifactStore
 
 
 class AttemptStore:
@@ -42,7 +46,8 @@ class AttemptStore:
 
     def __init__(self, store: ArtifactStore) -> None:
         self._store = store
-        base = getattr(store, "_base_path", None)  # a FileSystemArtifactStore's folder
+        # a ContainedArtifactStore's folder, or an Optuna FileSystemArtifactStore's
+        base = getattr(store, "folder", None) or getattr(store, "_base_path", None)
         self.folder: str | None = str(base) if base is not None else None
         self.written: list[str] = []
         self.failed: BaseException | None = None  # the error of the last write that failed
@@ -117,7 +122,10 @@ class Checkpoints:
         try:
             state = read_training_state(io.BytesIO(content))
         except CheckpointError as error:
-            self._store.remove_quietly(artifact)  # damaged: no use to any worker
+            # Damaged: no use to any worker. A file not named as a checkpoint (a trial's
+            # weights, named by a bad pointer) is not ours to delete.
+            if is_checkpoint_id(artifact):
+                self._store.remove_quietly(artifact)
             return self._start_over(artifact, error)
         try:
             state.check_matches(point, epochs)

@@ -8,7 +8,6 @@ claimed, put back and retried is in `search.worker.trial_queue`; heartbeats in
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import sys
@@ -30,6 +29,7 @@ from search.results.dashboard_notes import DashboardMemory, after_finishing, ref
 from search.study.artifacts import artifact_store, artifacts_folder
 from search.study.heartbeat_settings import HeartbeatSettings, stored_heartbeat
 from search.study.open_study import open_study, stored_train_spec
+from search.study.optuna_private import trial_id
 from search.study.patient_storage import StorageOutage
 from search.study.storage import open_storage
 from search.study.study_spec import validate_train_spec
@@ -191,7 +191,7 @@ def claim_and_run(storage: optuna.storages.RDBStorage, study: optuna.Study, spec
             states = run_claimed(storage, study, trials, spec, data, store, position, heartbeat,
                                  stop)
         except WorkerEnvironmentError as error:  # the unfinished trials are back in the queue
-            states = {t.number: storage.get_trial(t._trial_id).state for t in trials}
+            states = {t.number: storage.get_trial(trial_id(t)).state for t in trials}
             count(report, journal, states)
             report.environment, report.exit_code = first_line(error), EXIT_ENVIRONMENT
             return
@@ -229,9 +229,7 @@ def run_claimed(storage: optuna.storages.RDBStorage, study: optuna.Study,
     """Claimed trials, alone or as one pack, each with its heartbeat running until it is
     finished or put back; their end states by trial number."""
     try:
-        with contextlib.ExitStack() as beats:
-            for trial in trials:
-                beats.enter_context(Heartbeat(storage, trial._trial_id, heartbeat.interval))
+        with Heartbeat(storage, [trial_id(trial) for trial in trials], heartbeat.interval):
             if len(trials) == 1:
                 return {trials[0].number: run_claimed_trial(
                     study, trials[0], spec, data, store, position,
@@ -245,7 +243,7 @@ def run_claimed(storage: optuna.storages.RDBStorage, study: optuna.Study,
         print(f"worker: trial {trials[0].number} was failed by another worker meanwhile (no "
               f"heartbeat for {heartbeat.grace_period} s); its retry runs instead",
               file=sys.stderr, flush=True)
-        return {t.number: storage.get_trial(t._trial_id).state for t in trials}
+        return {t.number: storage.get_trial(trial_id(t)).state for t in trials}
 
 
 def announce_wait(heartbeat: HeartbeatSettings):

@@ -1,4 +1,4 @@
-"""The heartbeat thread of a running trial (the settings live in the study:
+"""The heartbeat thread of running trials (the settings live in the study:
 `search.study.heartbeat_settings`)."""
 
 from __future__ import annotations
@@ -10,20 +10,26 @@ import optuna
 
 
 class Heartbeat:
-    """Records a trial's heartbeat now and then every `interval` seconds until the block ends.
+    """Records the heartbeat of each of `trial_ids` now and then every `interval` seconds
+    until the block ends.
 
-    A heartbeat that cannot be written (the database restarting) is retried at the next
-    interval; only a gap longer than the grace period makes the trial count as dead.
+    One thread for all trials of a pack: heartbeats share one database connection, so a pack
+    of K needs no more connections than a single trial (a thread each would need K + 1, and
+    exhaust the worker's small pool when a stalled database holds them all). A heartbeat that
+    cannot be written (the database restarting) is retried at the next interval; only a gap
+    longer than the grace period makes a trial count as dead.
     """
 
-    def __init__(self, storage: optuna.storages.RDBStorage, trial_id: int, interval: float):
-        self._storage, self._trial_id, self._interval = storage, trial_id, interval
+    def __init__(self, storage: optuna.storages.RDBStorage, trial_ids: list[int],
+                 interval: float):
+        self._storage, self._trial_ids, self._interval = storage, list(trial_ids), interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
         self._warned = False
 
     def __enter__(self) -> Heartbeat:
-        self._storage.record_heartbeat(self._trial_id)
+        for trial_id in self._trial_ids:
+            self._storage.record_heartbeat(trial_id)
         self._thread.start()
         return self
 
@@ -33,10 +39,13 @@ class Heartbeat:
 
     def _beat(self) -> None:
         while not self._stop.wait(self._interval):
-            try:
-                self._storage.record_heartbeat(self._trial_id)
-            except Exception as error:  # the database may come back before the grace ends
-                if not self._warned:
-                    print(f"worker: heartbeat of trial id {self._trial_id} failed, retrying "
-                          f"({type(error).__name__})", file=sys.stderr, flush=True)
-                    self._warned = True
+            for trial_id in self._trial_ids:
+                if self._stop.is_set():
+                    return
+                try:
+                    self._storage.record_heartbeat(trial_id)
+                except Exception as error:  # the database may come back before the grace ends
+                    if not self._warned:
+                        print(f"worker: heartbeat of trial id {trial_id} failed, retrying "
+                              f"({type(error).__name__})", file=sys.stderr, flush=True)
+                        self._warned = True

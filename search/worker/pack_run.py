@@ -30,6 +30,7 @@ from objectives.data import ImageSplits
 from objectives.packed_train import PackMember, run_pack
 from objectives.spec import TrainSpec
 from objectives.user_error import first_line
+from search.study.optuna_private import study_storage, trial_id
 from search.study.patient_storage import StorageOutage
 from search.worker.faults import WorkerEnvironmentError
 from search.worker.signals import StopRequested
@@ -54,7 +55,7 @@ def run_claimed_pack(study: optuna.Study, frozen: list[FrozenTrial], spec: Train
             for other in attempts[:index]:
                 other.put_back()
             for other in attempts[index + 1:]:  # not begun: back as they came
-                requeue_trial(study._storage, other.frozen._trial_id)
+                requeue_trial(study_storage(study), trial_id(other.frozen))
             raise
     groups: dict[int, list[int]] = {}
     for index, resume in enumerate(resumes):
@@ -149,8 +150,8 @@ def unfinished(attempts: list[TrialAttempt]) -> list[TrialAttempt]:
 def rerun_alone(attempt: TrialAttempt, check_stop: Callable[[], None]) -> None:
     """Run a pack's member alone from its last checkpoint, as a fresh attempt (its params
     stay: Optuna returns a trial's registered value to the same suggest call)."""
-    storage = attempt.study._storage
-    frozen = storage.get_trial(attempt.frozen._trial_id)
+    storage = study_storage(attempt.study)
+    frozen = storage.get_trial(trial_id(attempt.frozen))
     attempt.state = run_claimed_trial(attempt.study, frozen, attempt.study_spec,
                                       attempt.data, attempt.store.store, attempt.position,
                                       check_stop)

@@ -29,6 +29,8 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import fail_stale_trials
 from optuna.trial import FrozenTrial, TrialState
 
+from search.study.contained_store import is_checkpoint_id
+from search.study.optuna_private import study_id, trial_id
 from search.study.trials import is_last_try, retried_as, study_max_retries
 
 FIRST_POLL_SECONDS = 0.5
@@ -70,9 +72,9 @@ def claim_waiting(storage: optuna.storages.BaseStorage, study: optuna.Study, lim
                 # Before the claim, so that no trial is ever RUNNING without a fresh heartbeat
                 # (one left over from an earlier run would make it look dead at once); a
                 # waiting trial's heartbeat is harmless when another worker wins the claim.
-                storage.record_heartbeat(trial._trial_id)
-            if storage.set_trial_state_values(trial._trial_id, state=TrialState.RUNNING):
-                claimed.append(storage.get_trial(trial._trial_id))
+                storage.record_heartbeat(trial_id(trial))
+            if storage.set_trial_state_values(trial_id(trial), state=TrialState.RUNNING):
+                claimed.append(storage.get_trial(trial_id(trial)))
         except UpdateFinishedTrialError:
             continue  # another process finished it between our read and our claim
     return claimed
@@ -153,9 +155,9 @@ def adopt_heartbeats(storage: optuna.storages.BaseStorage, running: list[FrozenT
     if not has_heartbeats(storage):
         return
     for trial in running:
-        if trial._trial_id not in adopted:
-            storage.record_heartbeat(trial._trial_id)
-            adopted.add(trial._trial_id)
+        if trial_id(trial) not in adopted:
+            storage.record_heartbeat(trial_id(trial))
+            adopted.add(trial_id(trial))
 
 
 def max_retries_of(storage: optuna.storages.BaseStorage) -> int | None:
@@ -179,7 +181,7 @@ def discard_abandoned_checkpoints(study: optuna.Study,
     leaves the file to nobody.
     """
     failed = [t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-              if checkpoint_artifact(t) and (study._study_id, t._trial_id) not in _discarded]
+              if checkpoint_artifact(t) and (study_id(study), trial_id(t)) not in _discarded]
     if not failed:
         return []
     trials = study.get_trials(deepcopy=False)
@@ -192,13 +194,14 @@ def discard_abandoned_checkpoints(study: optuna.Study,
         if not is_last_try(trial, retried, max_retries):
             continue
         artifact = checkpoint_artifact(trial)
-        if artifact not in in_use:
+        # Only a checkpoint's id: a pointer edited in the database cannot name weights.
+        if artifact not in in_use and is_checkpoint_id(artifact):
             try:
                 store.remove(artifact)
                 removed.append(artifact)
             except (ArtifactNotFound, OSError, ValueError):  # gone already, not ours to
                 pass  # remove, or not an artifact id: cleaning up must not stop the worker
-        _discarded.add((study._study_id, trial._trial_id))
+        _discarded.add((study_id(study), trial_id(trial)))
     return removed
 
 

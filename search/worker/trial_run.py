@@ -37,6 +37,7 @@ from search.results.dashboard_notes import baseline_note
 from search.results.note_store import write_notes
 from search.results.trial_artifacts import upload_trial_artifacts
 from search.study.enqueue import enqueue_replicates
+from search.study.optuna_private import study_id, study_storage, trial_id
 from search.study.outcomes import ATTR as OUTCOMES_ATTR
 from search.study.outcomes import outcomes_attr, record_outcomes
 from search.study.patient_storage import StorageOutage
@@ -49,7 +50,7 @@ from search.worker.signals import StopRequested
 from search.worker.trial_queue import requeue_trial
 
 if TYPE_CHECKING:
-    from optuna.artifacts._protocol import ArtifactStore
+    from search.study.optuna_private import ArtifactStore
 
 WEIGHTS_FILE = "trained_weights.safetensors"
 
@@ -93,7 +94,7 @@ def record_history(trial: optuna.Trial, epochs: list[EpochStats]) -> None:
     optuna-dashboard would send with every trial on every poll as a user attribute, and that
     its charts already show (the intermediate values) or the trial's curves do."""
     trial.set_user_attr("epochs_done", len(epochs))
-    trial.storage.set_trial_system_attr(trial._trial_id, HISTORY_ATTR, [
+    trial.storage.set_trial_system_attr(trial_id(trial), HISTORY_ATTR, [
         {"epoch": e.epoch, "train_loss": round(e.train_loss, 5), "train_acc": round(e.train_acc, 5),
          "val_loss": round(e.val_loss, 5), "val_acc": round(e.val_acc, 5)}
         for e in epochs])
@@ -150,7 +151,7 @@ class TrialAttempt:
                  position: int = 0, check_stop: Callable[[], None] = lambda: None,
                  show_bar: bool = True, pack: int = 1) -> None:
         self.study, self.frozen, self.data = study, frozen, data
-        self.trial = optuna.Trial(study, frozen._trial_id)
+        self.trial = optuna.Trial(study, trial_id(frozen))
         self.study_spec = spec
         self.spec = trial_train_spec(spec, frozen)
         self.position, self.check_stop, self.show_bar, self.pack = (position, check_stop,
@@ -179,8 +180,8 @@ class TrialAttempt:
         trial.set_user_attr("pack", self.pack)
         trial.set_user_attr("seed", spec.seed)  # its replicate's (`search.study.replicates`)
         if point is None:  # the dashboard shows a trial's note on top of its page
-            write_notes(self.study._storage, self.study._study_id,
-                        {trial._trial_id: baseline_note(spec.model)})
+            write_notes(study_storage(self.study), study_id(self.study),
+                        {trial_id(trial): baseline_note(spec.model)})
         extra_model = spec.model if "train_overrides" in frozen.user_attrs else None
         self.title = f"trial {frozen.number} {describe_point(point, extra_model)}"
         clear_inherited_results(trial, frozen)
@@ -239,9 +240,14 @@ class TrialAttempt:
 
     def complete(self, result: TrialResult) -> TrialState:
         """After `record`: the trial is COMPLETE with its validation accuracy. A sampled
-        trial of a study with seeds then queues its point's other replicates."""
-        self.checkpoints.discard()
+        trial of a study with seeds then queues its point's other replicates.
+
+        The checkpoint (saved after the last epoch too) goes only once COMPLETE is
+        committed: a worker that cannot tell (the database away past --storage-timeout)
+        leaves a trial whose retry resumes after the last epoch and is told, not retrained.
+        """
         self.study.tell(self.trial, result.val_acc)
+        self.drop_checkpoint_file()
         if is_sampled(self.frozen) and replicate_of(self.frozen) == 0 and self.point is not None:
             added = enqueue_replicates(self.study, self.point)
             if added:
@@ -255,16 +261,23 @@ class TrialAttempt:
             record_outcomes(self.trial, outcomes_attr(self.epochs[-1].val_correct,
                                                       self.data.val_labels))
         record_history(self.trial, self.epochs)
-        self.checkpoints.discard()
         self.study.tell(self.trial, state=TrialState.PRUNED)
+        self.drop_checkpoint_file()
         tqdm.write(f"{self.title}: pruned after epoch {len(self.epochs)} of {self.spec.epochs}",
                    file=sys.stderr)
         return self._end(TrialState.PRUNED)
 
+    def drop_checkpoint_file(self) -> None:
+        """After the trial's end state is committed: its checkpoint file goes. The pointer
+        stays (a finished trial's attributes cannot change); nothing follows it on a finished
+        trial, and a retry of a trial never told inherits a pointer to a file still there."""
+        if self.checkpoints.current is not None:
+            self.store.remove_quietly(self.checkpoints.current)
+
     def put_back(self) -> TrialState:
         """Stopped by a signal: back to the queue, to resume after its last epoch."""
         record_history(self.trial, self.epochs)
-        requeue_trial(self.study._storage, self.frozen._trial_id)
+        requeue_trial(study_storage(self.study), trial_id(self.frozen))
         after = f"after epoch {len(self.epochs)}" if self.epochs else "from the start"
         tqdm.write(f"{self.title}: put back in the queue; it resumes {after}", file=sys.stderr)
         return self._end(TrialState.WAITING)
@@ -281,7 +294,7 @@ class TrialAttempt:
         self.store.take_back(keep=self.checkpoints.current)
         if epochs is not None:
             record_history(self.trial, epochs[:self.checkpoints.epoch])
-        requeue_trial(self.study._storage, self.frozen._trial_id)
+        requeue_trial(study_storage(self.study), trial_id(self.frozen))
         after = (f"after epoch {self.checkpoints.epoch}" if self.checkpoints.epoch
                  else "from the start")
         tqdm.write(f"{self.title}: put back in the queue ({reason}); it resumes {after}",
@@ -297,8 +310,8 @@ class TrialAttempt:
             raise self.stop_for_environment(self.epochs, reason) from error
         message = f"{type(error).__name__}: {first_line(error)}"
         self.trial.set_user_attr("error", message)
-        self.checkpoints.discard()
         self.study.tell(self.trial, state=TrialState.FAIL)
+        self.drop_checkpoint_file()
         tqdm.write(f"trial {self.frozen.number} failed: {message}", file=sys.stderr)
         return self._end(TrialState.FAIL)
 
