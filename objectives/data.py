@@ -16,10 +16,12 @@ Datasets (`TrainSpec.dataset`):
   unused "N/A" class 0 and numbers a..z from 0. Images are transposed to stand upright (see
   `_upright`).
 - "digits": scikit-learn's bundled 8x8 digits (offline); `test_fraction` is held out as test.
-- "imagefolder:PATH": one subfolder of images per class, decoded with PIL, converted to RGB
-  and resized to `image_size` so they stack. When PATH has a `train/` subfolder, `train/`,
-  `val/` and `test/` are the splits (val and test optional); otherwise PATH is split. A
-  relative PATH is relative to the working directory, not `data_dir`.
+- "imagefolder:PATH": one subfolder of images per class, decoded with PIL to 8-bit RGB as
+  `objectives.image_decoding` says (16-bit and float grayscale scaled by their full range,
+  transparency composited on white, a mode it cannot decode refused by name) and resized to
+  `image_size` so they stack. When PATH has a `train/` subfolder, `train/`, `val/` and
+  `test/` are the splits (val and test optional); otherwise PATH is split. A relative PATH is
+  relative to the working directory, not `data_dir`.
 
 Splits that a dataset does not ship are held out of its train split, test first
 (`test_fraction`) and then validation (`val_fraction`) from what is left. Both are stratified
@@ -42,6 +44,7 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
+from objectives.image_decoding import to_8bit
 from objectives.spec import TrainSpec
 from objectives.user_error import UserError
 
@@ -242,11 +245,12 @@ def _check_readable(root: Path, files: list[Path]) -> None:
 def _unreadable(path: Path) -> str | None:
     """Why `path` does not decode as `decode_image` decodes an imagefolder's files, or None.
 
-    All of the file is decoded (`convert` loads every pixel), so a truncated JPEG or PNG
-    fails here, as it would in the loader, and not only its header is read."""
+    All of the file is decoded (`to_8bit` loads every pixel), so a truncated JPEG or PNG, or a
+    mode or range of values `to_8bit` refuses, fails here as it would in the loader, and not
+    only its header is read."""
     try:
         with Image.open(path) as image:
-            image.convert("RGB")
+            to_8bit(image, "RGB")
     except UnidentifiedImageError:  # its message repeats the path
         return "cannot identify image file"
     except Exception as error:  # whatever a damaged file makes PIL raise, it cannot be used
@@ -521,12 +525,13 @@ def _decode(path: Path, size: int) -> Tensor:
 
 
 def decode_image(path: str | Path, grayscale: bool, size: int | None = None) -> Tensor:
-    """One image file as uint8 [C, H, W]: C = 1 (PIL mode "L") when `grayscale`, else 3 (RGB);
-    resized to size × size with PIL's bicubic filter when `size` is given, as an imagefolder's
-    images are when they are loaded."""
+    """One image file as uint8 [C, H, W]: C = 1 (PIL mode "L") when `grayscale`, else 3 (RGB),
+    whatever its mode (see `objectives.image_decoding`); resized to size × size with PIL's
+    bicubic filter when `size` is given, as an imagefolder's images are when they are loaded.
+    DatasetError (one line, naming the file) when it cannot be decoded."""
     try:
         with Image.open(path) as image:
-            decoded = image.convert("L" if grayscale else "RGB")
+            decoded = to_8bit(image, "L" if grayscale else "RGB")
             if size is not None:
                 decoded = decoded.resize((size, size), Image.Resampling.BICUBIC)
     except (OSError, ValueError, Image.DecompressionBombError) as error:
