@@ -5,8 +5,9 @@ fine-tuned on EMNIST). The folder holds `model.safetensors`: the winning model i
 key names (LoRA merged into the weights, q/k/v fused, the head sized for the old study's
 classes), and `search_export.json`: the old study's params, metrics, training spec and
 classes. This module reads both; `objectives.model` decides whether they fit and loads them.
-The folder also holds README.md (its model card), the peft adapter of a LoRA trial and, under
-`base_weights/`, a copy of a local backbone file the trial started from.
+The folder also holds README.md (its model card), timm's `config.json` (which makes it a
+folder `timm.create_model("local-dir:DIR", pretrained=True)` opens), the peft adapter of a
+LoRA trial and, under `base_weights/`, a copy of a local backbone file the trial started from.
 """
 
 from __future__ import annotations
@@ -19,8 +20,12 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from torch import Tensor
 
+from objectives.data import IMAGEFOLDER
+
 MERGED_FILE = "model.safetensors"
 EXPORT_DOCUMENT = "search_export.json"
+# timm's model configuration, by the name its `local-dir:` and `hf-hub:` loaders look for.
+TIMM_CONFIG = "config.json"
 # A local backbone file the trial started from, copied into the folder so that the folder
 # alone rebuilds the adapter's base model on any host (`objectives.export_model`).
 BASE_WEIGHTS = "base_weights"
@@ -34,6 +39,14 @@ def merged_file(folder: Path) -> Path | None:
     """The folder's merged weights file, or None when it has none."""
     path = folder / MERGED_FILE
     return path if path.is_file() else None
+
+
+def resize_filter(dataset: str) -> str:
+    """The filter, by timm's name, that brought the dataset's images to `image_size`: an image
+    folder's files are resized with PIL's bicubic filter as they are decoded
+    (`objectives.data.decode_image`); the named datasets' images by `objectives.augment.resize`,
+    bilinear and antialiased (PIL's bilinear, which timm's transforms use, antialiases too)."""
+    return "bicubic" if dataset.startswith(IMAGEFOLDER) else "bilinear"
 
 
 def is_head_key(key: str, head: str | None) -> bool:

@@ -129,15 +129,17 @@ def write_document(document: dict[str, Any], path: Path) -> None:
 def export_weights(study: optuna.Study, trial: FrozenTrial, store: Any, folder: Path,
                    document: dict[str, Any]) -> list[str]:
     """Rebuild the trial's model from its stored weights and write `folder`: the model files
-    (`objectives.export_model`), a copy of its base weights when they are a local file,
-    `document` as search_export.json without any path of this host (`portable_document`) and
-    README.md, its model card (`search.results.model_card`). The folder then works wherever
-    it is copied, and uploads to the Hugging Face hub as it is. Returns its files, relative."""
+    (`objectives.export_model`) with timm's config.json where timm can rebuild the model from
+    it, a copy of its base weights when they are a local file, `document` as
+    search_export.json without any path of this host (`portable_document`) and README.md, its
+    model card (`search.results.model_card`). The folder then works wherever it is copied, and
+    uploads to the Hugging Face hub as it is. Returns its files, relative."""
     from objectives.export_folder import EXPORT_DOCUMENT
     from objectives.export_model import (  # torch, peft
         copy_base_weights,
         load_trained_model,
         write_model_folder,
+        write_timm_config,
     )
     from objectives.inference import ADAPTER_CONFIG
     from search.results.leaderboard import study_board
@@ -161,13 +163,17 @@ def export_weights(study: optuna.Study, trial: FrozenTrial, store: Any, folder: 
                              "an artifact id of this store") from None
         model = load_trained_model(spec, len(classes), trial_point(trial), weights)
     folder = Path(folder)
-    write_model_folder(model, trial_point(trial), folder)  # peft's README.md is replaced below
-    portable = portable_document(document, copy_base_weights(spec, folder))
+    base = copy_base_weights(spec, folder)
+    # Only a hub id names the base model: a local file's name would pass for one on the hub.
+    write_model_folder(model, trial_point(trial), folder,  # peft's README.md is replaced below
+                       base_model=base.get("hf_hub_id"))
+    config = write_timm_config(spec, classes, folder)
+    portable = portable_document(document, base)
     write_document(portable, folder / EXPORT_DOCUMENT)
     adapter = (json.loads((folder / ADAPTER_CONFIG).read_text())
                if trial_point(trial) is not None else None)
     card = render_card(portable, study_board(study, by="trial"),
-                       trial_sources(study.get_trials(deepcopy=False)), adapter)
+                       trial_sources(study.get_trials(deepcopy=False)), adapter, config)
     (folder / CARD_FILE).write_text(card, encoding="utf-8")
     return sorted(path.relative_to(folder).as_posix() for path in folder.rglob("*")
                   if path.is_file())

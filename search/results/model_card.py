@@ -25,6 +25,7 @@ import yaml
 from optuna.trial import FrozenTrial
 
 from objectives.data import IMAGEFOLDER, dataset_is_grayscale
+from objectives.export_folder import resize_filter
 from search.results.leaderboard import Board
 from search.results.markdown import table
 from search.study.trials import configuration_key, is_baseline
@@ -37,9 +38,16 @@ FILE_ROLES = {
     "search_export.json": "the trial's params, metrics, training spec, classes and how it was "
                           "picked (read by `search predict`)",
     "model.safetensors": "the whole model for plain timm (LoRA merged into the weights)",
+    "config.json": "timm's configuration: architecture, model arguments, classes, input size, "
+                   "mean, std and resize filter (`timm.create_model(\"local-dir:...\", "
+                   "pretrained=True)`)",
     "adapter_config.json": "the peft LoRA configuration",
     "adapter_model.safetensors": "the LoRA adapters and the trained head (peft)",
 }
+# The hub's ids of the datasets that are on it; the others (scikit-learn's digits, EMNIST, an
+# image folder) are described in the card's text and listed as no hub dataset.
+HUB_DATASETS = {"cifar10": "uoft-cs/cifar10", "cifar100": "uoft-cs/cifar100",
+                "mnist": "ylecun/mnist", "fashion_mnist": "zalando-datasets/fashion_mnist"}
 
 
 def trial_sources(trials: Sequence[FrozenTrial]) -> dict[int, str]:
@@ -52,10 +60,10 @@ def trial_sources(trials: Sequence[FrozenTrial]) -> dict[int, str]:
 
 
 def render_card(document: dict[str, Any], board: Board, sources: dict[int, str],
-                adapter: dict[str, Any] | None) -> str:
+                adapter: dict[str, Any] | None, config: dict[str, Any] | None = None) -> str:
     """README.md for the export folder of `document` (its portable form, with `base_weights`),
     from the study's `board` (by trial); `adapter` is the folder's adapter_config.json, None
-    for a baseline."""
+    for a baseline; `config` its timm config.json, None when it has none (an MLP head)."""
     row = trial_row(board.frame, document["trial"])
     sections = [
         "---\n" + yaml.safe_dump(front_matter(document, adapter), sort_keys=False) + "---",
@@ -67,8 +75,8 @@ def render_card(document: dict[str, Any], board: Board, sources: dict[int, str],
         leaderboard_section(document, board, sources),
         hardware(document, board),
         classes_section(document),
-        files_section(document, adapter),
-        quick_start(document, adapter),
+        files_section(document, adapter, config),
+        quick_start(document, adapter, config),
     ]
     return "\n\n".join(sections) + "\n"
 
@@ -79,14 +87,16 @@ def front_matter(document: dict[str, Any], adapter: dict[str, Any] | None) -> di
     """The hub's metadata: https://huggingface.co/docs/hub/model-cards#model-card-metadata."""
     metrics, base = document["metrics"], document["base_weights"]
     dataset = dataset_name(document["spec"])
-    data: dict[str, Any] = {
-        "library_name": "peft" if adapter else "timm",
-        "base_model": base_model(base),
-    }
+    data: dict[str, Any] = {"library_name": "peft" if adapter else "timm"}
+    # Hub ids only: the hub links both fields, and a bare timm name or a local dataset's name
+    # would link to nothing or to someone else's repository.
+    if base_model(base):
+        data["base_model"] = base_model(base)
     if base.get("file"):
         data["base_model_weights"] = {"file": base["file"], "sha256": base["sha256"]}
+    if hub_dataset(document["spec"]):
+        data["datasets"] = [hub_dataset(document["spec"])]
     data |= {
-        "datasets": [dataset],
         "metrics": [name for name, keys in (("accuracy", ("val_acc", "test_acc")), ("f1", ("f1",)),
                                             ("roc_auc", ("auc_micro", "auc_macro")))
                     if any(finite(metrics.get(key)) for key in keys)],
@@ -94,13 +104,16 @@ def front_matter(document: dict[str, Any], adapter: dict[str, Any] | None) -> di
                  "optuna", "lora-vit-search"],
         "pipeline_tag": "image-classification",
         "model-index": [{"name": f"{document['study']}-trial-{document['trial']}",
-                         "results": model_index_results(metrics, dataset)}],
+                         "results": model_index_results(metrics, dataset,
+                                                        hub_dataset(document["spec"]))}],
     }
     return data
 
 
-def model_index_results(metrics: dict[str, Any], dataset: str) -> list[dict[str, Any]]:
-    """The validation and the test metrics, each split a result of the hub's `model-index`."""
+def model_index_results(metrics: dict[str, Any], dataset: str, hub_id: str | None = None
+                        ) -> list[dict[str, Any]]:
+    """The validation and the test metrics, each split a result of the hub's `model-index`;
+    its dataset `type` is the hub id where there is one, else the dataset's own name."""
     splits = {"validation": [("accuracy", "val_acc", "Validation accuracy")],
               "test": [("accuracy", "test_acc", "Test accuracy"),
                        ("f1", "f1", "Test F1 (weighted)"),
@@ -113,17 +126,20 @@ def model_index_results(metrics: dict[str, Any], dataset: str) -> list[dict[str,
         if values:
             results.append({
                 "task": {"type": "image-classification", "name": "Image Classification"},
-                "dataset": {"name": dataset, "type": dataset, "split": split},
+                "dataset": {"name": dataset, "type": hub_id or dataset, "split": split},
                 "metrics": values})
     return results
 
 
-def base_model(base: dict[str, Any]) -> str:
-    """The hub id of the pretrained weights, else the timm model name (the card's overview
-    says where the weights came from)."""
-    if base["source"] == "hub":
-        return base.get("hf_hub_id") or f"timm/{base['model']}"
-    return base["model"]
+def base_model(base: dict[str, Any]) -> str | None:
+    """The hub id of the weights the trial started from; None for a local file, a random
+    initialisation or timm weights served from elsewhere (the card's overview says which)."""
+    return base.get("hf_hub_id") if base["source"] == "hub" else None
+
+
+def hub_dataset(spec: dict[str, Any]) -> str | None:
+    """The hub id of the spec's dataset, None for one that is not on the hub."""
+    return HUB_DATASETS.get(spec["dataset"])
 
 
 # The sections ----------------------------------------------------------------------------------
@@ -232,7 +248,7 @@ def hyperparameters(document: dict[str, Any], adapter: dict[str, Any] | None) ->
     brightness, contrast, saturation, hue = augment["color_jitter"]
     parts += ["### Data and augmentation", table(["", ""], [
         ("dataset", f"`{dataset_name(spec)}`"),
-        ("image size", f"{spec['image_size']} x {spec['image_size']} (bilinear, antialiased)"),
+        ("image size", f"{spec['image_size']} x {spec['image_size']} ({resizing(spec)})"),
         ("validation", f"{spec['val_fraction']:g} of the training images, held out (stratified, "
                        "seeded)"),
         ("test", f"the dataset's test split; {spec['test_fraction']:g} of the images held out "
@@ -303,8 +319,10 @@ def classes_section(document: dict[str, Any]) -> str:
             f"outputs (also in `search_export.json`): {names}.")
 
 
-def files_section(document: dict[str, Any], adapter: dict[str, Any] | None) -> str:
+def files_section(document: dict[str, Any], adapter: dict[str, Any] | None,
+                  config: dict[str, Any] | None = None) -> str:
     names = ["README.md", "search_export.json", "model.safetensors",
+             *(["config.json"] if config else []),
              *(["adapter_config.json", "adapter_model.safetensors"] if adapter else [])]
     rows = [(f"`{name}`", FILE_ROLES[name]) for name in names]
     base = document["base_weights"]
@@ -317,7 +335,8 @@ def files_section(document: dict[str, Any], adapter: dict[str, Any] | None) -> s
 
 # The quick start -------------------------------------------------------------------------------
 
-def quick_start(document: dict[str, Any], adapter: dict[str, Any] | None) -> str:
+def quick_start(document: dict[str, Any], adapter: dict[str, Any] | None,
+                config: dict[str, Any] | None = None) -> str:
     text = [QUICK_START,
             "Run the code in this folder (e.g. after `git clone` of this repository), or set "
             "`folder` to its path; set `image` to your image file. It needs timm, torch, "
@@ -326,13 +345,40 @@ def quick_start(document: dict[str, Any], adapter: dict[str, Any] | None) -> str
             code_block(prepare_code(document)),
             "The model with timm alone" + (" (LoRA merged into the weights, no peft)"
                                            if adapter else " (the baseline has no adapter)")
-            + ":",
-            code_block(timm_code(document))]
+            + (TIMM_LOCAL_DIR if config else TIMM_BY_HAND),
+            code_block(local_dir_code() if config else timm_code(document)),
+            *([TIMM_LOCAL_DIR_NOTES] if config else [])]
     if adapter:
         text += ["Or the LoRA adapter on its base model, with peft:",
                  code_block(peft_code(document, adapter))]
     text.append("Each prints the image's 5 most probable classes, in percent.")
     return "\n\n".join(text)
+
+
+TIMM_LOCAL_DIR = (
+    "; `config.json` gives timm the architecture, its arguments and the classes, so "
+    "`local-dir:` (timm 1.0.16 or newer) builds the trained model, head included, from this "
+    "folder:")
+TIMM_LOCAL_DIR_NOTES = (
+    "Once the folder is uploaded, `timm.create_model(\"hf-hub:USER/NAME\", pretrained=True)` "
+    "does the same. The config's `pretrained_cfg` holds the input size, mean, std and resize "
+    "filter of the preparation above, for `timm.data.resolve_data_config(model=model)`. Not "
+    "`timm.create_model(NAME, pretrained=True, pretrained_cfg_overlay=dict(file=...))`: that "
+    "drops the trained head, as one sized for the base model's classes, for an untrained one.")
+TIMM_BY_HAND = (
+    "; no timm model argument builds this MLP head, so this folder has no `config.json` and "
+    "`local-dir:` cannot rebuild it: the MLP head replaces timm's before the weights are "
+    "loaded:")
+
+
+def local_dir_code() -> str:
+    return "\n".join([
+        "import timm",
+        "",
+        'model = timm.create_model(f"local-dir:{folder}", pretrained=True)  # config.json, '
+        "model.safetensors",
+        "classify(model.eval(), image)",
+    ])
 
 
 def prepare_code(document: dict[str, Any]) -> str:
@@ -477,6 +523,14 @@ def classifier_name(model: str) -> str:
     return getattr(config, "classifier", None) or "head"
 
 
+def resizing(spec: dict[str, Any]) -> str:
+    """How the images were brought to image_size, named by `resize_filter` as config.json
+    names it."""
+    if resize_filter(spec["dataset"]) == "bicubic":
+        return "bicubic, with PIL, as the image files are read"
+    return "bilinear, antialiased"
+
+
 def code_block(code: str) -> str:
     return f"```python\n{code}\n```"
 
@@ -508,7 +562,8 @@ def baseline_gap(document: dict[str, Any], frame: pd.DataFrame, row: pd.Series |
 def describe_base(base: dict[str, Any], spec: dict[str, Any]) -> str:
     model = f"timm `{base['model']}`"
     if base["source"] == "hub":
-        return f"{model}, pretrained weights from the hub: `{base_model(base)}`"
+        return (f"{model}, pretrained weights from the hub: `{base_model(base)}`"
+                if base_model(base) else f"{model}, timm's pretrained weights")
     if base["source"] == "none":
         return f"{model}, not pretrained (random initialisation, seed {base['seed']})"
     origin = ""
@@ -521,7 +576,15 @@ def describe_base(base: dict[str, Any], spec: dict[str, Any]) -> str:
 
 
 def describe_dataset(document: dict[str, Any], board: Board) -> str:
-    text = f"`{dataset_name(document['spec'])}`, {len(document['classes'])} classes"
+    spec = document["spec"]
+    text = f"`{dataset_name(spec)}`"
+    if spec["dataset"].startswith(IMAGEFOLDER):
+        text = f"a local image folder, {text} (not on the hub)"
+    elif spec["dataset"] == "digits":
+        text += " (scikit-learn's bundled 8 x 8 digits, not on the hub)"
+    elif hub_dataset(spec):
+        text += f" (hub: `{hub_dataset(spec)}`)"
+    text += f", {len(document['classes'])} classes"
     verdict = board.verdict
     if verdict is not None:
         text += f"; {verdict.best.val.shape[1]:,} validation images"
