@@ -103,9 +103,14 @@ def inject(fault: str, cluster: PostgresCluster, disk: Path | None) -> None:
 
 
 def search(*args: str, cwd: Path, url: str) -> subprocess.CompletedProcess:
+    """Run a `search` command; SystemExit with its stderr when it fails."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "SEARCH_STORAGE": url}
-    return subprocess.run([*SEARCH, *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          check=True, timeout=600)
+    done = subprocess.run([*SEARCH, *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=600)
+    if done.returncode != 0:
+        raise SystemExit(f"faults: `search {' '.join(args)}` exited {done.returncode}:\n"
+                         f"{done.stderr[-3000:]}")
+    return done
 
 
 def queue(study: str, epochs: int, folder: Path, url: str) -> None:
@@ -261,12 +266,13 @@ def main() -> None:
         folder.mkdir()
         if os.geteuid() == 0:  # the server's folder belongs to postgres; the run's is ours
             os.chown(folder, 0, 0)
+        if args.keep_log:  # also when the run fails: the log says why
+            stack.callback(lambda: (folder / "chaos.log").exists() and Path(
+                args.keep_log).write_text((folder / "chaos.log").read_text()))
         reference = run_undisturbed(args.epochs, args.workers, folder, cluster.url)
         chaos = run_chaos(args, cluster, folder, disk, kinds)
         result = {**chaos, **tally(board("chaos", folder, cluster.url), reference,
                                    set(reference)), "kinds": list(kinds)}
-        if args.keep_log:
-            Path(args.keep_log).write_text((folder / "chaos.log").read_text())
     print(json.dumps(result) if args.format == "json" else table(result))
     if args.write:
         write_section("faults", f"### Faults: a chaos run\n\n`python benchmarks/faults.py "

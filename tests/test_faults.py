@@ -180,3 +180,23 @@ def test_a_trial_left_running_without_any_heartbeat_is_still_retried(url):
     retry = next_trial(storage, study, poll_seconds=0.5, stop_requested=NEVER)
     assert retry is not None and retry.system_attrs["failed_trial"] == 0
     assert [t.state for t in study.get_trials()] == [TrialState.FAIL, TrialState.RUNNING]
+
+
+def test_a_trial_whose_params_were_registered_in_part_has_no_point_yet():
+    """Optuna writes a trial's params one at a time; a worker stopped in between (a full
+    database disk in the chaos run) left rank and alpha without dropout, and every
+    leaderboard of the study failed with KeyError."""
+    from optuna.distributions import FloatDistribution, IntDistribution
+
+    from search.study.trials import trial_point
+
+    partial = optuna.trial.create_trial(
+        state=optuna.trial.TrialState.FAIL,
+        params={"rank": 4, "alpha": 8.0},
+        distributions={"rank": IntDistribution(2, 8), "alpha": FloatDistribution(2, 8)})
+    assert trial_point(partial) is None
+    fixed = optuna.trial.create_trial(
+        state=optuna.trial.TrialState.FAIL, params={"rank": 4, "alpha": 8.0},
+        distributions={"rank": IntDistribution(2, 8), "alpha": FloatDistribution(2, 8)},
+        system_attrs={"fixed_params": {"rank": 4, "alpha": 8.0, "dropout": 0.1}})
+    assert trial_point(fixed).dropout == 0.1

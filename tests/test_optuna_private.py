@@ -122,3 +122,15 @@ def test_pyproject_bounds_optuna_and_the_dashboard_below_their_next_majors():
     assert re.search(r"<\s*0\.\d+", bounds["optuna-dashboard"]), bounds["optuna-dashboard"]
     major = int(optuna.__version__.split(".")[0])
     assert major < 6 and optuna_dashboard.__version__ < "0.22"
+
+
+def test_the_cache_wrapper_calls_the_backend_methods_we_retry():
+    from optuna.storages import _cached_storage
+
+    source = inspect.getsource(_cached_storage._CachedStorage)
+    for name in private.CACHED_BACKEND_CALLS:
+        assert f"self._backend.{name}(" in source, f"_CachedStorage no longer calls {name}"
+        assert callable(getattr(optuna.storages.RDBStorage, name)), f"RDBStorage lost {name}"
+    called = set(re.findall(r"self\._backend\.(_[a-z_]+)\(", source))
+    assert called <= {*private.CACHED_BACKEND_CALLS, private.STALE_TRIALS_HOOK}, \
+        f"_CachedStorage calls private backend methods we do not retry: {called}"

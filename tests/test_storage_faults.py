@@ -268,6 +268,13 @@ def test_a_full_database_disk_is_named_and_stops_at_once(tmp_path):
                 storage.set_trial_user_attr(trial_id, f"k{number}", "v" * 2000)
         assert time.monotonic() - started < 30  # not the 60 s timeout
         assert "No space left on device" in str(caught.value) or "53100" in str(caught.value)
+        # What a worker's study writes through Optuna's cache wrapper (`_set_trial_param`,
+        # which escaped the retry and crashed a worker of the chaos run with a traceback).
+        study = optuna.load_study(storage=storage, study_name="full")
+        trial = optuna.Trial(study, trial_id)
+        with pytest.raises(StorageDiskFull):
+            for number in range(2000):
+                trial.suggest_float(f"p{number}", 0.0, 1.0)
         free_disk(mount)
         assert storage.get_trial(trial_id).state == optuna.trial.TrialState.RUNNING
 

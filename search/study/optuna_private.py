@@ -34,6 +34,12 @@ if TYPE_CHECKING:
 # (search.study.patient_storage); there is no public hook for that.
 STALE_TRIALS_HOOK = "_get_stale_trial_ids"
 
+# Optuna: the RDBStorage methods its cache wrapper (`_CachedStorage`, which every study's
+# storage is wrapped in) calls instead of the public ones; PatientRDBStorage retries them like
+# the public calls, or a trial's param written during an outage would escape the retry.
+CACHED_BACKEND_CALLS = ("_create_new_trial", "_set_trial_param", "_get_best_trial_id",
+                        "_get_trials")
+
 
 def study_storage(study: optuna.Study) -> BaseStorage:
     """The storage a study reads and writes through (Optuna's `Study` exposes none): for

@@ -42,6 +42,7 @@ from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
 from objectives.user_error import first_line
+from search.study.optuna_private import CACHED_BACKEND_CALLS
 from search.study.stall_watch import StallWatch
 from search.study.storage_errors import StorageFault, classify, storage_fault
 
@@ -61,7 +62,7 @@ RETRIED = ("check_trial_is_updatable", "create_new_study", "create_new_trial", "
            "get_trial_param", "get_trial_params", "get_trial_system_attrs",
            "get_trial_user_attrs", "record_heartbeat", "set_study_system_attr",
            "set_study_user_attr", "set_trial_intermediate_value", "set_trial_param",
-           "set_trial_system_attr", "set_trial_user_attr")
+           "set_trial_system_attr", "set_trial_user_attr", *CACHED_BACKEND_CALLS)
 
 
 class StorageOutage(Exception):

@@ -33,12 +33,17 @@ def is_baseline(trial: FrozenTrial) -> bool:
     return bool(trial.user_attrs.get("baseline", False))
 
 
+POINT_PARAMS = {"rank", "alpha", "dropout"}  # search.study.space.params_of
+
+
 def trial_point(trial: FrozenTrial) -> LoraParams | None:
     """The LoRA point of a trial, queued or finished; None for the baseline."""
     if is_baseline(trial):
         return None
-    params = trial.params or trial.system_attrs.get("fixed_params") or {}
-    return point_of(params) if params else None
+    params = {**(trial.system_attrs.get("fixed_params") or {}), **trial.params}
+    # Optuna registers a trial's params one by one: a worker stopped in between (a full
+    # database disk) leaves some; the point is then what the queue fixed, or not known yet.
+    return point_of(params) if POINT_PARAMS <= params.keys() else None
 
 
 def trial_train_spec(spec: TrainSpec, trial: FrozenTrial) -> TrainSpec:
