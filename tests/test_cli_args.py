@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from run_cli import DEMO
 
 from search.cli.parser import build_parser
+from search.study.storage import DEFAULT_STORAGE, STORAGE_VARIABLE
 
 
 def test_storage_defaults_to_sqlite_in_the_current_folder(monkeypatch):
@@ -20,12 +22,20 @@ def test_storage_comes_from_the_environment_so_passwords_stay_off_the_command_li
                                       "sqlite:///x.db"]).storage == "sqlite:///x.db"
 
 
-@pytest.mark.parametrize("command", ["grid", "optuna", "worker", "leaderboard", "export"])
-def test_every_command_explains_itself(command, capsys):
+@pytest.mark.parametrize("command", ["grid", "optuna", "worker", "dashboard", "leaderboard",
+                                     "report", "export"])
+def test_help_names_the_storage_variable_and_default_but_never_the_url_it_holds(
+        command, capsys, monkeypatch):
+    """--help says where the storage comes from ($SEARCH_STORAGE, else the SQLite file), as
+    `search.study.storage` defines them, and does not print the variable's value: a password
+    kept out of `ps` must not land in a terminal or a log through --help either."""
+    monkeypatch.setenv(STORAGE_VARIABLE, "postgresql://u:S3cret@db.internal/search")
     with pytest.raises(SystemExit) as stop:
         build_parser().parse_args([command, "--help"])
     assert stop.value.code == 0
-    assert "--storage" in capsys.readouterr().out
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines at spaces
+    assert f"default: ${STORAGE_VARIABLE} if set, else {DEFAULT_STORAGE}" in text
+    assert "S3cret" not in text and "db.internal" not in text
 
 
 @pytest.mark.parametrize("command", [["grid"], ["optuna"], ["worker", "--study", "s"]])
@@ -44,10 +54,22 @@ def test_a_bad_pack_size_exits_2_with_one_line(value, capsys):
     assert len(err) == 1 and "--pack: must be 'auto' or a positive integer" in err[0]
 
 
-@pytest.mark.parametrize("command", [["grid"], ["optuna"]])
-def test_seeds_default_to_the_spec_and_take_1_to_20(command):
-    assert build_parser().parse_args(command).seeds is None
-    assert build_parser().parse_args([*command, "--seeds", "3"]).seeds == 3
+@pytest.mark.parametrize("command", ["grid", "optuna"])
+def test_seeds_come_from_the_spec_unless_given(command, tmp_path):
+    """No --seeds: the spec's `study.seeds`, or None when the spec has none either (an
+    existing study keeps its own); --seeds N wins over the spec."""
+    from search.cli.commands import spec_from_flags
+
+    seeded = tmp_path / "seeded.toml"
+    seeded.write_text('[study]\nname = "seeded"\nseeds = 4\n')
+
+    def seeds(*flags: str) -> int | None:
+        return spec_from_flags(build_parser().parse_args([command, *flags]), {}).seeds
+
+    assert seeds("--spec", str(seeded)) == 4
+    assert seeds("--spec", str(seeded), "--seeds", "3") == 3
+    assert seeds("--spec", DEMO) is None
+    assert seeds("--spec", DEMO, "--seeds", "2") == 2
 
 
 @pytest.mark.parametrize("value, message", [("0", "must be a positive integer, got '0'"),

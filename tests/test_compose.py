@@ -49,11 +49,67 @@ def test_the_dashboard_listens_on_localhost_only():
     assert args.artifacts == "/app/search-artifacts"
 
 
-def test_postgres_accepts_the_connections_of_64_workers():
-    command = COMPOSE["services"]["postgres"]["command"]
-    limit = int(next(part.split("=")[1] for part in command
-                     if part.startswith("max_connections=")))
-    assert limit >= 2 * 64 + 10  # a trial and a heartbeat connection per worker, plus tools
+# The most workers one study is documented to carry (README "Connections", BENCHMARKS.md's
+# storage load runs); each is one process with one storage engine.
+MOST_WORKERS = 64
+
+
+def pool_of_open_storage(url: str, monkeypatch, **options) -> int:
+    """The most connections one process's storage engine opens for `url`: pool_size +
+    max_overflow of the engine_kwargs `open_storage` passes (SQLAlchemy's QueuePool defaults
+    where it passes none), read by catching the storage it builds, no server needed."""
+    import inspect
+
+    import optuna
+    from sqlalchemy.pool import QueuePool
+
+    from search.study import storage as storage_module
+
+    seen: list[dict] = []
+
+    def catch(_url, engine_kwargs, **_):
+        seen.append(engine_kwargs)
+        return object()
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", catch)
+    monkeypatch.setattr(storage_module, "PatientRDBStorage", catch)
+    storage_module.open_storage(url, **options)
+    (kwargs,) = seen
+    defaults = inspect.signature(QueuePool).parameters
+    size = kwargs.get("pool_size", defaults["pool_size"].default)
+    overflow = kwargs.get("max_overflow", defaults["max_overflow"].default)
+    assert kwargs.get("poolclass", QueuePool) is QueuePool and overflow >= 0, kwargs
+    return size + overflow
+
+
+def connections_needed(url: str, workers: int, monkeypatch) -> int:
+    """Connections a server needs for `workers` workers plus the dashboard and one command
+    at a time (`search grid`, `leaderboard`...) beside them, each one process with the pool
+    `open_storage` gives it: as a worker opens it (heartbeats, waiting out outages), and as
+    the dashboard and commands do."""
+    from search.study.heartbeat_settings import HeartbeatSettings
+
+    worker = pool_of_open_storage(url, monkeypatch, must_exist=True,
+                                  heartbeat=HeartbeatSettings(), outage_timeout=600)
+    other = pool_of_open_storage(url, monkeypatch, must_exist=True)
+    return workers * worker + 2 * other
+
+
+def open_to_clients(command: list[str]) -> int:
+    """The connections a PostgreSQL server started with `command` (`-c name=value` words)
+    takes from ordinary users: max_connections less those kept for superusers (3 unless
+    set)."""
+    settings = dict(part.split("=", 1) for part in command if "=" in part)
+    return int(settings["max_connections"]) - int(settings.get("superuser_reserved_connections",
+                                                               3))
+
+
+def test_postgres_accepts_the_connections_of_the_most_workers_and_the_dashboard(monkeypatch):
+    services = COMPOSE["services"]
+    url = services["worker"]["environment"]["SEARCH_STORAGE"].replace(
+        "${POSTGRES_PASSWORD:-search}", "search")
+    assert open_to_clients(services["postgres"]["command"]) >= \
+        connections_needed(url, MOST_WORKERS, monkeypatch)
 
 
 def stop_signal(service: dict) -> signal.Signals:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_compose import MOST_WORKERS, connections_needed, open_to_clients
 
 from search.cli.parser import build_parser
 from search.worker.faults import EXIT_ENVIRONMENT
@@ -135,17 +136,6 @@ def parsed(container: dict):
 
 
 # -- the manifests as files ----------------------------------------------------------------
-
-
-def test_every_manifest_parses_and_names_what_it_is():
-    assert manifest_files(), "no manifests in deploy/kubernetes"
-    for name, doc in DOCUMENTS:
-        assert isinstance(doc, dict), name
-        assert doc["apiVersion"] and doc["kind"] and doc["metadata"]["name"], name
-    kinds = sorted(doc["kind"] for _, doc in DOCUMENTS)
-    for kind in ("ConfigMap", "Deployment", "Job", "PersistentVolumeClaim", "Secret",
-                 "Service", "StatefulSet"):
-        assert kind in kinds
 
 
 def test_kustomization_lists_every_manifest_but_the_secret_and_sets_the_image_once():
@@ -358,7 +348,7 @@ def test_the_artifacts_volume_is_shared_and_mounted_where_artifacts_points():
     assert len(paths) == 1  # the same path everywhere: the study records it
 
 
-def test_postgres_keeps_its_data_and_is_what_the_others_wait_for():
+def test_postgres_keeps_its_data_and_is_what_the_others_wait_for(monkeypatch):
     postgres = resource("StatefulSet", "search-postgres")
     spec = postgres["spec"]
     service = resource("Service", "search-postgres")
@@ -370,9 +360,9 @@ def test_postgres_keeps_its_data_and_is_what_the_others_wait_for():
     assert mount["name"] == template["metadata"]["name"]
     assert environment(container)["PGDATA"].startswith(mount["mountPath"] + "/")
     assert "command" not in container  # the image's entrypoint initialises the database
-    limit = int(next(a.split("=")[1] for a in container["args"]
-                     if a.startswith("max_connections=")))
-    assert limit >= 2 * 64 + 10  # a trial and a heartbeat connection per worker, plus tools
+    workers = max(MOST_WORKERS, resource("Job", "search-worker")["spec"]["parallelism"])
+    assert open_to_clients(container["args"]) >= connections_needed(
+        SECRET["stringData"]["search-storage"], workers, monkeypatch)
     assert container["readinessProbe"]["exec"]["command"][0] == "pg_isready"
     for name in ("search-create-study",):
         wait = container_named(resource("Job", name)["spec"]["template"]["spec"],

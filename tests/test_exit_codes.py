@@ -13,8 +13,8 @@ import shutil
 import signal
 import subprocess
 import time
-from pathlib import Path
 
+import psutil
 import pytest
 from postgres_cluster import free_port, running_cluster
 from run_cli import DEMO, FAST, ROOT, SEARCH, board, search, search_in_process
@@ -36,29 +36,20 @@ def summary_lines(stderr: str, prefix: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith(prefix)]
 
 
-def children(pid: int) -> list[int]:
-    """The processes whose parent is `pid`, from /proc."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue  # ended meanwhile
-        if int(fields[1]) == pid:
-            found.append(int(stat.parent.name))
-    return found
-
-
-def command_line(pid: int) -> list[str]:
-    return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+def descendants(pid: int) -> list[psutil.Process]:
+    """Every process below `pid`: its children, theirs, and so on."""
+    return psutil.Process(pid).children(recursive=True)
 
 
 def worker_at(parent: int, position: int) -> int:
-    """The pid of the worker child started with `--position N`."""
-    for pid in children(parent):
-        argv = command_line(pid)
+    """The pid of the worker process under `parent` started with `--position N`."""
+    for process in descendants(parent):
+        try:
+            argv = process.cmdline()
+        except psutil.NoSuchProcess:
+            continue  # ended meanwhile
         if "--position" in argv and argv[argv.index("--position") + 1] == str(position):
-            return pid
+            return process.pid
     raise AssertionError(f"no worker at position {position} under {parent}")
 
 
@@ -206,9 +197,10 @@ def postgres_url():
 
 def test_worker_children_get_the_storage_password_through_the_environment(postgres_url,
                                                                           tmp_path):
-    """`search worker --workers 2` with the URL in SEARCH_STORAGE: neither it nor its
-    children show the password in /proc/PID/cmdline (what `ps` shows every user), and the
-    children still reach the study."""
+    """`search worker --workers 2` with the URL in SEARCH_STORAGE: neither it nor any process
+    under it shows the password on its command line (what `ps` shows every user); the
+    workers get the URL in their environment (readable by their owner only) and reach the
+    study."""
     password = make_url(postgres_url).password
     env = environment(SEARCH_STORAGE=postgres_url)
     subprocess.run([*SEARCH, "grid", *FAST, "--study", "cmdline", "--ranks", "2", "--alphas",
@@ -217,24 +209,33 @@ def test_worker_children_get_the_storage_password_through_the_environment(postgr
     parent = subprocess.Popen([*SEARCH, "worker", "--study", "cmdline", "--workers", "2"],
                               cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
     try:
-        seen: dict[int, list[str]] = {}
+        # It and each process under it, as last read: argv and SEARCH_STORAGE, read again
+        # until both workers have exec'd (a process read before its exec shows its parent's).
+        seen: dict[int, tuple[list[str], str | None]] = {}
         deadline = time.monotonic() + 120
-        while len(seen) < 2 and parent.poll() is None and time.monotonic() < deadline:
-            for pid in children(parent.pid):
+        while (sum("--position" in argv for argv, _ in seen.values()) < 2
+               and parent.poll() is None and time.monotonic() < deadline):
+            try:
+                processes = [psutil.Process(parent.pid), *descendants(parent.pid)]
+            except psutil.NoSuchProcess:
+                break  # it ended meanwhile
+            for process in processes:
                 try:
-                    seen.setdefault(pid, command_line(pid))
-                except OSError:
+                    seen[process.pid] = (process.cmdline(),
+                                         process.environ().get("SEARCH_STORAGE"))
+                except psutil.NoSuchProcess:
                     pass  # ended meanwhile
             time.sleep(0.05)
-        parent_argv = command_line(parent.pid)
         err = parent.communicate(timeout=300)[1]
     finally:
         if parent.poll() is None:
             parent.kill()
-    assert len(seen) == 2, err
-    for argv in [parent_argv, *seen.values()]:
+    assert len(seen) == 3 and seen[parent.pid][0][-4:] == ["--study", "cmdline", "--workers",
+                                                           "2"], (seen, err)
+    for argv, storage in seen.values():
         assert "worker" in argv and "--storage" not in argv
         assert not any(password in arg for arg in argv), argv
+        assert storage == postgres_url  # how the workers got it instead
     assert parent.returncode == 0, err
     assert password not in err
     assert summary_lines(err, "workers: ") == ["workers: 2 trials run, none failed"]

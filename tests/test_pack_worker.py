@@ -24,7 +24,6 @@ from search.study.outcomes import stored_outcomes, trial_outcomes
 from search.study.study_spec import load_spec
 from search.worker import pack_run
 from search.worker.claim_loop import run_worker
-from search.worker.faults import WorkerEnvironmentError
 from search.worker.pack_plan import AUTO, PackPlanner, tpe_pack_limit
 from search.worker.pack_run import run_claimed_pack
 from search.worker.signals import StopRequested
@@ -146,21 +145,6 @@ def test_a_killed_packs_members_are_each_retried_once_and_resume(
     states = [trial.state for trial in study.trials]
     assert states.count(TrialState.FAIL) == 3 and states.count(TrialState.COMPLETE) == 3
     assert_same_board(solo_board, points(url))
-
-
-def test_out_of_memory_in_a_pack_puts_every_member_back_and_stops_the_worker(
-        tmp_path, capsys, monkeypatch, data):
-    url = queued(tmp_path, capsys, monkeypatch)
-    storage, study, spec = worker_study(url)
-    claimed = claim_waiting(storage, study, 3)
-
-    def out_of_memory(*args, **kwargs):
-        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
-
-    monkeypatch.setattr(pack_run, "run_pack", out_of_memory)
-    with pytest.raises(WorkerEnvironmentError, match="out of memory"):
-        run_claimed_pack(study, claimed, spec, data, artifact_store(tmp_path / "artifacts"))
-    assert {storage.get_trial(t._trial_id).state for t in claimed} == {TrialState.WAITING}
 
 
 def test_a_packs_own_error_is_not_blamed_on_its_members(

@@ -1,5 +1,6 @@
 """Faults around one trial, with real training on the demo: checkpoints that cannot be used,
-an artifact disk that fills up, a device out of memory, and points the study gives up on.
+an artifact disk that fills up, a device out of memory (alone and in a pack), and points the
+study gives up on.
 
 A worker is simulated in this process: `run_claimed_trial` on a trial claimed from a SQLite
 study that `search grid --workers 0` queued; a worker killed mid-trial is a `check_stop` that
@@ -32,9 +33,9 @@ from search.study.heartbeat_settings import HeartbeatSettings
 from search.study.open_study import open_study, stored_train_spec
 from search.study.storage import open_storage
 from search.study.study_spec import load_spec
-from search.worker import trial_run
 from search.worker.faults import WorkerEnvironmentError, environment_fault
-from search.worker.trial_queue import next_trial
+from search.worker.pack_run import run_claimed_pack
+from search.worker.trial_queue import claim_waiting, next_trial
 from search.worker.trial_run import run_claimed_trial
 
 BEATS = HeartbeatSettings(interval=1, grace_period=2, max_retries=1)  # 2 tries per point
@@ -79,16 +80,16 @@ def beats_on(storage) -> bool:
     return storage.get_heartbeat_interval() is not None
 
 
-def kill_after_epochs(epochs: int, data, spec):
-    """A check_stop that kills the worker at the first step after `epochs` epochs of this
-    attempt (each saved its checkpoint first)."""
+def kill_after_epochs(epochs: int, data, spec, error: BaseException | type = Killed):
+    """A check_stop that kills the worker (raises `error`) at the first step after `epochs`
+    epochs of this attempt or pack (each saved its checkpoint first)."""
     steps = math.ceil(data.train_size / spec.batch_size)
     calls = []
 
     def check() -> None:
         calls.append(1)
         if len(calls) > epochs * steps:
-            raise Killed
+            raise error
 
     return check
 
@@ -212,19 +213,39 @@ def test_a_full_artifact_disk_puts_the_trial_back_and_stops_the_worker(
     assert "it resumes after epoch 1" in capsys.readouterr().err
 
 
-def test_a_device_out_of_memory_puts_the_trial_back_and_stops_the_worker(
-        tmp_path, capsys, monkeypatch, data):
+@pytest.mark.parametrize("packed", [False, True], ids=["alone", "packed"])
+def test_a_device_out_of_memory_puts_the_trials_back_and_stops_the_worker(
+        packed, tmp_path, capsys, monkeypatch, data):
+    """The device runs out of memory in epoch 2, inside the training loop, of a trial trained
+    alone or of a pack (baseline and r=2 alpha=8 together): every trial in hand goes back to
+    the queue with its epoch-1 checkpoint, and the worker is told to stop rather than fail
+    them or go on to the rest of the queue."""
     url = queue_grid(tmp_path, capsys, monkeypatch, "--epochs", "2")
     storage, study, spec = worker_study(url)
-    trial = claim(storage, study, 1)
+    folder = tmp_path / "artifacts"
+    store = artifact_store(folder)
+    claimed = claim_waiting(storage, study, 2) if packed else [claim(storage, study, 1)]
+    out_of_memory = kill_after_epochs(1, data, spec, torch.cuda.OutOfMemoryError(
+        "CUDA out of memory. Tried to allocate 2.00 GiB"))
+    capsys.readouterr()
 
-    def out_of_memory(*args, **kwargs):
-        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-
-    monkeypatch.setattr(trial_run, "run_trial", out_of_memory)
-    with pytest.raises(WorkerEnvironmentError, match="out of memory"):
-        run_claimed_trial(study, trial, spec, data, artifact_store(tmp_path / "artifacts"))
-    assert storage.get_trial(trial._trial_id).state == TrialState.WAITING
+    with pytest.raises(WorkerEnvironmentError, match="out of memory") as stopped:
+        if packed:
+            run_claimed_pack(study, claimed, spec, data, store, check_stop=out_of_memory)
+        else:
+            run_claimed_trial(study, claimed[0], spec, data, store, check_stop=out_of_memory)
+    assert len(str(stopped.value).splitlines()) == 1
+    pointers = []
+    for trial in claimed:
+        after = storage.get_trial(trial._trial_id)
+        assert after.state == TrialState.WAITING
+        assert after.user_attrs["pack"] == len(claimed)  # trained as asked, not rerun alone
+        assert after.user_attrs["checkpoint"]["epoch"] == after.user_attrs["epochs_done"] == 1
+        pointers.append(after.user_attrs["checkpoint"]["artifact"])
+    assert checkpoint_files(folder) == sorted(pointers)  # whole, and nothing of epoch 2
+    assert capsys.readouterr().err.count("(out of memory (OutOfMemoryError: CUDA out of "
+                                         "memory. Tried to allocate 2.00 GiB)); it resumes "
+                                         "after epoch 1") == len(claimed)
 
 
 @pytest.mark.parametrize("error, reason", [
