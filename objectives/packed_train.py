@@ -1,12 +1,13 @@
 """A pack: K trials trained together on one frozen backbone, each as it would be alone.
 
-The loop is `objectives.train.run_trial`'s, once for the whole pack: one batch order, one
-augmented batch per step (members see the same images in the same order, as each would alone
-with the same seed), one forward of the `PackedModel` on K x B activations, the members'
-mean losses summed (each member's parameters get exactly its own loss's gradient), one AdamW
-over the member-stacked parameters (elementwise, so the same as one optimiser per member) and
-one cosine schedule. Every member reports its own epochs; a member whose `on_epoch` says stop
-(pruned) leaves at once, its slices and optimiser state dropped, and the rest go on.
+The epoch is `objectives.train.train_epoch`, the one a trial alone runs as a pack of one: one
+batch order, one augmented batch per step (members see the same images in the same order, as
+each would alone with the same seed), one forward of the `PackedModel` on K x B activations,
+the members' mean losses summed (each member's parameters get exactly its own loss's
+gradient), one AdamW over the member-stacked parameters (elementwise, so the same as one
+optimiser per member) and one cosine schedule. Every member reports its own epochs; a member
+whose `on_epoch` says stop (pruned) leaves at once, its slices and optimiser state dropped, and
+the rest go on.
 
 Checkpoints are per member and in the solo format (`TrainingState` of the member's peft model),
 so a member's retry resumes alone or in another pack at the same epoch. Members of one pack
@@ -15,7 +16,6 @@ must start at the same epoch: their batch generators are then in the same state.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,7 +23,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from objectives import augment
 from objectives.adapter_seeding import dropout_generator
 from objectives.checkpoint import CheckpointError, EpochStats, TrainingState
 from objectives.data import ImageSplits
@@ -32,13 +31,13 @@ from objectives.model import planned_parameters
 from objectives.packed_model import PackedModel
 from objectives.spec import LoraParams, TrainSpec
 from objectives.train import (
+    ScheduledAdamW,
     TrialResult,
-    autocast,
-    epoch_stats,
     on_cpu,
     predict,
     resolve_device,
     restore_generators,
+    train_epoch,
     train_mode,
     training_state,
     trial_result,
@@ -69,25 +68,19 @@ def start_epoch(members: list[PackMember]) -> int:
     return epochs.pop()
 
 
-class PackOptimizer:
-    """AdamW + cosine schedule over the pack's stacked parameters, with each member's share in
-    the solo optimizer's format and back."""
+class PackOptimizer(ScheduledAdamW):
+    """A trial's AdamW + cosine schedule over the pack's stacked parameters, with each
+    member's share in the solo optimizer's format and back."""
 
-    def __init__(self, model: PackedModel, spec: TrainSpec, total_steps: int,
+    def __init__(self, model: PackedModel, spec: TrainSpec, train_size: int,
                  fused: bool) -> None:
-        self.model, self.spec, self.total_steps, self.fused = model, spec, total_steps, fused
+        self.model, self.spec, self.train_size, self.fused = model, spec, train_size, fused
         self._build()
 
     def _build(self) -> None:
-        self.optimizer = torch.optim.AdamW(self.model.trained_parameters(), lr=self.spec.lr,
-                                           weight_decay=self.spec.weight_decay,
-                                           fused=self.fused)
-        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer,
-                                                                    T_max=self.total_steps)
-
-    def step(self) -> None:
-        self.optimizer.step()
-        self.scheduler.step()
+        # Over the parameters the model has now: `keep_members` replaces them.
+        super().__init__(self.model.trained_parameters(), self.spec, self.train_size,
+                         self.fused)
 
     def keep_members(self, keep: list[int]) -> None:
         """Drop the other members' slices of the model and of the optimiser state."""
@@ -144,9 +137,7 @@ def run_pack(spec: TrainSpec, members: list[PackMember], data: ImageSplits,
     device = resolve_device(spec.device)
     first_epoch = start_epoch(members)
     model = PackedModel(spec, data.num_classes, [m.lora for m in members]).to(device)
-    steps_per_epoch = math.ceil(len(data.train_labels) / spec.batch_size)
-    optimizer = PackOptimizer(model, spec, spec.epochs * steps_per_epoch,
-                              fused=device.type == "cuda")
+    optimizer = PackOptimizer(model, spec, len(data.train_labels), fused=device.type == "cuda")
     generator = torch.Generator(device).manual_seed(spec.seed)
     masks = dropout_generator(spec.seed, device)
     model.use_dropout_generator(masks)
@@ -162,38 +153,16 @@ def run_pack(spec: TrainSpec, members: list[PackMember], data: ImageSplits,
     val_x, val_y = data.val_images.to(device), data.val_labels.to(device)
     for epoch in range(first_epoch + 1, spec.epochs + 1):
         epoch_start = time.perf_counter()
+        # train_mode and predict are called from this module, not inside train_epoch:
+        # benchmarks/packing.py --profile times a packed epoch's parts by patching them here.
         train_mode(model, model.has_lora)
-        loss_sum = torch.zeros(len(active), device=device)
-        correct = torch.zeros(len(active), device=device, dtype=torch.long)
-        order = torch.randperm(len(train_y), generator=generator, device=device)
-        for start in range(0, len(order), spec.batch_size):
-            index = order[start:start + spec.batch_size]
-            images = augment.train_batch(train_x[index], spec.augment, spec.image_size, generator)
-            labels = train_y[index]
-            with autocast(device, spec.bf16):
-                logits = model(images)  # [K, B, C]
-                losses = F.cross_entropy(logits.float().flatten(0, 1),
-                                         labels.repeat(len(active)),
-                                         reduction="none").view(len(active), -1).mean(dim=1)
-            optimizer.optimizer.zero_grad(set_to_none=True)
-            losses.sum().backward()
-            optimizer.step()
-            loss_sum += losses.detach() * len(index)
-            correct += (logits.argmax(dim=2) == labels).sum(dim=1)
-            if on_step is not None:
-                on_step(len(index))
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        epoch_train_seconds = time.perf_counter() - epoch_start
-        step_seconds += epoch_train_seconds
-
-        val_logits = predict(model, val_x, spec, image_dim=1)
-        losses_sum, corrects = loss_sum.tolist(), correct.tolist()
+        totals = train_epoch(model, pack_loss, optimizer, len(active), train_x, train_y, spec,
+                             generator, on_step)
+        step_seconds += totals.seconds
+        members_stats = totals.stats(epoch, predict(model, val_x, spec, image_dim=1), val_y)
         train_seconds += time.perf_counter() - epoch_start
         leaving = []
-        for position, k in enumerate(active):
-            stats = epoch_stats(epoch, losses_sum[position], corrects[position], len(train_y),
-                                val_logits[position], val_y, epoch_train_seconds)
+        for position, (k, stats) in enumerate(zip(active, members_stats, strict=True)):
             histories[k].append(stats)
             if on_checkpoint is not None:
                 on_checkpoint(k, training_state(
@@ -220,6 +189,12 @@ def run_pack(spec: TrainSpec, members: list[PackMember], data: ImageSplits,
             model.member_weights(position))
     return results
 
+
+def pack_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Each member's mean cross-entropy, [K], from the pack's logits [K, B, C]."""
+    count = len(logits)
+    return F.cross_entropy(logits.float().flatten(0, 1), labels.repeat(count),
+                           reduction="none").view(count, -1).mean(dim=1)
 
 
 def resume_pack(members: list[PackMember], model: PackedModel, optimizer: PackOptimizer,

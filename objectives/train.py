@@ -176,11 +176,8 @@ def run_trial(spec: TrainSpec, lora: LoraParams | None, data: ImageSplits | None
     forward = (compile_full_batches(model, {spec.batch_size, spec.eval_batch_size})
                if spec.compile else model)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=spec.lr, weight_decay=spec.weight_decay,
-                                  fused=device.type == "cuda")
-    steps_per_epoch = math.ceil(len(data.train_labels) / spec.batch_size)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer,
-                                                           T_max=spec.epochs * steps_per_epoch)
+    optimizer = ScheduledAdamW(trainable, spec, len(data.train_labels),
+                               fused=device.type == "cuda")
     generator = torch.Generator(device).manual_seed(spec.seed)
     masks = dropout_generator(spec.seed, device)
     use_dropout_generator(model, masks)
@@ -191,44 +188,23 @@ def run_trial(spec: TrainSpec, lora: LoraParams | None, data: ImageSplits | None
     train_seconds = step_seconds = 0.0
     if resume is not None:
         resume.check_matches(lora, spec.epochs)
-        restore(resume, model, optimizer, scheduler, generator, masks)
+        restore(resume, model, optimizer.optimizer, optimizer.scheduler, generator, masks)
         history = list(resume.history)
         train_seconds, step_seconds = resume.train_seconds, resume.step_seconds
     for epoch in range(len(history) + 1, spec.epochs + 1):
         epoch_start = time.perf_counter()
         train_mode(model, lora is not None)
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.long)
-        order = torch.randperm(len(train_y), generator=generator, device=device)
-        for start in range(0, len(order), spec.batch_size):
-            index = order[start:start + spec.batch_size]
-            images = augment.train_batch(train_x[index], spec.augment, spec.image_size, generator)
-            labels = train_y[index]
-            with autocast(device, spec.bf16):
-                logits = forward(images)
-                loss = F.cross_entropy(logits.float(), labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            loss_sum += loss.detach() * len(index)
-            correct += (logits.argmax(dim=1) == labels).sum()
-            if on_step is not None:
-                on_step(len(index))
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        epoch_train_seconds = time.perf_counter() - epoch_start
-        step_seconds += epoch_train_seconds
-
-        val_logits = predict(model, val_x, spec, forward)
-        stats = epoch_stats(epoch, loss_sum.item(), correct.item(), len(train_y), val_logits,
-                            val_y, epoch_train_seconds)
+        totals = train_epoch(lambda images: forward(images)[None], solo_loss, optimizer, 1,
+                             train_x, train_y, spec, generator, on_step)
+        step_seconds += totals.seconds
+        (stats,) = totals.stats(epoch, predict(model, val_x, spec, forward)[None], val_y)
         history.append(stats)
         train_seconds += time.perf_counter() - epoch_start
         if on_checkpoint is not None:
             on_checkpoint(training_state(
-                lora, trainable_state_dict(model), on_cpu(optimizer.state_dict()),
-                scheduler.state_dict(), generator, masks, history, train_seconds, step_seconds))
+                lora, trainable_state_dict(model), on_cpu(optimizer.optimizer.state_dict()),
+                optimizer.scheduler.state_dict(), generator, masks, history, train_seconds,
+                step_seconds))
         if on_epoch is not None:
             on_epoch(stats)
 
@@ -237,6 +213,90 @@ def run_trial(spec: TrainSpec, lora: LoraParams | None, data: ImageSplits | None
     return trial_result(test_logits, test_y, data.num_classes, parameters, history,
                         train_seconds, step_seconds, spec.epochs * len(train_y),
                         trainable_state_dict(model))
+
+
+class ScheduledAdamW:
+    """A trial's optimiser: AdamW over `params` and its cosine schedule down to the last of
+    `spec.epochs` epochs of `train_size` images, stepped together once per batch."""
+
+    def __init__(self, params: list[nn.Parameter], spec: TrainSpec, train_size: int,
+                 fused: bool) -> None:
+        self.optimizer = torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay,
+                                           fused=fused)
+        steps = spec.epochs * math.ceil(train_size / spec.batch_size)
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=steps)
+
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def step(self) -> None:
+        self.optimizer.step()
+        self.scheduler.step()
+
+
+# `train_epoch` sees every model as a pack: logits [K, B, C] for K members (a trial alone is
+# a pack of one) and their losses [K], whose sum it minimises.
+PackForward = Callable[[torch.Tensor], torch.Tensor]
+LossOf = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (logits, labels) -> [K]
+
+
+def solo_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """A pack of one's loss: its mean cross-entropy, [1]. Not the pack's per-image reduction,
+    whose mean can differ in the last bit: a trial's numbers stay those it always had."""
+    return F.cross_entropy(logits[0].float(), labels)[None]
+
+
+@dataclass
+class EpochTotals:
+    """What one epoch's training steps summed, per member, read back once."""
+    loss_sums: list[float]  # the mean losses of the steps, each times its batch size
+    corrects: list[int]
+    images: int  # per member
+    seconds: float  # the training steps, finished on the device
+
+    def stats(self, epoch: int, val_logits: torch.Tensor,
+              val_y: torch.Tensor) -> list[EpochStats]:
+        """Each member's statistics, with the members' validation logits [K, N, C]."""
+        return [epoch_stats(epoch, loss_sum, correct, self.images, logits, val_y, self.seconds)
+                for loss_sum, correct, logits in zip(self.loss_sums, self.corrects, val_logits,
+                                                     strict=True)]
+
+
+def train_epoch(forward: PackForward, loss_of: LossOf, optimizer: ScheduledAdamW,
+                members: int, train_x: torch.Tensor, train_y: torch.Tensor, spec: TrainSpec,
+                generator: torch.Generator, on_step: OnStep | None) -> EpochTotals:
+    """One epoch of `members` models' training on the uint8 images `train_x`, the model
+    already in training mode.
+
+    Every member sees the same batches in the same order, drawn (order and augmentation) from
+    `generator`. The sums stay on the device until the epoch ends, so the loop never waits for
+    it; `on_step` sees each step's images per member.
+    """
+    device = train_x.device
+    start = time.perf_counter()
+    loss_sums = torch.zeros(members, device=device)
+    corrects = torch.zeros(members, device=device, dtype=torch.long)
+    order = torch.randperm(len(train_y), generator=generator, device=device)
+    for first in range(0, len(order), spec.batch_size):
+        index = order[first:first + spec.batch_size]
+        images = augment.train_batch(train_x[index], spec.augment, spec.image_size, generator)
+        labels = train_y[index]
+        with autocast(device, spec.bf16):
+            logits = forward(images)
+            losses = loss_of(logits, labels)
+        optimizer.zero_grad()
+        # A member's parameters appear only in its own loss: the sum's gradient is, for each,
+        # its loss's gradient alone.
+        losses.sum().backward()
+        optimizer.step()
+        loss_sums += losses.detach() * len(index)
+        corrects += (logits.argmax(dim=2) == labels).sum(dim=1)
+        if on_step is not None:
+            on_step(len(index))
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
+    return EpochTotals(loss_sums.tolist(), corrects.tolist(), len(train_y), seconds)
 
 
 def epoch_stats(epoch: int, loss_sum: float, correct: int, train_size: int,
