@@ -249,6 +249,9 @@ def main() -> None:
     args = parser.parse_args()
     if server_binaries() is None:
         sys.exit("faults: no PostgreSQL server binaries (Debian package postgresql)")
+    # SIGTERM (`timeout`, pkill) ends the run through its clean-up: the server stopped, the
+    # small disk unmounted, the iptables rule taken away.
+    signal.signal(signal.SIGTERM, lambda number, _: sys.exit(128 + number))
     with contextlib.ExitStack() as stack:
         kinds = tuple(args.kinds)
         try:
