@@ -161,7 +161,7 @@ def test_a_study_compares_models_marked_on_the_leaderboard(cnn_study):
     assert "queued 2 baselines and 1 grid point" in (cnn_study / "grid.stderr").read_text()
     # Running the command again queues nothing: each baseline is held once.
     again = search("grid", "--spec", "cnn.toml", cwd=cnn_study)
-    assert "queued 0 baselines and 0 grid point(s); 1 already there" in again.stderr
+    assert "queued 0 baselines and 0 grid point(s); 3 already there" in again.stderr
 
 
 def test_the_report_and_export_name_each_trials_model(cnn_study):

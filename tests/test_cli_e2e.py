@@ -60,12 +60,12 @@ def test_trial_counts_match_the_dry_run(finished):
 def test_grid_is_idempotent_and_a_wider_grid_adds_only_new_points(finished):
     again = search("grid", *FAST, "--ranks", "2", "--alphas", "2", "4", "--workers", "0",
                    cwd=finished)
-    assert "queued 0 baselines and 0 grid point(s); 2 already there" in again.stderr
+    assert "queued 0 baselines and 0 grid point(s); 3 already there" in again.stderr
     assert "(train 1,222 / val 216 / test 359 images, 10 classes)" in again.stderr
     assert len(board(finished)) == 3
     wider = search("grid", *FAST, "--ranks", "2", "4", "--alphas", "2", "4", "--workers", "0",
                    "--study", "demo", cwd=finished)
-    assert "queued 0 baselines and 2 grid point(s); 2 already there" in wider.stderr
+    assert "queued 0 baselines and 2 grid point(s); 3 already there" in wider.stderr
     rows = board(finished)
     assert sorted(row["state"] for row in rows) == ["COMPLETE"] * 3 + ["WAITING"] * 2
 

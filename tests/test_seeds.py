@@ -101,10 +101,10 @@ def test_the_leaderboard_groups_replicates_and_closes_with_the_verdict(seeded):
 def test_queueing_seeds_again_adds_only_the_missing_replicates(seeded):
     again = search("grid", *FAST, "--ranks", "2", "--alphas", "4", "--workers", "0",
                    cwd=seeded)
-    assert "queued 0 baselines and 0 grid point(s); 3 already there" in again.stderr
+    assert "queued 0 baselines and 0 grid point(s); 6 already there" in again.stderr
     wider = search("grid", *FAST, "--ranks", "2", "--alphas", "4", "--seeds", "4",
                    "--workers", "0", cwd=seeded)
-    assert "queued 1 baseline and 1 grid point(s); 3 already there" in wider.stderr
+    assert "queued 1 baseline and 1 grid point(s); 6 already there" in wider.stderr
     waiting = [t for t in demo_trials(seeded) if t.state.name == "WAITING"]
     assert sorted(t.user_attrs.get("replicate") for t in waiting) == [3, 3]
 

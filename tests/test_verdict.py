@@ -153,7 +153,7 @@ def test_trials_scored_on_another_split_take_no_part(study):
     add_trial(study, range(5), rank=4, labels=LABELS_VAL.flip(0))
     verdict = assess(study)
     assert sorted(n for c in verdict.configurations for n in c.numbers) == [0, 1]
-    assert verdict.left_out.startswith("trials 2 were scored on other validation images")
+    assert verdict.left_out.startswith("trial 2 was scored on other validation images")
 
 
 def test_dashboard_notes_say_the_baseline_gap_and_the_recommendation(study, tmp_path):

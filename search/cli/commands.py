@@ -18,11 +18,12 @@ from typing import Any
 
 import optuna
 
-from objectives.spec import TrainSpec
+from objectives.spec import LoraParams, TrainSpec
 from search.study.artifacts import artifact_store, artifacts_folder
 from search.study.enqueue import enqueue_grid, store_baselines
 from search.study.enqueue_lock import enqueue_lock
 from search.study.heartbeat_settings import HEARTBEAT_FLAGS, HeartbeatSettings
+from search.study.names import quoted
 from search.study.open_study import NewStudy, StudyError, open_study, stored_train_spec
 from search.study.replicates import store_seeds
 from search.study.space import GridSpace, TpeSearch
@@ -34,11 +35,17 @@ from search.study.storage import (
     sqlite_path,
 )
 from search.study.study_spec import StudySpec, load_spec, with_overrides
-from search.study.tpe_search import check_grid_fits, enqueue_tpe_budget, settle_search
+from search.study.tpe_search import (
+    check_grid_fits,
+    enqueue_tpe_budget,
+    lora_trial_counts,
+    settle_search,
+)
 
 # [train] field -> flag attribute
 TRAIN_FLAGS = {"model": "model", "weights": "weights", "targets": "targets", "dataset": "dataset",
-               "epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "seed": "train_seed"}
+               "epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "seed": "train_seed",
+               "image_size": "image_size", "val_fraction": "val_fraction"}
 
 
 def quiet_optuna() -> None:
@@ -153,15 +160,26 @@ def run_workers_and_report(args: argparse.Namespace, local: dict[str, Any], stud
 def planned_trials(spec: StudySpec) -> list[dict[str, Any]]:
     """Baselines first, then the grid, each with its parameter counts (no weights loaded);
     with seeds, the whole list once per seed."""
-    from objectives.data import dataset_num_classes
-    from objectives.model import check_rank, planned_parameters  # torch, timm, peft
+    grid_points = [(spec.train, point) for point in spec.grid.points()]
+    return planned_rows(spec, [*baseline_trials(spec), *grid_points], max(spec.grid.ranks))
+
+
+def baseline_trials(spec: StudySpec) -> list[tuple[TrainSpec, None]]:
     from search.study.baselines import baseline_train_spec
 
+    return [(baseline_train_spec(spec.train, b.train_overrides()), None)
+            for b in spec.baselines]
+
+
+def planned_rows(spec: StudySpec, trials: list[tuple[TrainSpec, LoraParams | None]],
+                 largest_rank: int) -> list[dict[str, Any]]:
+    """`trials` (their spec and LoRA point, None for a baseline) with their parameter counts,
+    once per seed; refuses a rank the model's smallest adapted layer cannot take."""
+    from objectives.data import dataset_num_classes
+    from objectives.model import check_rank, planned_parameters  # torch, timm, peft
+
     num_classes = dataset_num_classes(spec.train)
-    check_rank(spec.train, num_classes, max(spec.grid.ranks))
-    trials = [(baseline_train_spec(spec.train, b.train_overrides()), None)
-              for b in spec.baselines]
-    trials += [(spec.train, point) for point in spec.grid.points()]
+    check_rank(spec.train, num_classes, largest_rank)
     plan = []
     seeds = spec.seeds or 1
     for replicate, (train, point) in itertools.product(range(seeds), trials):
@@ -183,20 +201,34 @@ def print_plan(plan: list[dict[str, Any]], fmt: str) -> None:
         return
     import pandas as pd
 
-    print(pd.DataFrame(plan).astype({"rank": "Int64"}).to_string(index=False, na_rep="-"))
+    frame = pd.DataFrame(plan)
+    if "rank" in frame:
+        frame = frame.astype({"rank": "Int64"})
+    print(frame.to_string(index=False, na_rep="-"))
+
+
+def study_if_exists(url: str, name: str) -> optuna.Study | None:
+    """The study `name` if the storage holds it, else None. Reads the storage, writes nothing
+    (a missing SQLite file is not created)."""
+    check_url(url)
+    path = sqlite_path(url)
+    if path is not None and not path.is_file():
+        return None
+    try:
+        return open_study(open_storage(url, must_exist=True), name)
+    except StudyError:  # no such study yet
+        return None
 
 
 def trained_spec(args: argparse.Namespace, spec: StudySpec, local: dict[str, Any]) -> TrainSpec:
     """What the study's trials will train: an existing study's own spec (it keeps it, with
     this host's local fields), else this command's. Reads the storage, writes nothing."""
-    check_url(args.storage)
-    path = sqlite_path(args.storage)
-    if path is not None and not path.is_file():
+    study = study_if_exists(args.storage, spec.name)
+    if study is None:
         return spec.train
     try:
-        stored = stored_train_spec(open_study(open_storage(args.storage, must_exist=True),
-                                              spec.name))
-    except StudyError:  # no such study yet
+        stored = stored_train_spec(study)
+    except StudyError:  # not this tool's: setting the study up says so
         return spec.train
     return dataclasses.replace(stored, **local)
 
@@ -238,23 +270,68 @@ def grid(args: argparse.Namespace, local: dict[str, Any]) -> int:
         study = set_up_study(args, spec, storage)
         check_grid_fits(study, spec.grid.to_dict())
         queued = enqueue_grid(study, spec.grid)
-    print(f"study {study.study_name!r} in {shown(args.storage)} ({data}): queued "
+    print(f"study {quoted(study.study_name)} in {shown(args.storage)} ({data}): queued "
           f"{plural(queued.baselines_added, 'baseline')} and {len(queued.added)} grid "
           f"point(s); {queued.already_there} already there", file=sys.stderr)
     return run_workers_and_report(args, local, study, workers, gpus)
+
+
+def tpe_plan(args: argparse.Namespace, spec: StudySpec, asked: TpeSearch,
+             given: set[str]) -> dict[str, Any]:
+    """What `search optuna` would queue, from the study as it is (read, never written): the
+    baselines with their parameter counts, how many TPE trials, the space they are sampled
+    from and each rank's parameter count (alpha and dropout do not change it)."""
+    study = study_if_exists(args.storage, spec.name)
+    search = asked if study is None else settle_search(study, asked, given)
+    finished, pending = (0, 0) if study is None else lora_trial_counts(study)
+    ranks = search.space.ranks
+    by_rank = planned_rows(dataclasses.replace(spec, seeds=1),
+                           [(spec.train, LoraParams(rank, 1.0, 0.0)) for rank in ranks],
+                           max(ranks))
+    return {"baselines": planned_rows(spec, baseline_trials(spec), max(ranks)),
+            "tpe": {**search.to_dict(), "finished": finished, "queued_or_running": pending,
+                    "to_queue": max(0, search.trials - finished - pending),
+                    "by_rank": [{key: row[key] for key in ("rank", "trainable_params",
+                                                           "total_params", "trainable_pct")}
+                                for row in by_rank]}}
+
+
+LORA_COLUMNS = ("rank", "alpha", "dropout")
+
+
+def print_tpe_plan(plan: dict[str, Any], fmt: str) -> None:
+    if fmt == "json":
+        print(json.dumps(plan, indent=1))
+        return
+    tpe = plan["tpe"]
+    if plan["baselines"]:  # without the LoRA columns, all empty
+        print_plan([{key: value for key, value in row.items() if key not in LORA_COLUMNS}
+                    for row in plan["baselines"]], fmt)
+        print()
+    low, high = tpe["dropout_range"]
+    print(f"TPE: would queue {plural(tpe['to_queue'], 'trial')} to reach {tpe['trials']} "
+          f"finished LoRA trials (the study holds {tpe['finished']} finished and "
+          f"{tpe['queued_or_running']} queued or running), each sampled from ranks "
+          f"{' '.join(map(str, tpe['ranks']))}, alphas {' '.join(f'{a:g}' for a in tpe['alphas'])}"
+          f", dropout {low:g} to {high:g} (seed {tpe['seed']}, pruner {tpe['pruner']}); "
+          "trainable parameters by rank:")
+    print_plan(tpe["by_rank"], fmt)
 
 
 def tpe_search(args: argparse.Namespace, local: dict[str, Any]) -> int:
     spec = spec_from_flags(args, local)
     workers, gpus = local_worker_plan(args)
     asked, given = tpe_from_flags(args, spec)
+    if args.dry_run:
+        print_tpe_plan(tpe_plan(args, spec, asked, given), args.format)
+        return 0
     data = check_before_queueing(args, spec, local, max(asked.space.ranks))
     storage = open_storage(args.storage)
     with enqueue_lock(storage, args.storage, spec.name):
         study = set_up_study(args, spec, storage)
         search = settle_search(study, asked, given)
         queued = enqueue_tpe_budget(study, search)
-    print(f"study {study.study_name!r} in {shown(args.storage)} ({data}): "
+    print(f"study {quoted(study.study_name)} in {shown(args.storage)} ({data}): "
           f"queued {plural(queued.baselines_added, 'baseline')}; "
           f"{queued.finished} finished and {queued.pending} queued or running LoRA trial(s); "
           f"queued {queued.added} TPE trial(s) to reach {search.trials} "
@@ -305,7 +382,7 @@ def show_leaderboard(args: argparse.Namespace, local: dict[str, Any]) -> int:
         store = artifact_store(artifacts_folder(study, args.storage, args.artifacts))
         written = refresh_dashboard(study, store, args.storage,
                                     DashboardMemory(verdicts=verdicts, read_trials=all_trials))
-        print(f"rewrote {plural(written, 'dashboard note')} of study {study.study_name!r}",
+        print(f"rewrote {plural(written, 'dashboard note')} of study {quoted(study.study_name)}",
               file=sys.stderr)
     board = study_board(study, args.by, cache=verdicts, trials=all_trials(study))
     print(render_board(board, args.format))

@@ -18,6 +18,10 @@ from search.study.space import PRUNERS, SpaceError, check_alpha, check_dropout, 
 from search.study.storage import DEFAULT_STORAGE, STORAGE_VARIABLE
 
 EXIT_USAGE = 2
+# The image files `search predict` takes: objectives.data.IMAGE_EXTENSIONS, written out because
+# that module imports torch and --help must answer at once (a test keeps the two equal).
+PREDICT_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff",
+                      ".webp")
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -76,6 +80,17 @@ def positive_float(text: str) -> float:
         value = float("nan")
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}")
+    return value
+
+
+def fraction(text: str) -> float:
+    """A number strictly between 0 and 1 (--val-fraction)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1), got {text!r}")
     return value
 
 
@@ -214,9 +229,18 @@ def add_train_overrides(parser: argparse.ArgumentParser) -> None:
                                              "emnist_balanced | emnist_byclass | emnist_bymerge "
                                              "| emnist_letters | emnist_digits | emnist_mnist | "
                                              "digits | imagefolder:PATH")
-    overrides.add_argument("--epochs", type=positive_int)
-    overrides.add_argument("--batch-size", type=positive_int)
-    overrides.add_argument("--lr", type=positive_float)
+    overrides.add_argument("--epochs", type=positive_int, metavar="N",
+                           help="training epochs of every trial")
+    overrides.add_argument("--batch-size", type=positive_int, metavar="N",
+                           help="training images per step")
+    overrides.add_argument("--lr", type=positive_float, metavar="LR",
+                           help="AdamW learning rate of the trained parameters (start of "
+                                "its cosine schedule)")
+    overrides.add_argument("--image-size", type=positive_int, metavar="PX",
+                           help="side in pixels the images are resized to (a ViT's "
+                                "model_kwargs img_size must match it)")
+    overrides.add_argument("--val-fraction", type=fraction, metavar="F",
+                           help="share of the train split held out for validation, in (0, 1)")
     overrides.add_argument("--train-seed", type=non_negative_int,
                            help="seed of the data split, initialisation and batch order")
     add_local_fields(overrides)
@@ -276,6 +300,13 @@ def build_parser() -> ArgumentParser:
     tpe.add_argument("--pruner", choices=PRUNERS,
                      help="stop clearly bad trials early: median (default; never before a third "
                           "of the epochs), hyperband, or none (the model card)")
+    tpe.add_argument("--dry-run", action="store_true",
+                     help="print the baselines with their parameter counts, how many TPE "
+                          "trials would be queued (the study read, if it exists, never "
+                          "written) and the space they are sampled from; downloads and "
+                          "trains nothing")
+    tpe.add_argument("--format", choices=("table", "json"), default="table",
+                     help="output format of --dry-run (default: table)")
     add_worker_flags(tpe, stored=True)
     add_train_overrides(tpe)
 
@@ -288,7 +319,8 @@ def build_parser() -> ArgumentParser:
                     "environment stopped it (disk full, out of memory, database away past "
                     "--storage-timeout), 128+N after signal N; SIGTERM or Ctrl-C puts the "
                     "trial in hand back in the queue (143 / 130).")
-    worker.add_argument("--study", required=True, type=study_name)
+    worker.add_argument("--study", required=True, type=study_name,
+                        help="name of the study to join (its storage holds everything else)")
     add_storage(worker)
     add_artifacts(worker)
     worker.add_argument("--workers", type=positive_int, metavar="N",
@@ -310,8 +342,11 @@ def build_parser() -> ArgumentParser:
         description="Serve optuna-dashboard on the study storage with the artifact store: the "
                     "trial table is the leaderboard (value = validation accuracy; metrics, "
                     "baseline flag and notes as user attributes), learning curves from the "
-                    "per-epoch validation accuracy, and each trial's artifacts. Listens on "
-                    "localhost unless --host says otherwise (the dashboard has no login).")
+                    "per-epoch validation accuracy, and each trial's artifacts. It prints "
+                    "each study's Note page first: the leaderboard, the recommendation and "
+                    "the accuracy-against-parameters chart are there, not on the study's "
+                    "home page. Listens on localhost unless --host says otherwise (the "
+                    "dashboard has no login).")
     add_storage(dashboard)
     add_artifacts(dashboard, "the one the studies were created with")
     dashboard.add_argument("--host", default="127.0.0.1",
@@ -323,7 +358,7 @@ def build_parser() -> ArgumentParser:
     board = commands.add_parser(
         "leaderboard", help="all trials of a study, best first, and which are tied with the best",
         description="All trials of a study, best validation accuracy first; the baseline is "
-                    "marked. Each complete trial's val_ci / test_ci is its 95%% Wilson interval; "
+                    "marked. Each complete trial's val_ci / test_ci is its 95% Wilson interval; "
                     "tied: not told apart from the best by a paired test on the validation "
                     "images (exact McNemar; with seeds, a bootstrap over seeds x examples; "
                     "Holm-corrected, 0.05); recommended: the tied configuration with the fewest "
@@ -347,7 +382,7 @@ def build_parser() -> ArgumentParser:
         "report", help="the study's comparison table and charts, as files in a folder",
         description="Write the comparison of a study's completed trials: report.md and "
                     "report.csv (method, model, rank, alpha, dropout, val/test accuracy, "
-                    "weighted F1, AUC micro/macro, trainable %%), a bar chart of the metrics "
+                    "weighted F1, AUC micro/macro, trainable %), a bar chart of the metrics "
                     "per trial, test accuracy against trainable parameters, and the best "
                     "trial's confusion matrix.")
     add_existing_study_flags(report)
@@ -372,8 +407,11 @@ def build_parser() -> ArgumentParser:
     export.add_argument("--out", default="best.json", type=output_file,
                         help="output file: .json, .yaml or .toml (default: best.json)")
     export.add_argument("--weights", type=output_folder, metavar="DIR",
-                        help="also write the model: adapter_config.json, "
-                             "adapter_model.safetensors, model.safetensors (merged)")
+                        help="also write the model as a folder to copy or upload to the "
+                             "Hugging Face hub: the merged weights, the peft adapter (LoRA "
+                             "trials), the model card, this export's document and the other "
+                             "files README.md lists under 'The export folder is a model "
+                             "repository'")
 
     predict = commands.add_parser(
         "predict", help="classify image files with a model written by `export --weights`",
@@ -388,7 +426,9 @@ def build_parser() -> ArgumentParser:
                          help="folder written by `search export --weights DIR` (with "
                               "search_export.json)")
     predict.add_argument("images", nargs="+", metavar="IMAGE",
-                         help="image files in any format PIL reads (PNG, JPEG, ...)")
+                         help=f"image files named {' '.join(PREDICT_EXTENSIONS)} (the "
+                              "files an imagefolder dataset is read from; not .gif: only its "
+                              "first frame would be seen)")
     predict.add_argument("--top-k", type=positive_int, default=5, metavar="K",
                          help="classes to show per image, most probable first (default: 5; at "
                               "most the number of classes)")

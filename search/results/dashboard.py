@@ -16,7 +16,10 @@ import optuna
 
 from objectives.user_error import UserError
 from search.study.artifacts import ArtifactsFolderError, artifact_store, stored_artifacts_folder
+from search.study.names import quoted
 from search.study.storage import default_artifacts_dir, open_storage, shown
+
+MAX_NOTE_LINES = 10  # studies whose note page `search dashboard` names
 
 
 class DashboardError(UserError):
@@ -63,6 +66,25 @@ def check_port_free(host: str, port: int) -> None:
         raise DashboardError(f"cannot listen on {host}:{port}: {error.strerror}") from None
 
 
+def note_url(base: str, study_id: int) -> str:
+    """The study's Note page: optuna-dashboard's client route `/dashboard/studies/<id>/note`
+    (0.21's bundle), where the study's note shows the leaderboard and recommendation
+    (`search.results.dashboard_notes`); its home page shows only the stock charts."""
+    return f"{base}/dashboard/studies/{study_id}/note"
+
+
+def note_lines(storage: optuna.storages.BaseStorage, base: str) -> list[str]:
+    """One line per study (at most MAX_NOTE_LINES) with its note page's URL: the first thing
+    `search dashboard` prints, as that page is what to open."""
+    names = sorted(optuna.get_all_study_names(storage))
+    lines = [f"study {quoted(name)}: leaderboard and recommendation at "
+             f"{note_url(base, storage.get_study_id_from_name(name))}"
+             for name in names[:MAX_NOTE_LINES]]
+    if len(names) > MAX_NOTE_LINES:
+        lines.append(f"{len(names) - MAX_NOTE_LINES} more studies: {base}/dashboard lists them")
+    return lines
+
+
 def serve_dashboard(url: str, artifacts: str | None, host: str, port: int) -> None:
     """Serve until Ctrl-C."""
     import optuna_dashboard
@@ -70,12 +92,14 @@ def serve_dashboard(url: str, artifacts: str | None, host: str, port: int) -> No
     storage = open_storage(url, must_exist=True)
     folder = dashboard_artifacts(storage, url, artifacts)
     check_port_free(host, port)
+    base = f"http://{f'[{host}]' if ':' in host else host}:{port}"
+    for line in note_lines(storage, base):
+        print(line, file=sys.stderr)
     if not is_loopback(host):
         print(f"search dashboard: warning: listening on {host}, reachable from other "
               "machines; the dashboard has no login, anyone who reaches it can read and "
               "change the studies", file=sys.stderr)
-    shown_host = f"[{host}]" if ":" in host else host
-    print(f"dashboard of {shown(url)} (artifacts in {folder}) at http://{shown_host}:{port}/ "
-          "; Ctrl-C to stop", file=sys.stderr, flush=True)
+    print(f"dashboard of {shown(url)} (artifacts in {folder}) at {base}/ ; Ctrl-C to stop",
+          file=sys.stderr, flush=True)
     optuna_dashboard.run_server(storage, host=host, port=port,
                                 artifact_store=artifact_store(folder))

@@ -203,7 +203,9 @@ def state_counts(frame: pd.DataFrame) -> str:
     counts = frame["state"].value_counts()
     parts = [f"{counts[state]:,} {STATE_WORDS.get(state, state.lower())}"
              for state in STATE_ORDER if state in counts]
-    return f"{len(frame):,} trials: {', '.join(parts)}" if len(frame) else "no trials yet"
+    if not len(frame):
+        return "no trials yet"
+    return f"{len(frame):,} trial{'' if len(frame) == 1 else 's'}: {', '.join(parts)}"
 
 
 def tied_line(verdict: Verdict) -> str | None:

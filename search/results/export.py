@@ -12,6 +12,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from search.study.names import quoted
 from search.study.open_study import StudyError, stored_train_spec
 from search.study.space import params_of
 from search.study.trials import (
@@ -31,7 +32,7 @@ CARD_FILE = "README.md"  # the hub's name for a repository's model card
 def best_trial(study: optuna.Study) -> FrozenTrial:
     complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
     if not complete:
-        raise StudyError(f"study {study.study_name!r} has no completed trial yet")
+        raise StudyError(f"study {quoted(study.study_name)} has no completed trial yet")
     return max(complete, key=lambda t: (t.value, -t.number))
 
 
@@ -43,7 +44,7 @@ def recommended_trial(study: optuna.Study) -> tuple[FrozenTrial, dict[str, Any]]
     try:
         verdict = assess(study)
     except NoVerdict as why:
-        raise StudyError(f"study {study.study_name!r} has no recommendation: {why}") from None
+        raise StudyError(f"study {quoted(study.study_name)} has no recommendation: {why}") from None
     chosen = verdict.recommended
     trial = max(chosen.trials, key=lambda t: (t.value, -t.number))
     low, high = verdict.val_ci[chosen.key]
@@ -72,7 +73,7 @@ def completed_trial(study: optuna.Study, number: int) -> FrozenTrial:
     """Trial `number` of the study, which must have completed (it then has weights)."""
     trials = study.get_trials(deepcopy=False)
     if not 0 <= number < len(trials):
-        raise StudyError(f"study {study.study_name!r} has no trial {number} "
+        raise StudyError(f"study {quoted(study.study_name)} has no trial {number} "
                          f"(it has {len(trials)})")
     trial = trials[number]  # trials come in number order
     if trial.state != TrialState.COMPLETE:
@@ -115,7 +116,8 @@ def check_out_path(path: Path) -> None:
 
 def write_document(document: dict[str, Any], path: Path) -> None:
     if path.suffix == ".json":
-        path.write_text(json.dumps(document, indent=2) + "\n")
+        path.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n",
+                        encoding="utf-8")
     elif path.suffix in (".yaml", ".yml"):
         import yaml
 

@@ -37,12 +37,14 @@ import optuna
 import pandas as pd
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
+from matplotlib.transforms import offset_copy
 from optuna.artifacts.exceptions import ArtifactNotFound
 
 from search.results import markdown
 from search.results.figures import new_figure, save_figure
 from search.results.leaderboard import Board, configuration_frame, leaderboard, with_verdict
 from search.results.verdict import NoVerdict, Verdict, assess, closing_lines
+from search.study.names import quoted
 from search.study.open_study import StudyError, stored_train_spec
 from search.study.optuna_private import study_id, study_storage
 from search.study.trial_reader import all_trials
@@ -70,7 +72,7 @@ def report_table(study: optuna.Study, board: Board | None = None
         trials = all_trials(study)
         frame = leaderboard(study, trials)
     if not (frame["state"] == "COMPLETE").any():
-        raise StudyError(f"study {study.study_name!r} has no completed trial to report")
+        raise StudyError(f"study {quoted(study.study_name)} has no completed trial to report")
     columns = COLUMNS
     try:
         if board is not None and board.verdict is not None:
@@ -152,6 +154,10 @@ def label(row: pd.Series) -> str:
 # large). The axis label says so; the exact values are written on the bars.
 SCORE_AXIS = (0.0, 1.0)
 MAX_STACKED = 20  # labels in one column of accuracy_vs_params.png before they are merged
+LABEL_OFFSET = 10  # points from a column's points to its labels: past the ring (7.4 points)
+# The labelled chart's axes are this wide in its 8-inch figure (the legend takes the right); it
+# grows to at most MAX_CHART_INCHES (wider, a dashboard note would show it scaled down).
+LABELLED_AXES_INCHES, MAX_CHART_INCHES = 4.4, 10.0
 BELOW_GAP = 0.6  # metrics.png: room (in rows) for the dashed line above the rows ranked lower
 
 
@@ -216,6 +222,22 @@ def spread_labels(heights: list[float], gap: float, top: float = 0.98) -> list[f
     return placed
 
 
+def labelled_chart_width(table: pd.DataFrame) -> float:
+    """Inches of the labelled accuracy-against-parameters chart: 8, wider (up to
+    MAX_CHART_INCHES) where parameter counts stand so close on the log axis that a column's
+    labels would run into the next column's points."""
+    params = np.unique(table["trainable_params"].astype(float).to_numpy())
+    counts = np.log10(params[np.isfinite(params) & (params > 0)])
+    if len(counts) < 2:
+        return 8.0
+    span = counts[-1] - counts[0] + np.log10(1.3 * 1.6) + 0.1  # the x limits set below
+    longest = max(len(f"#{number}") for number in table["trial"])
+    # the offset, the widest label ("#" is wider than a digit) and the next column's points
+    footprint = (LABEL_OFFSET + 10) / 72 + longest * CHARACTER_INCHES
+    axes_inches = span * footprint / np.diff(counts).min()
+    return float(min(MAX_CHART_INCHES, max(8.0, axes_inches + 8.0 - LABELLED_AXES_INCHES)))
+
+
 def plot_accuracy_vs_params(table: pd.DataFrame, path: Path, title: str) -> None:
     """Test accuracy against trainable parameters: every trial labelled up to
     LABEL_EVERY_TRIAL trials, past that the distribution per parameter count
@@ -223,7 +245,7 @@ def plot_accuracy_vs_params(table: pd.DataFrame, path: Path, title: str) -> None
     if len(table) > LABEL_EVERY_TRIAL:
         plot_many_trials(table, path, title)
         return
-    figure, axes = new_figure(size=(8, 5))
+    figure, axes = new_figure(size=(labelled_chart_width(table), 5))
     baseline = table["rank"].isna()
     tied = table["tied"].fillna(False).astype(bool) if "tied" in table else None
     for rows, marker, name in ((table[~baseline], "o", "LoRA"),
@@ -255,19 +277,24 @@ def plot_accuracy_vs_params(table: pd.DataFrame, path: Path, title: str) -> None
     # (same rank) stand in one column: their labels are stacked so that none covers another,
     # each joined to its point by a thin line where it had to move. A column of more than
     # MAX_STACKED trials gets one label: how many trials it holds.
+    # Labels start LABEL_OFFSET points right of their column, whatever the axis spans: clear
+    # of the points, their error bars' caps and the recommended trial's ring.
+    beside = offset_copy(axes.transData, figure, x=LABEL_OFFSET, units="points")
     for _, group in table.groupby("trainable_params", sort=False):
         xs = group["trainable_params"].astype(float).tolist()
         ys = group["test_acc"].astype(float).tolist()
         numbers = [f"#{number}" for number in group["trial"]]
         if len(group) > MAX_STACKED:
             axes.annotate(f"{len(group)} trials", (xs[0], sum(ys) / len(ys)),
-                          xytext=(xs[0] * 1.08, sum(ys) / len(ys)), fontsize=7, va="center")
+                          xytext=(xs[0], sum(ys) / len(ys)), textcoords=beside, fontsize=7,
+                          va="center")
             continue
         for x, y, text, at in zip(xs, ys, numbers, spread_labels(ys, gap=0.035), strict=True):
             moved = abs(at - y) > 0.005
-            axes.annotate(text, (x, y), xytext=(x * 1.08, at), fontsize=7, va="center",
-                          arrowprops={"arrowstyle": "-", "lw": 0.5, "color": "0.5"}
-                          if moved else None)
+            axes.annotate(text, (x, y), xytext=(x, at), textcoords=beside, fontsize=7,
+                          va="center",
+                          arrowprops={"arrowstyle": "-", "lw": 0.5, "color": "0.5",
+                                      "shrinkA": 0} if moved else None)
     axes.set_xscale("log")
     low, high = axes.get_xlim()
     axes.set_xlim(low / 1.3, high * 1.6)  # room for the labels right of the last points
@@ -493,13 +520,18 @@ def bounded_table(table: pd.DataFrame, what: str, everything: str) -> list[str]:
             markdown_table(shown)]
 
 
+def numbered(noun: str, numbers: list[int]) -> str:
+    """"trial 4" or "trials 4, 9, 15": the recommendation names one trial, or its seeds'."""
+    return f"{noun}{'' if len(numbers) == 1 else 's'} {', '.join(map(str, numbers))}"
+
+
 def verdict_text(verdict: Verdict | str) -> list[str]:
     """The report's answer: tied set, recommendation, baseline gap, test-set check."""
     if isinstance(verdict, str):
         return [f"No tie test or intervals: {verdict.removeprefix('no tie test: ')}."]
     chosen = verdict.recommended
     lines = [f"**Recommended: {chosen.describe()}** ({chosen.trainable_params:,} trainable "
-             f"parameters; trials {', '.join(map(str, chosen.numbers))}). Intervals are 95% "
+             f"parameters; {numbered('trial', chosen.numbers)}). Intervals are 95% "
              "Wilson intervals per trial; *tied* means a paired test on the validation images "
              "could not tell the trial's configuration from the best's (Holm-corrected, 0.05).",
              ""]
@@ -531,7 +563,8 @@ def write_report(study: optuna.Study, store: optuna.artifacts.FileSystemArtifact
                                         folder / "best_confusion_matrix.png")
     best = table.iloc[0]
     text = [f"# {title}", "",
-            f"{len(table):,} completed trials, best validation accuracy first. Best: trial "
+            f"{len(table):,} completed {'trial' if len(table) == 1 else 'trials'}, best "
+            "validation accuracy first. Best: trial "
             f"{best['trial']} ({best['method']}), val acc {best['val_acc']:.4f}, test acc "
             f"{best['test_acc']:.4f}.", "", *verdict_text(verdict), "",
             *bounded_table(table, "trial", "report.csv has every trial"), "",

@@ -167,8 +167,10 @@ def complete_configurations(trials: Sequence[FrozenTrial], study_model: str,
     left_out = ""
     if len(kept) < len(complete):
         others = sorted(t.number for t in complete if scored[t.number][1] != order)
-        left_out = (f"trials {', '.join(map(str, others))} were scored on other validation "
-                    "images (another split) and take no part")
+        left_out = (f"{'trial' if len(others) == 1 else 'trials'} "
+                    f"{', '.join(map(str, others))} {'was' if len(others) == 1 else 'were'} "
+                    "scored on other validation images (another split) and "
+                    f"{'takes' if len(others) == 1 else 'take'} no part")
     groups: dict[tuple, list[FrozenTrial]] = {}
     for trial in kept:
         groups.setdefault(configuration_key(trial), []).append(trial)

@@ -36,6 +36,7 @@ import optuna
 
 from objectives.user_error import UserError
 from search.study.contained_store import ContainedArtifactStore
+from search.study.names import quoted
 from search.study.storage import default_artifacts_dir
 
 MARKER_FILE = ".search-artifact-store"
@@ -72,14 +73,14 @@ def stored_artifacts_folder(study_name: str, user_attrs: dict, storage_url: str)
                           and os.path.realpath(stored) == os.path.realpath(default)):
         return default
     if not isinstance(stored, str) or not os.path.isabs(stored):
-        raise ArtifactsFolderError(f"study {study_name!r} names {stored!r} as its artifact "
+        raise ArtifactsFolderError(f"study {quoted(study_name)} names {stored!r} as its artifact "
                                    "folder, which is not an absolute path; pass --artifacts DIR")
     if not os.path.isdir(stored):
-        raise ArtifactsFolderError(f"study {study_name!r} keeps its artifacts in {stored}, "
+        raise ArtifactsFolderError(f"study {quoted(study_name)} keeps its artifacts in {stored}, "
                                    "which is no folder on this host; pass --artifacts DIR")
     token = user_attrs.get(TOKEN_ATTR)
     if not isinstance(token, str) or marker_token(stored) != token:
-        raise ArtifactsFolderError(f"study {study_name!r} names {stored} as its artifact "
+        raise ArtifactsFolderError(f"study {quoted(study_name)} names {stored} as its artifact "
                                    f"folder, but it holds no {MARKER_FILE} with the study's "
                                    "token; pass --artifacts DIR to choose the folder here")
     return os.path.realpath(stored)

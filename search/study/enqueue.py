@@ -24,7 +24,7 @@ from search.study.trials import keys_held_by
 class EnqueueReport:
     baselines_added: int = 0
     added: list[LoraParams] = field(default_factory=list)
-    already_there: int = 0
+    already_there: int = 0  # the baselines and grid points asked for that the study held
 
 
 def held_keys(study: optuna.Study) -> set:
@@ -69,8 +69,11 @@ def enqueue_grid(study: optuna.Study, grid: GridSpace) -> EnqueueReport:
     a failed point is queued again.
     """
     report = EnqueueReport()
+    baselines = len(stored_baselines(study))
     for replicate in range(stored_seeds(study)):
-        report.baselines_added += enqueue_baselines(study, range(replicate, replicate + 1))
+        added = enqueue_baselines(study, range(replicate, replicate + 1))
+        report.baselines_added += added
+        report.already_there += baselines - added
         held = held_keys(study)
         for point in grid.points():
             if with_replicate(point_key(point), replicate) in held:

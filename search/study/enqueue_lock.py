@@ -8,10 +8,11 @@ writes therefore run under a lock that lives where the study lives:
 
 - PostgreSQL: a session-level advisory lock keyed by the study name, held on a connection of
   its own (released by the server if the process dies);
-- SQLite: an exclusive `flock` on a file beside the database (SQLite is one host anyway;
-  SQLite's own locks cannot be held across Optuna's separate transactions): for enqueueing
-  the one file that also guards creating the schema; for another purpose a file of its own,
-  so that a refresh of the notes never stalls an enqueuer, nor an enqueuer a refresh.
+- SQLite: an exclusive `flock` on a hidden file beside the database (SQLite is one host
+  anyway; SQLite's own locks cannot be held across Optuna's separate transactions;
+  `search.study.storage.lock_file_path` says why the file stays): for enqueueing the one
+  file that also guards creating the schema; for another purpose a file of its own, so that
+  a refresh of the notes never stalls an enqueuer, nor an enqueuer a refresh.
 
 `try_study_lock` takes the same lock only if it is free at once: a worker that finished a
 trial refreshes the dashboard when no other one is refreshing it, and otherwise goes on
@@ -20,16 +21,14 @@ training (`search.results.dashboard_notes`).
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import optuna
 import sqlalchemy
 
-from search.study.storage import sqlite_path
+from search.study.storage import locked_file, sqlite_path
 
 
 def advisory_key(study_name: str, purpose: str = "enqueue") -> int:
@@ -64,9 +63,8 @@ def study_lock(storage: optuna.storages.RDBStorage, url: str, study_name: str,
     if path is None:  # in-memory SQLite: one process
         yield
         return
-    with open(purpose_lock_file(path, purpose), "a") as lock_file:
-        fcntl.flock(lock_file, fcntl.LOCK_EX)
-        yield  # closing the file releases the lock
+    with locked_file(path, purpose):
+        yield
 
 
 @contextmanager
@@ -94,22 +92,10 @@ def try_study_lock(storage: optuna.storages.RDBStorage, url: str, study_name: st
     if path is None:  # in-memory SQLite: one process
         yield True
         return
-    with open(purpose_lock_file(path, purpose), "a") as lock_file:
-        try:
-            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        yield True  # closing the file releases the lock
+    with locked_file(path, purpose, wait=False) as held:
+        yield held
 
 
 def unlock(connection: sqlalchemy.Connection, key: int) -> None:
     connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": key})
     connection.commit()
-
-
-def purpose_lock_file(database: Path, purpose: str) -> Path:
-    """The file beside a SQLite database whose `flock` is the lock for `purpose`; for
-    "enqueue" the file of `search.study.storage.sqlite_file_lock`, which also guards creating
-    the schema."""
-    return database.with_name(f"{database.name}-{purpose}.lock")

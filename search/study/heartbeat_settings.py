@@ -20,6 +20,7 @@ import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 
 from objectives.user_error import UserError
+from search.study.names import quoted
 
 # Each setting's command-line flag (grid, optuna, worker), also used to pass a worker's own
 # settings on to the worker processes it starts.
@@ -78,5 +79,5 @@ def stored_heartbeat(study: optuna.Study) -> HeartbeatSettings:
     try:
         return HeartbeatSettings.from_dict(study.user_attrs.get("heartbeat", {}))
     except (HeartbeatError, TypeError) as error:
-        raise HeartbeatError(f"study {study.study_name!r} holds unusable heartbeat settings: "
+        raise HeartbeatError(f"study {quoted(study.study_name)} holds unusable heartbeat settings: "
                              f"{error}") from None

@@ -23,6 +23,7 @@ import optuna
 from objectives.spec import TrainSpec
 from objectives.user_error import UserError
 from search.study.artifacts import mark_artifacts_folder
+from search.study.names import quoted
 from search.study.study_spec import SpecError, describe_differences
 
 OBJECTIVE = "val_acc"  # a trial's value: accuracy on the validation split
@@ -47,9 +48,10 @@ def stored_train_spec(study: optuna.Study) -> TrainSpec:
     (`validate_train_spec`), a read-only command need not (and so needs no timm)."""
     values = study.user_attrs.get("train_spec")
     if values is None:
-        raise StudyError(f"study {study.study_name!r} was not made by this tool (no train_spec)")
+        raise StudyError(f"study {quoted(study.study_name)} was not made by this tool (no "
+                         "train_spec)")
     try:
-        return TrainSpec.from_dict(values, f"study {study.study_name!r}: train")
+        return TrainSpec.from_dict(values, f"study {quoted(study.study_name)}: train")
     except SpecError as error:
         raise StudyError(str(error)) from None
 
@@ -81,7 +83,7 @@ def open_study(storage: optuna.storages.BaseStorage, name: str | None, *,
         if create is not None:
             differences = describe_differences(stored_train_spec(study), create.train)
             if create.spec_given and differences:
-                raise StudyError(f"study {name!r} exists with another spec "
+                raise StudyError(f"study {quoted(name)} exists with another spec "
                                  f"({'; '.join(differences)}); drop the spec flags to continue "
                                  "it, or pick a new --study name")
             if same_folder(study.user_attrs.get("artifacts"), create.artifacts):
@@ -89,7 +91,7 @@ def open_study(storage: optuna.storages.BaseStorage, name: str | None, *,
         return study
     if create is None:
         known = f"; studies there: {', '.join(names)}" if names else "; the storage has no studies"
-        raise StudyError(f"no study named {name!r}{known}")
+        raise StudyError(f"no study named {quoted(name)}{known}")
     study = optuna.create_study(study_name=name, storage=storage, direction="maximize",
                                 load_if_exists=True, sampler=sampler, pruner=pruner)
     study.set_metric_names([OBJECTIVE])  # the dashboard's name for the value

@@ -13,6 +13,7 @@ forever.
 from __future__ import annotations
 
 import fcntl
+import os
 import re
 import time
 from collections.abc import Iterator
@@ -208,9 +209,55 @@ def sqlite_file_lock(database: Path) -> Iterator[None]:
     SQLite's own locks cannot span Optuna's separate transactions; this serialises whole
     steps (creating the schema, reading then enqueueing) between processes of one host.
     """
-    with open(database.with_name(f"{database.name}-enqueue.lock"), "a") as lock_file:
-        fcntl.flock(lock_file, fcntl.LOCK_EX)
-        yield  # closing the file releases the lock
+    with locked_file(database, "enqueue"):
+        yield
+
+
+# What each lock file serialises, written into it (`locked_file`).
+LOCK_PURPOSES = {"enqueue": "create the schema or queue trials",
+                 "notes": "rewrite the dashboard's notes"}
+
+
+def lock_file_path(database: Path, purpose: str) -> Path:
+    """The file whose `flock` is the SQLite `database`'s lock for `purpose`: hidden, beside
+    the database (`.search.db-enqueue.lock`).
+
+    It is never deleted: a process waiting for the lock has the file open, and were it
+    deleted, the next process would lock a new file of the same name while the waiting one
+    locks the old one: two holders at once. So it stays, hidden and saying what it is, rather
+    than a 0-byte puzzle beside the database. Not the database file itself: closing any
+    descriptor of that file drops the POSIX locks SQLite holds on it in this process.
+    """
+    return database.with_name(f".{database.name}-{purpose}.lock")
+
+
+@contextmanager
+def locked_file(database: Path, purpose: str, wait: bool = True) -> Iterator[bool]:
+    """Hold the exclusive `flock` of `lock_file_path(database, purpose)` for the block (True);
+    without `wait`, False at once if another process holds it."""
+    # Unbuffered: a write that fails (a full disk) leaves nothing to fail again at closing.
+    with open(lock_file_path(database, purpose), "ab", buffering=0) as lock_file:
+        try:
+            fcntl.flock(lock_file, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        if os.fstat(lock_file.fileno()).st_size == 0:  # new; only the holder writes
+            explain_lock_file(lock_file, database, purpose)
+        yield True  # closing the file releases the lock
+
+
+def explain_lock_file(lock_file, database: Path, purpose: str) -> None:
+    """Say in a new lock file what it is; a courtesy: a full disk leaves it empty, the lock
+    works the same."""
+    text = (f"search: the flock of this file lets one process at a time "
+            f"{LOCK_PURPOSES.get(purpose, purpose)} in {database.name}. Delete it only while "
+            "no search command uses that database: one waiting for the lock would get it "
+            "while another holds it.\n")
+    try:
+        lock_file.write(text.encode())
+    except OSError:
+        pass
 
 
 def harden_sqlite(engine: sqlalchemy.engine.Engine) -> None:

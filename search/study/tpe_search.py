@@ -18,6 +18,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from search.study.enqueue import enqueue_baselines
+from search.study.names import quoted
 from search.study.open_study import StudyError
 from search.study.replicates import replicate_of
 from search.study.space import SpaceError, TpeSearch, space_disagreements
@@ -34,8 +35,8 @@ def stored_tpe_search(study: optuna.Study) -> TpeSearch | None:
     try:
         return TpeSearch.from_dict(values)
     except (SpaceError, TypeError) as error:
-        raise StudyError(f"study {study.study_name!r} holds an unreadable TPE search: {error}") \
-            from None
+        raise StudyError(f"study {quoted(study.study_name)} holds an unreadable TPE search: "
+                         f"{error}") from None
 
 
 def settle_search(study: optuna.Study, asked: TpeSearch, given: set[str]) -> TpeSearch:
@@ -49,15 +50,15 @@ def settle_search(study: optuna.Study, asked: TpeSearch, given: set[str]) -> Tpe
     if stored is None:
         problems = space_disagreements(study.user_attrs.get("space", {}), asked.space)
         if problems:
-            raise StudyError(f"study {study.study_name!r} holds a grid that this TPE space does "
-                             f"not cover ({'; '.join(problems)}); give matching --ranks / "
-                             "--alphas / --dropout-range or pick a new --study name")
+            raise StudyError(f"study {quoted(study.study_name)} holds a grid that this TPE "
+                             f"space does not cover ({'; '.join(problems)}); give matching "
+                             "--ranks / --alphas / --dropout-range or pick a new --study name")
         return asked
     old, new = stored.to_dict(), asked.to_dict()
     conflicts = [f"{key}: {old[key]} (stored) vs {new[key]}" for key in old
                  if key != "trials" and key in given and old[key] != new[key]]
     if conflicts:
-        raise StudyError(f"study {study.study_name!r} already searches with other settings "
+        raise StudyError(f"study {quoted(study.study_name)} already searches with other settings "
                          f"({'; '.join(conflicts)}); drop those flags or pick a new --study name")
     return TpeSearch.from_dict({**old, "trials": asked.trials})
 
@@ -69,8 +70,9 @@ def check_grid_fits(study: optuna.Study, grid_space: dict[str, list]) -> None:
         return
     problems = space_disagreements(grid_space, search.space)
     if problems:
-        raise StudyError(f"study {study.study_name!r} runs a TPE search this grid does not fit "
-                         f"({'; '.join(problems)}); match its space or pick a new --study name")
+        raise StudyError(f"study {quoted(study.study_name)} runs a TPE search this grid does "
+                         f"not fit ({'; '.join(problems)}); match its space or pick a new "
+                         "--study name")
 
 
 def is_sampled(trial: FrozenTrial) -> bool:
@@ -85,6 +87,14 @@ class TopUpReport:
     added: int
 
 
+def lora_trial_counts(study: optuna.Study) -> tuple[int, int]:
+    """The LoRA trials the budget counts (replicate 0 of each configuration): how many are
+    finished (complete or pruned) and how many waiting or running."""
+    lora = [t for t in study.get_trials(deepcopy=False)
+            if not is_baseline(t) and replicate_of(t) == 0]
+    return sum(t.state in FINISHED for t in lora), sum(t.state in PENDING for t in lora)
+
+
 def enqueue_tpe_budget(study: optuna.Study, search: TpeSearch) -> TopUpReport:
     """Store `search` in the study, queue its baselines if missing, and queue one sampled trial
     per LoRA trial missing from `search.trials` (failed trials do not count). With seeds,
@@ -92,10 +102,7 @@ def enqueue_tpe_budget(study: optuna.Study, search: TpeSearch) -> TopUpReport:
     its other replicates, `search.study.enqueue.enqueue_replicates`)."""
     study.set_user_attr("tpe", search.to_dict())
     baselines_added = enqueue_baselines(study)
-    lora = [t for t in study.get_trials(deepcopy=False)
-            if not is_baseline(t) and replicate_of(t) == 0]
-    finished = sum(t.state in FINISHED for t in lora)
-    pending = sum(t.state in PENDING for t in lora)
+    finished, pending = lora_trial_counts(study)
     missing = max(0, search.trials - finished - pending)
     for _ in range(missing):
         study.enqueue_trial({}, user_attrs={"baseline": False, "sampled": True})

@@ -28,6 +28,7 @@ from objectives.user_error import first_line
 from search.results.dashboard_notes import DashboardMemory, after_finishing, refresh_if_dirty
 from search.study.artifacts import artifact_store, artifacts_folder
 from search.study.heartbeat_settings import HeartbeatSettings, stored_heartbeat
+from search.study.names import quoted
 from search.study.open_study import open_study, stored_train_spec
 from search.study.optuna_private import trial_id
 from search.study.patient_storage import StorageOutage
@@ -137,7 +138,7 @@ def run_worker(storage_url: str, study_name: str, artifacts: str | None = None,
                            outage_timeout=storage_timeout)
     study = open_study(storage, study_name)
     spec = dataclasses.replace(stored_train_spec(study), **(local_overrides or {}))
-    validate_train_spec(spec, f"study {study_name!r}")  # its files, on this host
+    validate_train_spec(spec, f"study {quoted(study_name)}")  # its files, on this host
     study = searching_study(storage, study, spec.epochs)
     store = artifact_store(artifacts_folder(study, storage_url, artifacts))
     data = load_splits(spec)
@@ -182,7 +183,9 @@ def claim_and_run(storage: optuna.storages.RDBStorage, study: optuna.Study, spec
                                lambda: stop.requested, announce_wait(heartbeat),
                                store=store)) is not None:
         trials = [trial]
-        limit = planner.limit(trial)
+        limit, cap = planner.limit_and_cap(trial)
+        if cap is not None:
+            print(cap, file=sys.stderr, flush=True)
         if limit > 1:
             trials += claim_waiting(storage, study, limit - 1, planner.companions(trial))
         for claimed in trials:
@@ -264,12 +267,12 @@ def describe_report(study_name: str, report: WorkerReport) -> str:
                 f"({done or 'finished none'})")
     elif report.environment is not None:
         line = (f"worker: stopped: {report.environment}; the trial in hand is back in the "
-                f"queue of {study_name!r} ({done or 'finished none'})")
+                f"queue of {quoted(study_name)} ({done or 'finished none'})")
     elif report.stopped_by is not None:
         line = (f"worker: stopped by {report.stopped_by}; the trial in hand is back in the "
-                f"queue of {study_name!r} ({done or 'finished none'})")
+                f"queue of {quoted(study_name)} ({done or 'finished none'})")
     else:
-        line = f"worker: no queued trial left in {study_name!r} ({done or 'ran none'})"
+        line = f"worker: no queued trial left in {quoted(study_name)} ({done or 'ran none'})"
     return "; ".join([line, *describe_failures(report.failed, report.ran, report.gave_up)])
 
 

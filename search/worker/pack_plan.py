@@ -97,20 +97,34 @@ class PackPlanner:
 
     def limit(self, first: FrozenTrial) -> int:
         """The most trials to claim together with (and including) `first`."""
+        return self.limit_and_cap(first)[0]
+
+    def limit_and_cap(self, first: FrozenTrial) -> tuple[int, str | None]:
+        """`limit(first)`, and when it is below what `auto` measured, why (said before the
+        pack, which would otherwise read as contradicting "pack: auto chose N")."""
         if self.setting == 1:
-            return 1
+            return 1, None
         spec = trial_train_spec(self.spec, first)
         if self.refusal(spec) is not None:
-            return 1
+            return 1, None
         if self.setting != AUTO:
-            return int(self.setting)
-        size = self.capacity(spec)
+            return int(self.setting), None
+        measured = size = self.capacity(spec)
+        cap = None
         if self.share > 1:  # waiting or held by any worker: what the workers share
             pending = pending_count(self.study, self.fits(first))
-            size = min(size, math.ceil(pending / self.share))
-        if is_sampled(first):
-            size = min(size, tpe_pack_limit(self.study))
-        return max(1, size)
+            if math.ceil(pending / self.share) < size:
+                size = max(1, math.ceil(pending / self.share))
+                cap = (f"this host's share of the queue ({pending} trials waiting or running "
+                       f"for {self.share} local workers)")
+        sampled_limit = tpe_pack_limit(self.study) if is_sampled(first) else size
+        if sampled_limit < size:
+            size = sampled_limit
+            cap = ("TPE's limit (trials sampled together do not learn from each other's "
+                   "results)")
+        if cap is None:
+            return size, None
+        return size, f"pack: auto's {measured} capped at {size} by {cap}"
 
     def refusal(self, spec: TrainSpec) -> str | None:
         key = repr(spec)
