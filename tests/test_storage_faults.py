@@ -133,12 +133,16 @@ def test_sqlite_errors_that_are_no_outage_are_raised_at_once(tmp_path):
 # ------------------------------------------------------------------ a frozen server
 
 
+def watched(url: str, **kwargs) -> PatientRDBStorage:
+    """A worker's storage with short limits: connections give up after 2 s, not 10."""
+    return PatientRDBStorage(with_driver(url), shown_url=shown(url),
+                             engine_kwargs={"pool_pre_ping": True, "pool_size": 1,
+                                            "max_overflow": 2,
+                                            "connect_args": {"connect_timeout": 2}}, **kwargs)
+
+
 def test_a_frozen_server_is_an_outage_waited_out_and_said_once(cluster, capsys):
-    storage = PatientRDBStorage(with_driver(cluster.url), outage_timeout=120,
-                                shown_url=shown(cluster.url), stall_s=3,
-                                engine_kwargs={"pool_pre_ping": True, "pool_size": 1,
-                                               "max_overflow": 2,
-                                               "connect_args": {"connect_timeout": 2}})
+    storage = watched(cluster.url, outage_timeout=120, stall_s=3)
     study = optuna.create_study(storage=storage, study_name="frozen")
     trial_id = storage.create_new_trial(study._study_id)
     cluster.freeze()
@@ -157,10 +161,7 @@ def test_a_frozen_server_is_an_outage_waited_out_and_said_once(cluster, capsys):
 
 
 def test_a_frozen_server_past_the_timeout_raises_an_outage(cluster):
-    storage = PatientRDBStorage(with_driver(cluster.url), outage_timeout=4,
-                                shown_url=shown(cluster.url),
-                                engine_kwargs={"pool_pre_ping": True,
-                                               "connect_args": {"connect_timeout": 2}})
+    storage = watched(cluster.url, outage_timeout=4)
     study = optuna.create_study(storage=storage, study_name="frozen-long")
     trial_id = storage.create_new_trial(study._study_id)
     cluster.freeze()
@@ -224,10 +225,7 @@ def test_a_partition_that_drops_packets_is_an_outage_waited_out(cluster, capsys)
 
     if shutil.which("iptables") is None:
         pytest.skip("no iptables here")
-    storage = PatientRDBStorage(with_driver(cluster.url), outage_timeout=120,
-                                shown_url=shown(cluster.url), stall_s=3,
-                                engine_kwargs={"pool_pre_ping": True,
-                                               "connect_args": {"connect_timeout": 2}})
+    storage = watched(cluster.url, outage_timeout=120, stall_s=3)
     study = optuna.create_study(storage=storage, study_name="cut")
     trial_id = storage.create_new_trial(study._study_id)
     added = iptables("-A")
