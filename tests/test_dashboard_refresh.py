@@ -136,9 +136,8 @@ def test_an_emptied_queue_refreshes_a_dirty_board_waiting_for_the_lock(two_worke
     assert refresh_if_dirty(first, store, url, memory) == 0
 
 
-def test_a_failed_refresh_is_one_line_and_the_next_finished_trial_shows_both(two_workers,
-                                                                             tmp_path, capsys,
-                                                                             monkeypatch):
+def test_a_failed_refresh_is_one_line_and_the_next_finished_trial_shows_both(
+        two_workers, tmp_path, capsys, shown_log, monkeypatch):
     """A full disk while writing the leaderboard's artifacts: one line, the worker goes on,
     the lock is let go and the board stays dirty until a refresh succeeds."""
     from search.worker.claim_loop import refresh_leaderboard

@@ -108,7 +108,7 @@ def test_a_packed_grid_gives_the_solo_leaderboard(tmp_path, capsys, monkeypatch,
 
 
 def test_a_stop_mid_pack_puts_every_member_back_and_they_resume(
-        tmp_path, capsys, monkeypatch, data, solo_board):
+        tmp_path, capsys, shown_log, monkeypatch, data, solo_board):
     url = queued(tmp_path, capsys, monkeypatch)
     storage, study, spec = worker_study(url)
     claimed = claim_waiting(storage, study, 3)
@@ -127,7 +127,7 @@ def test_a_stop_mid_pack_puts_every_member_back_and_they_resume(
 
 
 def test_a_killed_packs_members_are_each_retried_once_and_resume(
-        tmp_path, capsys, monkeypatch, data, solo_board):
+        tmp_path, capsys, shown_log, monkeypatch, data, solo_board):
     url = queued(tmp_path, capsys, monkeypatch)
     storage, study, spec = worker_study(url, BEATS)
     claimed = claim_waiting(storage, study, 3)
@@ -148,7 +148,7 @@ def test_a_killed_packs_members_are_each_retried_once_and_resume(
 
 
 def test_a_packs_own_error_is_not_blamed_on_its_members(
-        tmp_path, capsys, monkeypatch, data, solo_board):
+        tmp_path, capsys, shown_log, monkeypatch, data, solo_board):
     """An error of the pack itself (not of the environment) could belong to any one member:
     each then runs alone, where an error is its own; here all three complete."""
     url = queued(tmp_path, capsys, monkeypatch)

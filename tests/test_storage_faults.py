@@ -141,7 +141,7 @@ def watched(url: str, **kwargs) -> PatientRDBStorage:
                                             "connect_args": {"connect_timeout": 2}}, **kwargs)
 
 
-def test_a_frozen_server_is_an_outage_waited_out_and_said_once(cluster, capsys):
+def test_a_frozen_server_is_an_outage_waited_out_and_said_once(cluster, capsys, shown_log):
     storage = watched(cluster.url, outage_timeout=120, stall_s=3)
     study = optuna.create_study(storage=storage, study_name="frozen")
     trial_id = storage.create_new_trial(study._study_id)
@@ -216,7 +216,7 @@ def test_a_pack_of_4_rides_out_a_40_s_freeze_with_no_member_breaking_off(cluster
     assert results(cluster, tmp_path, "frozen-pack") == undisturbed
 
 
-def test_a_partition_that_drops_packets_is_an_outage_waited_out(cluster, capsys):
+def test_a_partition_that_drops_packets_is_an_outage_waited_out(cluster, capsys, shown_log):
     """iptables DROP on the server's port: nothing is refused, nothing answers."""
     rule = ["INPUT", "-p", "tcp", "-i", "lo", "--dport", str(cluster.port), "-j", "DROP"]
 

@@ -32,7 +32,7 @@ def patient(url: str, timeout: float, **kwargs) -> PatientRDBStorage:
                              engine_kwargs={"pool_pre_ping": True}, **kwargs)
 
 
-def test_a_write_waits_out_a_stopped_database_and_says_so_once(cluster, capsys):
+def test_a_write_waits_out_a_stopped_database_and_says_so_once(cluster, capsys, shown_log):
     storage = patient(cluster.url, timeout=60)
     study = optuna.create_study(storage=storage, study_name="outage")
     trial_id = storage.create_new_trial(study._study_id)

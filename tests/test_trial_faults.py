@@ -99,7 +99,7 @@ def checkpoint_files(folder: Path) -> list[str]:
 
 
 def test_a_checkpoint_missing_from_this_hosts_store_starts_the_trial_over(
-        tmp_path, capsys, monkeypatch, data):
+        tmp_path, capsys, shown_log, monkeypatch, data):
     """The worker that stopped wrote its checkpoint to an artifact folder this one lacks: the
     trial says so, drops the dangling pointer and completes from epoch 1 (it used to fail
     with ArtifactNotFound at its first save, which tried to delete the missing file)."""
@@ -190,7 +190,7 @@ def small_disk(tmp_path):
 
 
 def test_a_full_artifact_disk_puts_the_trial_back_and_stops_the_worker(
-        tmp_path, capsys, monkeypatch, data, small_disk):
+        tmp_path, capsys, shown_log, monkeypatch, data, small_disk):
     """The second checkpoint does not fit: the trial goes back to the queue with the first
     one, the partial file is gone, and the worker is told to stop (it used to FAIL the
     trial, leave the truncated file and go on to fail the rest of the queue)."""
@@ -215,7 +215,7 @@ def test_a_full_artifact_disk_puts_the_trial_back_and_stops_the_worker(
 
 @pytest.mark.parametrize("packed", [False, True], ids=["alone", "packed"])
 def test_a_device_out_of_memory_puts_the_trials_back_and_stops_the_worker(
-        packed, tmp_path, capsys, monkeypatch, data):
+        packed, tmp_path, capsys, shown_log, monkeypatch, data):
     """The device runs out of memory in epoch 2, inside the training loop, of a trial trained
     alone or of a pack (baseline and r=2 alpha=8 together): every trial in hand goes back to
     the queue with its epoch-1 checkpoint, and the worker is told to stop rather than fail

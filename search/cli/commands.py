@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import itertools
 import json
+import logging
 import shlex
 import sys
 from pathlib import Path
@@ -41,6 +42,8 @@ from search.study.tpe_search import (
     lora_trial_counts,
     settle_search,
 )
+
+LOG = logging.getLogger(__name__)
 
 # [train] field -> flag attribute
 TRAIN_FLAGS = {"model": "model", "weights": "weights", "targets": "targets", "dataset": "dataset",
@@ -144,7 +147,7 @@ def worker_hint(study_name: str, storage_url: str) -> str:
 def run_workers_and_report(args: argparse.Namespace, local: dict[str, Any], study: optuna.Study,
                            workers: int, gpus: list[int]) -> int:
     if workers == 0:
-        print(worker_hint(study.study_name, args.storage), file=sys.stderr)
+        LOG.info(worker_hint(study.study_name, args.storage))
         return 0
     from search.results.leaderboard import render_board, study_board
     from search.worker.launch import run_local_workers
@@ -365,7 +368,7 @@ def report(args: argparse.Namespace, local: dict[str, Any]) -> int:
     study = existing_study(args)
     store = artifact_store(artifacts_folder(study, args.storage, args.artifacts))
     files = write_report(study, store, args.out)
-    print(f"wrote {args.out}/: {', '.join(files)}", file=sys.stderr)
+    LOG.info(f"wrote {args.out}/: {', '.join(files)}")
     return 0
 
 
@@ -382,8 +385,7 @@ def show_leaderboard(args: argparse.Namespace, local: dict[str, Any]) -> int:
         store = artifact_store(artifacts_folder(study, args.storage, args.artifacts))
         written = refresh_dashboard(study, store, args.storage,
                                     DashboardMemory(verdicts=verdicts, read_trials=all_trials))
-        print(f"rewrote {plural(written, 'dashboard note')} of study {quoted(study.study_name)}",
-              file=sys.stderr)
+        LOG.info(f"rewrote {plural(written, 'dashboard note')} of study {quoted(study.study_name)}")
     board = study_board(study, args.by, cache=verdicts, trials=all_trials(study))
     print(render_board(board, args.format))
     return 0
@@ -413,11 +415,10 @@ def export(args: argparse.Namespace, local: dict[str, Any]) -> int:
     if args.weights is not None:
         store = artifact_store(artifacts_folder(study, args.storage, args.artifacts))
         files = export_weights(study, trial, store, args.weights, document)
-        print(f"wrote {args.weights}/: {', '.join(files)}", file=sys.stderr)
+        LOG.info(f"wrote {args.weights}/: {', '.join(files)}")
     write_document(document, args.out)
     which = "trial" if args.trial is not None else f"{args.pick} trial"
-    print(f"{which} {trial.number} (val_acc {trial.value:.4f}) -> {args.out}",
-          file=sys.stderr)
+    LOG.info(f"{which} {trial.number} (val_acc {trial.value:.4f}) -> {args.out}")
     return 0
 
 

@@ -14,6 +14,7 @@ import sys
 from typing import Any
 
 from objectives.user_error import UserError
+from search.cli.console_log import console_logging
 from search.cli.parser import EXIT_USAGE, build_parser
 from search.study.study_spec import LOCAL_FIELDS
 
@@ -30,7 +31,8 @@ def main(argv: list[str] | None = None) -> int:
 
     commands.quiet_optuna()
     try:
-        return commands.run(args, local_overrides(args))
+        with console_logging(args.verbosity):
+            return commands.run(args, local_overrides(args))
     except UserError as error:
         print(f"search {args.command}: error: {error}", file=sys.stderr)
         return EXIT_USAGE

@@ -254,6 +254,15 @@ def add_ranks_and_alphas(parser: argparse.ArgumentParser, help_text: str) -> Non
                         metavar="A", help=help_text.format("alphas"))
 
 
+def add_verbosity_flags(parser: argparse.ArgumentParser) -> None:
+    """-v / -q on every command, read by `search.cli.console_log`."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("-v", "--verbose", dest="verbosity", action="store_const", const=1,
+                       default=0, help="also show debug lines, each with its time and module")
+    group.add_argument("-q", "--quiet", dest="verbosity", action="store_const", const=-1,
+                       help="show only warnings and errors (no progress lines or bars)")
+
+
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(
         prog="search",
@@ -436,4 +445,6 @@ def build_parser() -> ArgumentParser:
                          help="table: per image, its file then class and probability in %%; "
                               "json: a list of {image, predictions: [{class, index, "
                               "probability}]} (default: table)")
+    for command in commands.choices.values():
+        add_verbosity_flags(command)
     return parser

@@ -9,8 +9,8 @@ per-epoch validation accuracy are intermediate values (learning curves), and the
 from __future__ import annotations
 
 import ipaddress
+import logging
 import socket
-import sys
 
 import optuna
 
@@ -18,6 +18,8 @@ from objectives.user_error import UserError
 from search.study.artifacts import ArtifactsFolderError, artifact_store, stored_artifacts_folder
 from search.study.names import quoted
 from search.study.storage import default_artifacts_dir, open_storage, shown
+
+LOG = logging.getLogger(__name__)
 
 MAX_NOTE_LINES = 10  # studies whose note page `search dashboard` names
 
@@ -94,12 +96,11 @@ def serve_dashboard(url: str, artifacts: str | None, host: str, port: int) -> No
     check_port_free(host, port)
     base = f"http://{f'[{host}]' if ':' in host else host}:{port}"
     for line in note_lines(storage, base):
-        print(line, file=sys.stderr)
+        LOG.info(line)
     if not is_loopback(host):
-        print(f"search dashboard: warning: listening on {host}, reachable from other "
-              "machines; the dashboard has no login, anyone who reaches it can read and "
-              "change the studies", file=sys.stderr)
-    print(f"dashboard of {shown(url)} (artifacts in {folder}) at {base}/ ; Ctrl-C to stop",
-          file=sys.stderr, flush=True)
+        LOG.warning(f"search dashboard: warning: listening on {host}, reachable from other "
+                    "machines; the dashboard has no login, anyone who reaches it can read and "
+                    "change the studies")
+    LOG.info(f"dashboard of {shown(url)} (artifacts in {folder}) at {base}/ ; Ctrl-C to stop")
     optuna_dashboard.run_server(storage, host=host, port=port,
                                 artifact_store=artifact_store(folder))

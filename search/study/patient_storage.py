@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import sys
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -45,6 +45,8 @@ from objectives.user_error import first_line
 from search.study.optuna_private import CACHED_BACKEND_CALLS
 from search.study.stall_watch import StallWatch
 from search.study.storage_errors import StorageFault, classify, storage_fault
+
+LOG = logging.getLogger(__name__)
 
 MAX_BACKOFF_S = 2.0  # short, so that a worker notices within seconds that the database is back
 # A call running longer than this is taken for a server that stopped answering (or the
@@ -164,10 +166,9 @@ class PatientRDBStorage(RDBStorage):
         with self._outage_lock:
             if self._away_since is None:
                 self._away_since, self._first_failed = time.monotonic(), attempt_started
-                print(f"worker: storage {self._shown_url} unreachable "
-                      f"({type(error).__name__}: {first_line(error)}); training goes on, writes "
-                      f"are retried for up to {self._outage_timeout:.0f} s", file=sys.stderr,
-                      flush=True)
+                LOG.warning(f"worker: storage {self._shown_url} unreachable "
+                            f"({type(error).__name__}: {first_line(error)}); training goes on, "
+                            f"writes are retried for up to {self._outage_timeout:.0f} s")
 
     def _note_back(self, attempt_started: float) -> None:
         """The outage is over when a call that began after it began succeeds: one that was
@@ -179,8 +180,7 @@ class PatientRDBStorage(RDBStorage):
             if self._away_since is not None and attempt_started > self._away_since:
                 away = time.monotonic() - self._first_failed  # a stall counts from its start
                 self._away_since, self._back_at = None, time.monotonic()
-                print(f"worker: storage {self._shown_url} reachable again after {away:.0f} s",
-                      file=sys.stderr, flush=True)
+                LOG.warning(f"worker: storage {self._shown_url} reachable again after {away:.0f} s")
 
     def set_trial_state_values(self, trial_id: int, state: TrialState,
                                values: Any = None) -> bool:

@@ -15,14 +15,13 @@ is deleted, and the store itself refuses ids that lead out of its folder
 from __future__ import annotations
 
 import io
-import sys
+import logging
 import uuid
 from typing import TYPE_CHECKING, BinaryIO
 
 import optuna
 from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.trial import FrozenTrial
-from tqdm import tqdm
 
 from objectives.checkpoint import (
     CheckpointError,
@@ -37,6 +36,8 @@ from search.worker.faults import environment_fault
 
 if TYPE_CHECKING:
     from search.study.optuna_private import ArtifactStore
+
+LOG = logging.getLogger(__name__)
 
 
 class AttemptStore:
@@ -137,9 +138,9 @@ class Checkpoints:
 
     def _start_over(self, artifact: str | None, error: Exception) -> None:
         named = artifact if artifact is not None else repr(self._pointer)
-        tqdm.write(f"trial {self._trial.number}: checkpoint {named} not "
-                   f"usable ({first_line(error)}); "
-                   "starting over", file=sys.stderr)
+        LOG.warning(f"trial {self._trial.number}: checkpoint {named} not "
+                    f"usable ({first_line(error)}); "
+                    "starting over")
         self._trial.set_user_attr("checkpoint", None)
         return None
 
@@ -171,5 +172,5 @@ class Checkpoints:
         except ArtifactNotFound:
             pass
         except (OSError, ValueError) as error:  # the trial's outcome stands
-            tqdm.write(f"trial {self._trial.number}: could not remove checkpoint {artifact} "
-                       f"({first_line(error)})", file=sys.stderr)
+            LOG.warning(f"trial {self._trial.number}: could not remove checkpoint {artifact} "
+                        f"({first_line(error)})")

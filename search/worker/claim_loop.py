@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
+import logging
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,6 +43,8 @@ from search.worker.sampler import searching_study
 from search.worker.signals import StopSignals
 from search.worker.trial_queue import MAX_POLL_SECONDS, claim_waiting, next_trial
 from search.worker.trial_run import describe_point, run_claimed_trial
+
+LOG = logging.getLogger(__name__)
 
 # Exit codes of a worker (and of the commands that run workers): 0 when every trial it ran
 # finished without failing; EXIT_TRIALS_FAILED when one failed or the study gave up on a point
@@ -185,7 +187,7 @@ def claim_and_run(storage: optuna.storages.RDBStorage, study: optuna.Study, spec
         trials = [trial]
         limit, cap = planner.limit_and_cap(trial)
         if cap is not None:
-            print(cap, file=sys.stderr, flush=True)
+            LOG.info(cap)
         if limit > 1:
             trials += claim_waiting(storage, study, limit - 1, planner.companions(trial))
         for claimed in trials:
@@ -214,9 +216,9 @@ def refresh_leaderboard(refresh: Callable[..., int], study: optuna.Study,
     try:
         refresh(study, store, url, memory)
     except (OSError, sqlalchemy.exc.SQLAlchemyError, StorageInternalError) as error:
-        print(f"worker: the dashboard's leaderboard was not refreshed "
-              f"({type(error).__name__}: {first_line(error)}); the next finished trial "
-              "refreshes it", file=sys.stderr, flush=True)
+        LOG.warning(f"worker: the dashboard's leaderboard was not refreshed "
+                    f"({type(error).__name__}: {first_line(error)}); the next finished trial "
+                    "refreshes it")
 
 
 def count(report: WorkerReport, journal: Journal, states: dict[int, TrialState]) -> None:
@@ -237,23 +239,22 @@ def run_claimed(storage: optuna.storages.RDBStorage, study: optuna.Study,
                 return {trials[0].number: run_claimed_trial(
                     study, trials[0], spec, data, store, position,
                     check_stop=stop.raise_if_requested)}
-            print(describe_pack(trials), file=sys.stderr, flush=True)
+            LOG.info(describe_pack(trials))
             return run_claimed_pack(study, trials, spec, data, store, position,
                                     check_stop=stop.raise_if_requested)
     except UpdateFinishedTrialError:
         # Our heartbeats stopped reaching the database for the grace period (a network cut,
         # a suspended process), so another worker failed the trial and queued its retry.
-        print(f"worker: trial {trials[0].number} was failed by another worker meanwhile (no "
-              f"heartbeat for {heartbeat.grace_period} s); its retry runs instead",
-              file=sys.stderr, flush=True)
+        LOG.warning(f"worker: trial {trials[0].number} was failed by another worker meanwhile (no "
+                    f"heartbeat for {heartbeat.grace_period} s); its retry runs instead")
         return {t.number: storage.get_trial(trial_id(t)).state for t in trials}
 
 
 def announce_wait(heartbeat: HeartbeatSettings):
     def announce(running: int) -> None:
-        print(f"worker: nothing queued; waiting for {running} running trial(s) of other workers "
-              f"(a dead worker's trial comes back after {heartbeat.grace_period} s without "
-              "heartbeat)", file=sys.stderr, flush=True)
+        LOG.info(f"worker: nothing queued; waiting for {running} running trial(s) of other workers "
+                 f"(a dead worker's trial comes back after {heartbeat.grace_period} s without "
+                 "heartbeat)")
     return announce
 
 

@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
-import sys
+import logging
 import threading
 
 import optuna
+
+LOG = logging.getLogger(__name__)
 
 
 class Heartbeat:
@@ -46,6 +48,6 @@ class Heartbeat:
                     self._storage.record_heartbeat(trial_id)
                 except Exception as error:  # the database may come back before the grace ends
                     if not self._warned:
-                        print(f"worker: heartbeat of trial id {trial_id} failed, retrying "
-                              f"({type(error).__name__})", file=sys.stderr, flush=True)
+                        LOG.warning(f"worker: heartbeat of trial id {trial_id} failed, retrying "
+                                    f"({type(error).__name__})")
                         self._warned = True

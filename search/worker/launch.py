@@ -16,6 +16,7 @@ counting as 128 + N.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -37,6 +38,8 @@ from search.worker.claim_loop import (
 )
 from search.worker.pack_plan import AUTO, PackSetting
 from search.worker.signals import SIGNALS
+
+LOG = logging.getLogger(__name__)
 
 
 class WorkerCountError(UserError):
@@ -147,7 +150,7 @@ def run_local_workers(storage_url: str, study_name: str, artifacts: str | None, 
             for number, handler in previous.items():
                 signal.signal(number, handler)
         summary = summarize(codes, [read_journal(path) for path in journals])
-    print(summary.line, file=sys.stderr, flush=True)
+    LOG.log(logging.WARNING if summary.exit_code else logging.INFO, summary.line)
     return summary.exit_code
 
 

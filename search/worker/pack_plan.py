@@ -17,8 +17,8 @@ then caps it:
 
 from __future__ import annotations
 
+import logging
 import math
-import sys
 from dataclasses import dataclass, field
 
 import optuna
@@ -32,6 +32,8 @@ from objectives.user_error import first_line
 from search.study.tpe_search import FINISHED, is_sampled, stored_tpe_search
 from search.study.trials import is_baseline, trial_train_spec
 from search.worker.trial_queue import pending_count
+
+LOG = logging.getLogger(__name__)
 
 AUTO = "auto"
 PackSetting = int | str  # a pack size >= 1, or AUTO
@@ -131,8 +133,7 @@ class PackPlanner:
         if key not in self._refusals:
             self._refusals[key] = why = pack_refusal(spec, self.data.num_classes)
             if why is not None:
-                print(f"pack: trials of {spec.model} run one at a time: {why}",
-                      file=sys.stderr, flush=True)
+                LOG.info(f"pack: trials of {spec.model} run one at a time: {why}")
         return self._refusals[key]
 
     def capacity(self, spec: TrainSpec) -> int:
@@ -143,11 +144,11 @@ class PackPlanner:
                 capacity = measure_capacity(spec, self.data, LoraParams(rank, rank, 0.1))
             except Exception as error:  # the trials meet it too, each fails with it alone
                 self._capacity[key] = 1
-                print(f"pack: auto: the probe failed ({type(error).__name__}: "
-                      f"{first_line(error)}); one trial at a time", file=sys.stderr, flush=True)
+                LOG.warning(f"pack: auto: the probe failed ({type(error).__name__}: "
+                            f"{first_line(error)}); one trial at a time")
                 return 1
             self._capacity[key] = capacity.members
-            print(f"pack: auto chose {capacity.describe()}", file=sys.stderr, flush=True)
+            LOG.info(f"pack: auto chose {capacity.describe()}")
         return self._capacity[key]
 
     def study_ranks(self) -> list[int]:

@@ -17,7 +17,7 @@ of its own, run one after another.
 
 from __future__ import annotations
 
-import sys
+import logging
 from collections.abc import Callable
 
 import optuna
@@ -33,9 +33,12 @@ from objectives.user_error import first_line
 from search.study.optuna_private import study_storage, trial_id
 from search.study.patient_storage import StorageOutage
 from search.worker.faults import WorkerEnvironmentError
+from search.worker.progress_bar import progress_wanted
 from search.worker.signals import StopRequested
 from search.worker.trial_queue import requeue_trial
 from search.worker.trial_run import TrialAttempt, run_claimed_trial, train_alone
+
+LOG = logging.getLogger(__name__)
 
 
 def run_claimed_pack(study: optuna.Study, frozen: list[FrozenTrial], spec: TrainSpec,
@@ -86,7 +89,7 @@ def train_together(attempts: list[TrialAttempt], resumes: list[TrainingState | N
     done = (resumes[0].epoch if resumes[0] else 0) * data.train_size
     bar = tqdm(total=spec.epochs * data.train_size, initial=done, unit="img", unit_scale=True,
                position=attempts[0].position, leave=True, mininterval=1.0, dynamic_ncols=True,
-               desc=f"pack of {len(attempts)} (trials {names})", disable=not sys.stderr.isatty())
+               desc=f"pack of {len(attempts)} (trials {names})", disable=not progress_wanted(LOG))
 
     def on_step(images: int) -> None:
         bar.update(images)
@@ -135,8 +138,8 @@ def train_together(attempts: list[TrialAttempt], resumes: list[TrainingState | N
             stops = [attempt.stop_for_environment(attempt.epochs, reason)
                      for attempt in unfinished(attempts)]
             raise stops[0] from error
-        tqdm.write(f"pack of {len(attempts)} (trials {names}) stopped: {type(error).__name__}: "
-                   f"{first_line(error)}; its unfinished trials run alone", file=sys.stderr)
+        LOG.warning(f"pack of {len(attempts)} (trials {names}) stopped: {type(error).__name__}: "
+                    f"{first_line(error)}; its unfinished trials run alone")
         for attempt in unfinished(attempts):
             rerun_alone(attempt, check_stop)
     finally:

@@ -7,9 +7,11 @@ or later). A second signal raises KeyboardInterrupt at once, for a user who will
 
 from __future__ import annotations
 
+import logging
 import signal
-import sys
 import threading
+
+LOG = logging.getLogger(__name__)
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -52,6 +54,5 @@ class StopSignals:
         if self.signal is not None:
             raise KeyboardInterrupt
         self.signal = signal.Signals(number)
-        print(f"worker: {self.signal.name} received; stopping after the current step and "
-              "putting the trial back in the queue (again to abort at once)", file=sys.stderr,
-              flush=True)
+        LOG.warning(f"worker: {self.signal.name} received; stopping after the current step and "
+                    "putting the trial back in the queue (again to abort at once)")

@@ -17,7 +17,7 @@ queue with its last good checkpoint, takes back what this attempt wrote, and rai
 
 from __future__ import annotations
 
-import sys
+import logging
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -46,11 +46,14 @@ from search.study.tpe_search import is_sampled
 from search.study.trials import HISTORY_ATTR, is_baseline, trial_point, trial_train_spec
 from search.worker.attempt_store import AttemptStore, Checkpoints
 from search.worker.faults import WorkerEnvironmentError, environment_fault
+from search.worker.progress_bar import progress_wanted
 from search.worker.signals import StopRequested
 from search.worker.trial_queue import requeue_trial
 
 if TYPE_CHECKING:
     from search.study.optuna_private import ArtifactStore
+
+LOG = logging.getLogger(__name__)
 
 WEIGHTS_FILE = "trained_weights.safetensors"
 
@@ -191,8 +194,7 @@ class TrialAttempt:
             reason = environment_fault(error, self.store.folder)
             raise self.stop_for_environment(None, reason) from error
         if resume is not None:
-            tqdm.write(f"{self.title}: resuming after epoch {resume.epoch} of {spec.epochs}",
-                       file=sys.stderr)
+            LOG.info(f"{self.title}: resuming after epoch {resume.epoch} of {spec.epochs}")
         self.epochs = list(resume.history) if resume is not None else []
         if resume is not None or frozen.user_attrs.get("epochs_done") is not None:
             record_history(trial, self.epochs)  # what it starts from, not what it inherited
@@ -201,7 +203,7 @@ class TrialAttempt:
         self.bar = tqdm(total=spec.epochs * self.data.train_size, initial=done, unit="img",
                         unit_scale=True, position=self.position, leave=True, mininterval=1.0,
                         dynamic_ncols=True, desc=self.title,
-                        disable=not (self.show_bar and sys.stderr.isatty()))
+                        disable=not (self.show_bar and progress_wanted(LOG)))
         return resume
 
     def on_step(self, images: int) -> None:
@@ -218,9 +220,8 @@ class TrialAttempt:
         if self.pack > 1:
             progress["pack"] = str(self.pack)
         self.bar.set_postfix(progress)
-        if self.bar.disable:  # tqdm.write: above a pack's live bar, if there is one
-            tqdm.write(" ".join([self.title, *(f"{k}={v}" for k, v in progress.items())]),
-                       file=sys.stderr)
+        if self.bar.disable:  # the CLI logs through tqdm.write: above a pack's live bar
+            LOG.info(" ".join([self.title, *(f"{k}={v}" for k, v in progress.items())]))
         # After the last epoch there is nothing left to save by stopping.
         return not (is_sampled(self.frozen) and stats.epoch < self.spec.epochs
                     and self.trial.should_prune())
@@ -251,8 +252,7 @@ class TrialAttempt:
         if is_sampled(self.frozen) and replicate_of(self.frozen) == 0 and self.point is not None:
             added = enqueue_replicates(self.study, self.point)
             if added:
-                tqdm.write(f"{self.title}: queued {added} more seed(s) of its point",
-                           file=sys.stderr)
+                LOG.info(f"{self.title}: queued {added} more seed(s) of its point")
         return self._end(TrialState.COMPLETE)
 
     def prune(self) -> TrialState:
@@ -263,8 +263,7 @@ class TrialAttempt:
         record_history(self.trial, self.epochs)
         self.study.tell(self.trial, state=TrialState.PRUNED)
         self.drop_checkpoint_file()
-        tqdm.write(f"{self.title}: pruned after epoch {len(self.epochs)} of {self.spec.epochs}",
-                   file=sys.stderr)
+        LOG.info(f"{self.title}: pruned after epoch {len(self.epochs)} of {self.spec.epochs}")
         return self._end(TrialState.PRUNED)
 
     def drop_checkpoint_file(self) -> None:
@@ -279,7 +278,7 @@ class TrialAttempt:
         record_history(self.trial, self.epochs)
         requeue_trial(study_storage(self.study), trial_id(self.frozen))
         after = f"after epoch {len(self.epochs)}" if self.epochs else "from the start"
-        tqdm.write(f"{self.title}: put back in the queue; it resumes {after}", file=sys.stderr)
+        LOG.info(f"{self.title}: put back in the queue; it resumes {after}")
         return self._end(TrialState.WAITING)
 
     def environment_reason(self, error: BaseException) -> str | None:
@@ -297,8 +296,7 @@ class TrialAttempt:
         requeue_trial(study_storage(self.study), trial_id(self.frozen))
         after = (f"after epoch {self.checkpoints.epoch}" if self.checkpoints.epoch
                  else "from the start")
-        tqdm.write(f"{self.title}: put back in the queue ({reason}); it resumes {after}",
-                   file=sys.stderr)
+        LOG.warning(f"{self.title}: put back in the queue ({reason}); it resumes {after}")
         self._end(TrialState.WAITING)
         return WorkerEnvironmentError(reason)
 
@@ -312,15 +310,14 @@ class TrialAttempt:
         self.trial.set_user_attr("error", message)
         self.study.tell(self.trial, state=TrialState.FAIL)
         self.drop_checkpoint_file()
-        tqdm.write(f"trial {self.frozen.number} failed: {message}", file=sys.stderr)
+        LOG.error(f"trial {self.frozen.number} failed: {message}")
         return self._end(TrialState.FAIL)
 
     def lost(self) -> TrialState:
         """Failed meanwhile by another worker: our heartbeats stopped reaching the database
         for the grace period (a network cut, a suspended process), and its retry runs."""
-        tqdm.write(f"worker: trial {self.frozen.number} was failed by another worker meanwhile "
-                   "(no heartbeat for the grace period); its retry runs instead",
-                   file=sys.stderr)
+        LOG.warning(f"worker: trial {self.frozen.number} was failed by another worker meanwhile "
+                    "(no heartbeat for the grace period); its retry runs instead")
         return self._end(TrialState.FAIL)
 
     def _end(self, state: TrialState) -> TrialState:
