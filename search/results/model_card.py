@@ -29,8 +29,22 @@ from optuna.trial import FrozenTrial
 
 from objectives import split_qkv
 from objectives.data import IMAGEFOLDER, dataset_is_grayscale
-from search.results import card_sections as sections
-from search.results.card_sections import base_model, finite, hub_dataset, hyperparameters
+from search.results.card_sections import (
+    architecture,
+    base_model,
+    dataset_name,
+    files_table,
+    finished_trials,
+    finite,
+    hardware,
+    hub_dataset,
+    hyperparameters,
+    leaderboard_table,
+    overview,
+    splits_qkv,
+    summary,
+    title,
+)
 from search.results.leaderboard import Board
 from search.study.trials import configuration_key, is_baseline
 
@@ -63,18 +77,18 @@ def render_card(document: dict[str, Any], board: Board, sources: dict[int, str],
     card = ModelCard.from_template(
         card_data(document, adapter),
         template_path=TEMPLATES / "model_card.md",
-        title=sections.title(document),
-        summary=sections.summary(document),
-        overview=sections.overview(document, board),
-        architecture=sections.architecture(document, adapter),
+        title=title(document),
+        summary=summary(document),
+        overview=overview(document, board),
+        architecture=architecture(document, adapter),
         hyperparameters=hyperparameters(document, adapter),
         study=document["study"],
-        leaderboard=sections.leaderboard_table(document, board, sources),
-        unfinished=len(board.frame) - len(sections.finished_trials(board)),
+        leaderboard=leaderboard_table(document, board, sources),
+        unfinished=len(board.frame) - len(finished_trials(board)),
         verdict_lines=board.lines,
-        hardware=sections.hardware(document, board),
+        hardware=hardware(document, board),
         classes=document["classes"],
-        files=sections.files_table(document, adapter, config),
+        files=files_table(document, adapter, config),
         quick_start=quick_start(document, adapter, config))
     # Jinja drops a template's last newline; a text file ends with one.
     return f"{card.content}\n"
@@ -100,7 +114,7 @@ def card_data(document: dict[str, Any], adapter: dict[str, Any] | None) -> Model
               "optuna", "lora-vit-search"],
         pipeline_tag="image-classification",
         model_name=f"{document['study']}-trial-{document['trial']}",
-        eval_results=eval_results(metrics, sections.dataset_name(spec), hub_dataset(spec)),
+        eval_results=eval_results(metrics, dataset_name(spec), hub_dataset(spec)),
         **extra)
 
 
@@ -171,7 +185,7 @@ def peft_code(document: dict[str, Any], adapter: dict[str, Any]) -> str:
     pretrained = base["source"] == "hub" or bool(weights_file)
     source = ("\n\n\n".join(inspect.getsource(code).rstrip() for code in
                             (split_qkv.SplitQKV, split_qkv.split_qkv))
-              if sections.splits_qkv(spec) else "")
+              if splits_qkv(spec) else "")
     return str(code_blocks().peft(
         name, pretrained, weights_file, None if pretrained else base["seed"],
         model_arguments(spec), head_name(document, adapter), spec["head_hidden"], source))
