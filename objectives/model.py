@@ -26,43 +26,12 @@ from torch import nn
 from objectives import export_folder
 from objectives.adapter_seeding import seed_peft_adapters
 from objectives.spec import LoraParams, TrainSpec
+from objectives.split_qkv import SplitQKV, split_qkv
 from objectives.user_error import UserError, first_line
 
 
 class ModelError(UserError):
     """A model that cannot be built; the message is one line for the user."""
-
-
-class SplitQKV(nn.Module):
-    """A fused qkv Linear as three Linears `q`, `k`, `v` with the same combined output."""
-
-    def __init__(self, fused: nn.Linear):
-        super().__init__()
-        dim = fused.out_features // 3
-        factory = {"device": fused.weight.device, "dtype": fused.weight.dtype}
-        has_bias = fused.bias is not None
-        self.q = nn.Linear(fused.in_features, dim, bias=has_bias, **factory)
-        self.k = nn.Linear(fused.in_features, dim, bias=has_bias, **factory)
-        self.v = nn.Linear(fused.in_features, dim, bias=has_bias, **factory)
-        with torch.no_grad():
-            for i, part in enumerate((self.q, self.k, self.v)):
-                part.weight.copy_(fused.weight[i * dim:(i + 1) * dim])
-                if has_bias:
-                    part.bias.copy_(fused.bias[i * dim:(i + 1) * dim])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.q(x), self.k(x), self.v(x)], dim=-1)
-
-
-def split_qkv(model: nn.Module) -> int:
-    """Replace every attention block's fused `qkv` Linear by a `SplitQKV`; returns how many."""
-    replaced = 0
-    for module in model.modules():
-        fused = getattr(module, "qkv", None)
-        if isinstance(fused, nn.Linear) and fused.out_features % 3 == 0:
-            module.qkv = SplitQKV(fused)
-            replaced += 1
-    return replaced
 
 
 def fuse_qkv_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -321,3 +321,23 @@ def test_the_exported_spec_keeps_no_dataset_path():
     assert document["spec"]["data_dir"] == "torchvision"
     assert document["spec"]["weights"] == "base_weights/backbone.safetensors"
     assert document["base_weights"] == base and "/srv" not in json.dumps(document)
+
+
+def test_the_peft_quick_start_splits_qkv_with_the_code_training_uses():
+    # One source: the card carries objectives/split_qkv.py's own code, not a copy of it (the
+    # quick start test above runs it without this project importable).
+    import inspect
+
+    from objectives import split_qkv
+    from objectives.spec import TrainSpec
+    from search.results.model_card import peft_code
+
+    spec = TrainSpec(targets="q,k,v", pretrained=False, seed=3)
+    document = {"model": spec.model, "spec": spec.to_dict(),
+                "base_weights": {"model": spec.model, "source": "none", "seed": 3}}
+    code = peft_code(document, {"modules_to_save": ["head"]})
+    assert inspect.getsource(split_qkv.SplitQKV) in code
+    assert inspect.getsource(split_qkv.split_qkv) in code
+    assert "split_qkv(backbone)" in code and "torch.manual_seed(3)" in code
+    fused_only = peft_code({**document, "spec": TrainSpec(targets="qkv").to_dict()}, {})
+    assert "SplitQKV" not in fused_only and "split_qkv" not in fused_only

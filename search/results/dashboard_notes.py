@@ -40,6 +40,7 @@ import pandas as pd
 from optuna.trial import FrozenTrial
 
 from search.results import markdown, note_store
+from search.results.intervals import format_interval
 from search.results.leaderboard import STATE_ORDER, Board, configuration_frame, render, study_board
 from search.results.verdict import Verdict, VerdictCache
 from search.study.contained_store import is_artifact_id
@@ -160,7 +161,7 @@ def clip(text: str, limit: int) -> str:
 
 def markdown_cell(column: str, value: Any) -> str:
     if isinstance(value, list):
-        return f"{value[0]:.3f}-{value[1]:.3f}"
+        return format_interval(value)
     if isinstance(value, bool):
         return {"baseline": "yes", "tied": "yes", "recommended": "**yes**"}.get(column, "") \
             if value else ""

@@ -13,6 +13,7 @@ import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
 from search.results import significance
+from search.results.intervals import format_interval
 from search.results.verdict import NoVerdict, Verdict, VerdictCache, assess, closing_lines
 from search.study.trials import (
     gave_up_points,
@@ -264,8 +265,7 @@ def render(frame: pd.DataFrame, fmt: str) -> str:
             shown[column] = frame[column].map(lambda x: "-" if pd.isna(x) else str(x))
     for column in ("val_ci", "test_ci"):
         if column in frame:
-            shown[column] = frame[column].map(
-                lambda x: f"{x[0]:.3f}-{x[1]:.3f}" if isinstance(x, list) else "-")
+            shown[column] = frame[column].map(format_interval)
     for column in ("baseline", "tied", "recommended"):
         if column in frame:
             shown[column] = frame[column].map(lambda x: YES.get(x, ""))

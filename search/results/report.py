@@ -42,6 +42,7 @@ from optuna.artifacts.exceptions import ArtifactNotFound
 
 from search.results import markdown
 from search.results.figures import new_figure, save_figure
+from search.results.intervals import format_interval
 from search.results.leaderboard import Board, configuration_frame, leaderboard, with_verdict
 from search.results.verdict import NoVerdict, Verdict, assess, closing_lines
 from search.study.names import quoted
@@ -496,7 +497,7 @@ FORMATS = {"alpha": "{:g}", "dropout": "{:.3g}", "trainable_pct": "{:.3f}", "val
 def markdown_table(table: pd.DataFrame) -> str:
     def cell(column: str, value) -> str:
         if isinstance(value, list):
-            return f"{value[0]:.4f}-{value[1]:.4f}"
+            return format_interval(value, places=4)
         if isinstance(value, bool):
             return "yes" if value else ""
         if value is None or pd.isna(value):
