@@ -100,7 +100,8 @@ class TrainSpec:
         "help": "AdamW learning rate of the trained parameters, start of its cosine schedule"})
     weight_decay: float = field(default=1e-4, metadata={"help": "AdamW weight decay"})
     augment: AugmentSpec = field(default_factory=AugmentSpec, metadata={
-        "help": "training-time augmentation", "table": "train.augment"})
+        "help": "training-time augmentation, applied batched on the trial's device with "
+                "independent random parameters per image", "table": "train.augment"})
     seed: int = field(default=0, metadata={
         "help": "seed of the trial's training: model build, adapters, dropout, batch order, "
                 "augmentation"})

@@ -39,18 +39,24 @@ LOCAL_FIELDS = ("data_dir", "download", "device", "compile")
 
 @dataclass(frozen=True)
 class StudySpec:
+    """A study spec file: the keys of its [study] table, and its other tables."""
+
     name: str = dataclasses.field(metadata={
         "help": "the default study name (--study overrides it)",
         "default": "the spec file's name without .toml"})
     train: TrainSpec = dataclasses.field(metadata={
-        "help": "what each trial trains", "table": "train"})
+        "help": "what each trial trains: data, model and optimisation; the defaults reproduce "
+                "the public model card", "table": "train"})
     grid: GridSpace = dataclasses.field(metadata={
-        "help": "the grid of `search grid`", "table": "grid"})
+        "help": "the grid `search grid` queues: every rank x alpha x dropout (values kept "
+                "sorted and unique)", "table": "grid"})
     tpe: TpeSearch = dataclasses.field(default_factory=TpeSearch, metadata={
-        "help": "the TPE search of `search optuna`", "table": "optuna"})
+        "help": "the TPE search of `search optuna`: the model card's 10 trials, space and "
+                "seed by default", "table": "optuna"})
     heartbeat: HeartbeatSettings = dataclasses.field(default_factory=HeartbeatSettings,
                                                      metadata={
-        "help": "how dead workers are told from slow ones", "table": "heartbeat"})
+        "help": "how a dead worker's trial is told from a slow one; stored in the study, so "
+                "that every worker judges alike", "table": "heartbeat"})
     baselines: tuple[Baseline, ...] = dataclasses.field(default=DEFAULT_BASELINES, metadata={
         "help": "no-LoRA reference trials: \"head\" (the study's model), \"MODEL:head\" or a "
                 "table (see Baseline); the study's own head-only baseline is always included",
