@@ -202,10 +202,25 @@ GENERATORS = {"commands": render_commands, "spec": render_spec}
 # Hooks ------------------------------------------------------------------------------------
 
 
+LINK = re.compile(r"\]\(([^)#\s]+)(#[^)\s]*)?\)")
+
+
+def site_link(match: re.Match) -> str:
+    """A link of a root page, written for the repository, as the site has its target: a root
+    page by its page name, a docs/ page by its place in the site. Other targets are left as
+    they are, so that --strict reports them."""
+    target, anchor = match.group(1), match.group(2) or ""
+    if target in ROOT_PAGES:
+        target = ROOT_PAGES[target]
+    elif target.startswith("docs/"):
+        target = target.removeprefix("docs/")
+    return f"]({target}{anchor})"
+
+
 def on_files(files, config):
     for root_name, page in ROOT_PAGES.items():
-        files.append(File.generated(config, page,
-                                    content=(ROOT / root_name).read_text(encoding="utf-8")))
+        text = (ROOT / root_name).read_text(encoding="utf-8")
+        files.append(File.generated(config, page, content=LINK.sub(site_link, text)))
     return files
 
 
