@@ -17,6 +17,7 @@ import argparse
 import dataclasses
 import re
 import sys
+import tomllib
 import types
 import typing
 from pathlib import Path
@@ -121,8 +122,13 @@ def toml_type(hint: Any) -> str:
 
 
 def field_default(field: dataclasses.Field) -> str:
-    if "default" in field.metadata:  # the spec file's form where the Python value differs
-        return field.metadata["default"]
+    if "default" in field.metadata:  # where the Python value is not what a spec file means
+        text = field.metadata["default"]
+        try:
+            tomllib.loads(f"value = {text}")
+        except tomllib.TOMLDecodeError:
+            return text  # words, not a value
+        return f"`{text}`"
     if field.default is not dataclasses.MISSING:
         return "not set" if field.default is None else f"`{toml_value(field.default)}`"
     if field.default_factory is not dataclasses.MISSING:

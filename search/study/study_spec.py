@@ -59,7 +59,8 @@ class StudySpec:
                 "that every worker judges alike", "table": "heartbeat"})
     baselines: tuple[Baseline, ...] = dataclasses.field(default=DEFAULT_BASELINES, metadata={
         "help": "no-LoRA reference trials: \"head\" (the study's model), \"MODEL:head\" or a "
-                "table (see Baseline); the study's own head-only baseline is always included",
+                "table with model, model_kwargs, weights, head_hidden; the study's own "
+                "head-only baseline is always included",
         "default": '["head"]'})
     # None: not chosen (a study keeps its own; a new one has 1).
     seeds: int | None = dataclasses.field(default=None, metadata={
