@@ -8,6 +8,7 @@ import dataclasses
 import importlib.util
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -179,3 +180,33 @@ def test_the_readme_shows_the_demo_leaderboard_as_the_tutorial_does():
 
     readme = leaderboard((ROOT / "README.md").read_text())
     assert readme == leaderboard((ROOT / "docs" / "tutorial" / "demo.md").read_text())
+
+
+def documented_commands() -> list[tuple[str, str]]:
+    """Every `search` command line in the README's and the docs' code blocks (indented or
+    fenced), with the file it is in."""
+    found = []
+    for path in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]:
+        fenced = False
+        for line in path.read_text().splitlines():
+            if line.startswith("```"):
+                fenced = not fenced
+                continue
+            if not (fenced or line.startswith("    ")):
+                continue
+            words = line.split()
+            if words and words[0] in ("search", ".venv/bin/search"):
+                found.append((path.relative_to(ROOT).as_posix(), line.strip()))
+    return found
+
+
+def test_the_docs_show_search_commands():
+    assert len(documented_commands()) > 40
+
+
+@pytest.mark.parametrize("where, line", documented_commands())
+def test_every_documented_search_command_parses(where, line, capsys):
+    try:
+        build_parser().parse_args(shlex.split(line, comments=True)[1:])
+    except SystemExit:
+        pytest.fail(f"{where}: {line}: {capsys.readouterr().err.strip()}")
