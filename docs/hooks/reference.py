@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import re
 import sys
 import tomllib
@@ -37,10 +38,11 @@ MARKER = re.compile(r"^<!-- generated: (\w+) -->$", re.MULTILINE)
 # Commands ---------------------------------------------------------------------------------
 
 
-def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
-    """The parser's subcommands by name, in the order `search --help` lists them."""
+def subcommands(parser: argparse.ArgumentParser) -> argparse._SubParsersAction:
+    """The action that holds the parser's subcommands (`choices`: name -> parser, in the order
+    `search --help` lists them)."""
     (action,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
-    return dict(action.choices)
+    return action
 
 
 def cell(text: str) -> str:
@@ -75,14 +77,23 @@ def render_command(name: str, parser: argparse.ArgumentParser) -> str:
 def render_commands() -> str:
     from search.cli.parser import build_parser
 
-    parser = build_parser()
-    commands = subcommands(parser)
-    (action,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
-    summary = {choice.dest: choice.help for choice in action._choices_actions}
-    lines = ["| command | what it does |", "|---|---|"]
-    lines += [f"| [`search {name}`](#search-{name}) | {cell(summary.get(name, ''))} |"
-              for name in commands]
-    return "\n".join([*lines, "", *(render_command(n, p) for n, p in commands.items())])
+    # argparse wraps usage lines to the terminal's width: fix it, so that every build of the
+    # site gives the same page.
+    columns = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = "100"
+    try:
+        action = subcommands(build_parser())
+        summary = {choice.dest: choice.help for choice in action._choices_actions}
+        lines = ["| command | what it does |", "|---|---|"]
+        lines += [f"| [`search {name}`](#search-{name}) | {cell(summary.get(name, ''))} |"
+                  for name in action.choices]
+        commands = [render_command(name, parser) for name, parser in action.choices.items()]
+    finally:
+        if columns is None:
+            del os.environ["COLUMNS"]
+        else:
+            os.environ["COLUMNS"] = columns
+    return "\n".join([*lines, "", *commands])
 
 
 # Spec -------------------------------------------------------------------------------------
