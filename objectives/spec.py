@@ -27,16 +27,27 @@ VIT_TARGETS = ("q,k,v", "q,v", "qkv")
 class AugmentSpec:
     """Training-time augmentation, applied batched on the trial's device, per sample."""
 
-    hflip: float = 0.5
-    crop_padding: int = 28
-    # RandomAffine: rotation in ±degrees, translation up to ±fraction of width/height,
-    # scale drawn from the range; all off by default (the paper's pipeline turns them on).
-    affine_degrees: float = 0.0
-    affine_translate: float = 0.0
-    affine_scale: tuple[float, float] = (1.0, 1.0)
-    color_jitter: tuple[float, float, float, float] = (0.3, 0.3, 0.3, 0.05)
-    mean: tuple[float, float, float] = (0.5071, 0.4867, 0.4408)
-    std: tuple[float, float, float] = (0.2675, 0.2565, 0.2761)
+    hflip: float = field(default=0.5, metadata={
+        "help": "probability of a horizontal flip"})
+    crop_padding: int = field(default=28, metadata={
+        "help": "random crop back to the image size after padding each side by this many "
+                "pixels; 0: no crop"})
+    # The affine fields are off by default; the paper's specs turn them on.
+    affine_degrees: float = field(default=0.0, metadata={
+        "help": "random rotation within +/- this many degrees, 0 to 180"})
+    affine_translate: float = field(default=0.0, metadata={
+        "help": "random shift up to +/- this fraction of the width and height, in [0, 1)"})
+    affine_scale: tuple[float, float] = field(default=(1.0, 1.0), metadata={
+        "help": "random scale drawn from [low, high], 0 < low <= high"})
+    color_jitter: tuple[float, float, float, float] = field(
+        default=(0.3, 0.3, 0.3, 0.05), metadata={
+            "help": "brightness, contrast, saturation and hue jitter as torchvision's "
+                    "ColorJitter takes them (hue at most 0.5); zeros turn it off"})
+    mean: tuple[float, float, float] = field(default=(0.5071, 0.4867, 0.4408), metadata={
+        "help": "per-channel mean the images are normalised with (default: CIFAR-100's)"})
+    std: tuple[float, float, float] = field(default=(0.2675, 0.2565, 0.2761), metadata={
+        "help": "per-channel standard deviation the images are normalised with (default: "
+                "CIFAR-100's)"})
 
 
 @dataclass(frozen=True)
@@ -52,33 +63,62 @@ class LoraParams:
 class TrainSpec:
     """Data, model and optimisation of a trial. Defaults reproduce the public model card."""
 
-    model: str = "vit_small_patch16_224"
-    pretrained: bool = True
-    weights: str | None = None  # local checkpoint used instead of the hub's pretrained weights
-    model_kwargs: dict[str, Any] = field(default_factory=dict)  # passed to timm.create_model
-    targets: str = "q,k,v"  # LoRA's layers: see SPLIT_QKV_NAMES above
-    head_hidden: int = 0  # > 0: the head is Linear -> ReLU -> Linear with this many units
-    dataset: str = "cifar100"
-    data_dir: str = "data"
-    download: bool = True
-    image_size: int = 224
-    val_fraction: float = 0.1
-    test_fraction: float = 0.2  # only for datasets that ship without a test split
-    epochs: int = 10
-    batch_size: int = 128
-    eval_batch_size: int = 512
-    lr: float = 3e-4
-    weight_decay: float = 1e-4
-    augment: AugmentSpec = field(default_factory=AugmentSpec)
-    seed: int = 0  # the trial's training: model build, adapters, dropout, batch order, augmentation
-    # The seed of the held-out splits; None: `seed`. A study's replicate trials train with other
-    # seeds on the study's own splits, so that every trial is evaluated on the same examples.
-    split_seed: int | None = None
-    device: str = "auto"  # "auto": the first visible CUDA device, else CPU
-    bf16: bool = True  # bf16 autocast on CUDA; off for GPUs without bf16. The CPU stays fp32.
-    # torch.compile the model. Measured on the CPU demo only (BENCHMARKS.md): +3.9% images/s
-    # for 19.2 s of compiling per trial; no GPU figure yet. Off by default.
-    compile: bool = False
+    model: str = field(default="vit_small_patch16_224", metadata={
+        "help": "timm model name"})
+    pretrained: bool = field(default=True, metadata={
+        "help": "start from the hub's pretrained weights (or `weights`); false: random init"})
+    weights: str | None = field(default=None, metadata={
+        "help": "local checkpoint (.safetensors or .pth) used instead of the hub's pretrained "
+                "weights, or a folder `search export --weights` wrote (its model, head aside); "
+                "relative to the spec file"})
+    model_kwargs: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "keyword arguments passed to timm.create_model, e.g. img_size, patch_size"})
+    targets: str = field(default="q,k,v", metadata={
+        "help": "LoRA's layers, comma-separated names: q,k,v (separate adapters, as the model "
+                "card), q,v (the paper) or qkv (timm's fused layer) for a ViT; convolutions or "
+                "Linear layers of a CNN, e.g. conv2 (ResNet), conv_pw,conv_pwl (EfficientNet)"})
+    head_hidden: int = field(default=0, metadata={
+        "help": "> 0: the head is Linear -> ReLU -> Linear with this many hidden units"})
+    dataset: str = field(default="cifar100", metadata={
+        "help": "a named dataset or imagefolder:PATH"})
+    data_dir: str = field(default="data", metadata={
+        "help": "folder with the dataset files, torchvision's layout (this host's own)"})
+    download: bool = field(default=True, metadata={
+        "help": "download a missing torchvision dataset into data_dir (this host's own)"})
+    image_size: int = field(default=224, metadata={
+        "help": "side in pixels the images are resized to (a ViT's model_kwargs img_size "
+                "must match it)"})
+    val_fraction: float = field(default=0.1, metadata={
+        "help": "share of the train split held out for validation, stratified and seeded"})
+    test_fraction: float = field(default=0.2, metadata={
+        "help": "share held out for testing, only for datasets that ship without a test split"})
+    epochs: int = field(default=10, metadata={"help": "training epochs of every trial"})
+    batch_size: int = field(default=128, metadata={"help": "training images per step"})
+    eval_batch_size: int = field(default=512, metadata={
+        "help": "images per evaluation (and prediction) batch"})
+    lr: float = field(default=3e-4, metadata={
+        "help": "AdamW learning rate of the trained parameters, start of its cosine schedule"})
+    weight_decay: float = field(default=1e-4, metadata={"help": "AdamW weight decay"})
+    augment: AugmentSpec = field(default_factory=AugmentSpec, metadata={
+        "help": "training-time augmentation, applied batched on the trial's device with "
+                "independent random parameters per image", "table": "train.augment"})
+    seed: int = field(default=0, metadata={
+        "help": "seed of the trial's training: model build, adapters, dropout, batch order, "
+                "augmentation"})
+    # A study's replicate trials train with other seeds on the study's own splits, so that
+    # every trial is evaluated on the same examples.
+    split_seed: int | None = field(default=None, metadata={
+        "help": "seed of the held-out splits; not set: seed"})
+    device: str = field(default="auto", metadata={
+        "help": "auto (the first visible CUDA device, else the CPU), cpu, cuda or cuda:N "
+                "(this host's own)"})
+    bf16: bool = field(default=True, metadata={
+        "help": "bf16 autocast on CUDA; false for GPUs without bf16. The CPU stays fp32"})
+    # Measured on the CPU demo only (BENCHMARKS.md): +3.9% images/s for 19.2 s of compiling
+    # per trial; no GPU figure yet.
+    compile: bool = field(default=False, metadata={
+        "help": "run the model through torch.compile, full-size batches only; costs a "
+                "compilation per trial (this host's own)"})
 
     @property
     def target_modules(self) -> tuple[str, ...]:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Refresh the README's pictures in docs/screenshots/.
+# Refresh the documentation's pictures in docs/screenshots/ (the README shows one of them).
 #
 # An ordinary test run writes the browser test's screenshots only to pytest's temporary folder;
 # this script runs the same test (tests/test_dashboard_browser.py: a demo study, its dashboard,

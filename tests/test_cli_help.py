@@ -45,11 +45,14 @@ def test_predict_names_the_image_files_it_takes():
     assert "any format PIL reads" not in text
 
 
-def test_export_weights_describes_the_folder_readme_lists():
+def test_export_weights_describes_the_folder_the_docs_list():
     text = " ".join(subcommands()["export"].format_help().split())
     assert "merged weights" in text and "model card" in text
-    assert "'The export folder is a model repository'" in text
-    assert "## The export folder is a model repository" in (ROOT / "README.md").read_text()
+    (weights,) = [a for a in subcommands()["export"]._actions if "--weights" in a.option_strings]
+    page = re.search(r"files (docs/\S+\.md) lists \('([^']+)'\)", weights.help)
+    assert page, weights.help
+    path, title = page.groups()
+    assert f"# {title}\n" in (ROOT / path).read_text()
 
 
 @pytest.mark.parametrize("command", ["grid", "optuna"])

@@ -49,8 +49,9 @@ def test_the_dashboard_listens_on_localhost_only():
     assert args.artifacts == "/app/search-artifacts"
 
 
-# The most workers one study is documented to carry (README "Connections", BENCHMARKS.md's
-# storage load runs); each is one process with one storage engine.
+# The most workers one study is documented to carry (docs/explanation/faults.md, "Several hosts
+# at once: queueing and connections"; BENCHMARKS.md's storage load runs); each is one process
+# with one storage engine.
 MOST_WORKERS = 64
 
 

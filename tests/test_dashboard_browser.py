@@ -3,7 +3,7 @@
 Debian's `chromium` and `chromium-driver` (scripts/test.sh and .ci/run install them where
 missing), driven by selenium. The screenshots land in pytest's temporary folder; with
 SEARCH_SCREENSHOTS_DIR set (scripts/refresh_screenshots.sh sets it to docs/screenshots) they are
-copied there too, so an ordinary test run leaves the README's tracked pictures alone.
+copied there too, so an ordinary test run leaves the documentation's tracked pictures alone.
 """
 
 from __future__ import annotations

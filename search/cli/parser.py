@@ -419,8 +419,8 @@ def build_parser() -> ArgumentParser:
                         help="also write the model as a folder to copy or upload to the "
                              "Hugging Face hub: the merged weights, the peft adapter (LoRA "
                              "trials), the model card, this export's document and the other "
-                             "files README.md lists under 'The export folder is a model "
-                             "repository'")
+                             "files docs/reference/export-folder.md lists ('The export folder "
+                             "is a model repository')")
 
     predict = commands.add_parser(
         "predict", help="classify image files with a model written by `export --weights`",

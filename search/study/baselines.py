@@ -40,11 +40,18 @@ class BaselineError(UserError):
 class Baseline:
     """One no-LoRA reference trial; `model=None` is the study's own model."""
 
-    model: str | None = None
-    method: str = "head"
-    model_kwargs: dict[str, Any] = field(default_factory=dict)
-    weights: str | None = None
-    head_hidden: int = 0
+    model: str | None = field(default=None, metadata={
+        "help": "timm model name (required in a table); ImageNet-pretrained from the hub when "
+                "the study's pretrained is true",
+        "default": "the study's model"})
+    method: str = field(default="head", metadata={
+        "help": "head: frozen backbone, new head trained (the only method)"})
+    model_kwargs: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "keyword arguments for timm.create_model; not the study model's"})
+    weights: str | None = field(default=None, metadata={
+        "help": "a checkpoint file or export folder for this model, relative to the spec file"})
+    head_hidden: int = field(default=0, metadata={
+        "help": "> 0: a Linear -> ReLU -> Linear head with this many hidden units"})
 
     def train_overrides(self) -> dict[str, Any]:
         """The `TrainSpec` fields this baseline replaces; empty for the study's own model."""

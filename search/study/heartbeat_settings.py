@@ -13,7 +13,7 @@ judges staleness alike; a worker's own flags override them for that worker only.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
@@ -34,9 +34,13 @@ class HeartbeatError(UserError):
 
 @dataclass(frozen=True)
 class HeartbeatSettings:
-    interval: int = 60  # seconds between two heartbeats of a running trial
-    grace_period: int = 180  # seconds without a heartbeat before a trial counts as dead
-    max_retries: int = 2  # re-runs of a dead worker's trial, not counting the first run
+    interval: int = field(default=60, metadata={
+        "help": "seconds between two heartbeats of a running trial"})
+    grace_period: int = field(default=180, metadata={
+        "help": "seconds without a heartbeat before a trial counts as dead and is retried; "
+                "longer than the interval"})
+    max_retries: int = field(default=2, metadata={
+        "help": "re-runs of a dead worker's trial, not counting the first run"})
 
     def __post_init__(self) -> None:
         for name in ("interval", "grace_period", "max_retries"):

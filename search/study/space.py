@@ -46,9 +46,12 @@ class GridSpace:
     """A cartesian grid. Values are kept sorted and unique, so two grids that list the same
     values in another order are the same grid."""
 
-    ranks: tuple[int, ...] = (2, 4, 8)
-    alphas: tuple[float, ...] = (2.0, 4.0, 8.0)
-    dropouts: tuple[float, ...] = (0.1,)
+    ranks: tuple[int, ...] = field(default=(2, 4, 8), metadata={
+        "help": "LoRA ranks, positive integers"})
+    alphas: tuple[float, ...] = field(default=(2.0, 4.0, 8.0), metadata={
+        "help": "LoRA alphas, numbers > 0 (alpha / rank scales the adapter's update)"})
+    dropouts: tuple[float, ...] = field(default=(0.1,), metadata={
+        "help": "LoRA dropouts in [0, 1)"})
 
     @classmethod
     def from_values(cls, ranks: Any = (2, 4, 8), alphas: Any = (2, 4, 8),
@@ -88,9 +91,12 @@ class TpeSpace:
     """What TPE samples from: ranks and alphas from finite sets (as the model card), dropout
     from a closed interval."""
 
-    ranks: tuple[int, ...] = (2, 4, 8)
-    alphas: tuple[float, ...] = (2.0, 4.0, 8.0)
-    dropout_range: tuple[float, float] = (0.05, 0.30)
+    ranks: tuple[int, ...] = field(default=(2, 4, 8), metadata={
+        "help": "LoRA ranks TPE chooses from"})
+    alphas: tuple[float, ...] = field(default=(2.0, 4.0, 8.0), metadata={
+        "help": "LoRA alphas TPE chooses from"})
+    dropout_range: tuple[float, float] = field(default=(0.05, 0.30), metadata={
+        "help": "[low, high]: the interval TPE draws dropout from, 0 <= low < high < 1"})
 
     @classmethod
     def from_values(cls, ranks: Any = (2, 4, 8), alphas: Any = (2, 4, 8),
@@ -119,11 +125,19 @@ class TpeSearch:
     included; `startup_trials` finished trials are needed before TPE stops sampling at random.
     """
 
-    trials: int = 10
-    space: TpeSpace = field(default_factory=TpeSpace)
-    seed: int = 0
-    pruner: str = "median"
-    startup_trials: int = 5
+    trials: int = field(default=10, metadata={
+        "help": "finished LoRA trials (complete or pruned, grid points included) the study "
+                "should hold, counted over all workers"})
+    # Stored and written flat: its keys sit in [optuna] beside the others.
+    space: TpeSpace = field(default_factory=TpeSpace, metadata={
+        "help": "the space TPE samples from", "keys_inline": True})
+    seed: int = field(default=0, metadata={
+        "help": "sampler seed; the same seed repeats the same suggestions"})
+    pruner: str = field(default="median", metadata={
+        "help": "median (never before a third of the epochs), hyperband, or none (the model "
+                "card)"})
+    startup_trials: int = field(default=5, metadata={
+        "help": "finished trials before TPE stops sampling at random"})
 
     def __post_init__(self) -> None:
         if isinstance(self.trials, bool) or not isinstance(self.trials, int) or self.trials < 1:

@@ -39,13 +39,33 @@ LOCAL_FIELDS = ("data_dir", "download", "device", "compile")
 
 @dataclass(frozen=True)
 class StudySpec:
-    name: str
-    train: TrainSpec
-    grid: GridSpace
-    tpe: TpeSearch = dataclasses.field(default_factory=TpeSearch)
-    heartbeat: HeartbeatSettings = dataclasses.field(default_factory=HeartbeatSettings)
-    baselines: tuple[Baseline, ...] = DEFAULT_BASELINES
-    seeds: int | None = None  # None: not chosen (a study keeps its own; a new one has 1)
+    """A study spec file: the keys of its [study] table, and its other tables."""
+
+    name: str = dataclasses.field(metadata={
+        "help": "the default study name (--study overrides it)",
+        "default": "the spec file's name without .toml"})
+    train: TrainSpec = dataclasses.field(metadata={
+        "help": "what each trial trains: data, model and optimisation; the defaults reproduce "
+                "the public model card", "table": "train"})
+    grid: GridSpace = dataclasses.field(metadata={
+        "help": "the grid `search grid` queues: every rank x alpha x dropout (values kept "
+                "sorted and unique)", "table": "grid"})
+    tpe: TpeSearch = dataclasses.field(default_factory=TpeSearch, metadata={
+        "help": "the TPE search of `search optuna`: the model card's 10 trials, space and "
+                "seed by default", "table": "optuna"})
+    heartbeat: HeartbeatSettings = dataclasses.field(default_factory=HeartbeatSettings,
+                                                     metadata={
+        "help": "how a dead worker's trial is told from a slow one; stored in the study, so "
+                "that every worker judges alike", "table": "heartbeat"})
+    baselines: tuple[Baseline, ...] = dataclasses.field(default=DEFAULT_BASELINES, metadata={
+        "help": "no-LoRA reference trials: \"head\" (the study's model), \"MODEL:head\" or a "
+                "table with model, model_kwargs, weights, head_hidden; the study's own "
+                "head-only baseline is always included",
+        "default": '["head"]'})
+    # None: not chosen (a study keeps its own; a new one has 1).
+    seeds: int | None = dataclasses.field(default=None, metadata={
+        "help": f"how many seeds train every configuration, 1 to {MAX_SEEDS}",
+        "default": "1 (a study keeps its own)"})
 
 
 def load_spec(path: str | Path | None = None) -> StudySpec:
