@@ -13,6 +13,7 @@ forever.
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import re
 import time
@@ -29,6 +30,8 @@ from sqlalchemy.engine import make_url
 from objectives.user_error import UserError, first_line
 from search.study.heartbeat_settings import HeartbeatSettings
 from search.study.patient_storage import PatientRDBStorage
+
+LOG = logging.getLogger(__name__)
 
 DEFAULT_STORAGE = "sqlite:///search.db"
 # The storage URL from the environment: keeps a password out of `ps` and shell history.
@@ -180,6 +183,8 @@ def open_storage(url: str, must_exist: bool = False,
             raise StorageError(f"cannot open storage {shown(url)}: {reason}") from None
     if path is not None:
         harden_sqlite(storage.engine)
+    LOG.debug(f"storage {shown(url)} opened: {type(storage).__name__}, engine "
+              f"{without_secrets(str(engine_kwargs), url)}, outage timeout {outage_timeout} s")
     return storage
 
 

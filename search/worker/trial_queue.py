@@ -20,6 +20,7 @@ needs no torch, so that load benchmarks can run many workers cheaply.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 
@@ -32,6 +33,8 @@ from optuna.trial import FrozenTrial, TrialState
 from search.study.contained_store import is_checkpoint_id
 from search.study.optuna_private import study_id, trial_id
 from search.study.trials import is_last_try, retried_as, study_max_retries
+
+LOG = logging.getLogger(__name__)
 
 FIRST_POLL_SECONDS = 0.5
 # The longest pause between two looks at the queue while other workers' trials run: short
@@ -75,6 +78,9 @@ def claim_waiting(storage: optuna.storages.BaseStorage, study: optuna.Study, lim
                 storage.record_heartbeat(trial_id(trial))
             if storage.set_trial_state_values(trial_id(trial), state=TrialState.RUNNING):
                 claimed.append(storage.get_trial(trial_id(trial)))
+                LOG.debug(f"claimed trial {trial.number} (id {trial_id(trial)})")
+            else:
+                LOG.debug(f"trial {trial.number}: another worker claimed it first")
         except UpdateFinishedTrialError:
             continue  # another process finished it between our read and our claim
     return claimed
