@@ -227,3 +227,33 @@ def test_bad_rounds_raise():
         decide_round(outcomes, {})
     with pytest.raises(ValueError, match="beyond max_seeds"):
         decide_round(outcomes, costs, settings=RaceSettings(max_seeds=1))
+
+
+def test_agreement_on_few_examples_is_not_equivalence():
+    """Two configurations that agree on every one of 216 examples at 3 seeds: the bootstrap
+    alone collapses to [0, 0]; 216 examples cannot bound the difference within 0.5 pp. The
+    same agreement on 20,000 examples can."""
+    for examples, equivalent in ((216, False), (20_000, True)):
+        rows = synthetic({"x": 0.9}, seeds=3, examples=examples, seed=11)["x"]
+        outcomes = {(1, 2.0, 0.0): rows, (2, 4.0, 0.0): rows.copy()}
+        decision = decide_round(outcomes, costs_of(outcomes))
+        low, high = decision.equivalence[(2, 4.0, 0.0)]
+        assert (decision.reason is StopReason.EQUIVALENT) is equivalent
+        assert low < 0 < high
+        if not equivalent:
+            assert high > 0.007  # Agresti-Min: 1.645 / 218
+
+
+def test_floor_matches_agresti_min_on_one_seed():
+    """With one seed the floor is Agresti-Min's adjusted Wald interval, computed here from
+    its 2x2 table: a small set where the bootstrap is the narrower of the two."""
+    a = np.array([True] * 200 + [True] * 3 + [False] * 1 + [False] * 12)
+    b = np.array([True] * 200 + [False] * 3 + [True] * 1 + [False] * 12)
+    n12, n21, n = 3, 1, a.size
+    p12, p21 = (n12 + 0.5) / (n + 2), (n21 + 0.5) / (n + 2)
+    se = np.sqrt((p12 + p21 - (p12 - p21) ** 2) / (n + 2))
+    low, high = equivalence_intervals({"a": a, "b": b}, "a")["b"]
+    observed = (n12 - n21) / n
+    assert low <= observed - 1.6448536269514722 * se + 1e-12
+    assert high >= observed + 1.6448536269514722 * se - 1e-12
+    assert min(observed - low, high - observed) == pytest.approx(1.6448536269514722 * se)

@@ -41,7 +41,13 @@ Why each rule is what it is:
   examples, same seed draws), so it widens with the spread across seeds as the tie tests do
   and is deterministic in the same way; with one seed it is a paired bootstrap over examples,
   which agrees with the paired t interval (statsmodels' `ttost_paired`) at the sizes a study
-  has (tested).
+  has (tested). It is never narrower than Agresti and Min's interval for matched proportions
+  (half a pseudo-disagreement added each way; on the seed-averaged per-example differences
+  when there are several seeds): a bootstrap of two configurations that disagree on no
+  example collapses to [0, 0], which says the data show no spread, not that the difference
+  is known to be small. At 216 examples that floor alone is +/- 0.75 pp, so a small
+  validation set cannot end a race as equivalent within 0.5 pp however alike the
+  configurations look; at 10,000 examples it is +/- 0.02 pp and the bootstrap decides.
 - The seed cap bounds the cost when the data cannot decide (true near-ties on a small
   validation set): the survivors then are the configurations the data could not tell from
   the best, the cheapest of which is recommended, as on the leaderboard.
@@ -49,11 +55,11 @@ Why each rule is what it is:
 Known limits, stated rather than hidden:
 - Each round tests anew at alpha; over k rounds the chance of dropping a truly tied
   configuration grows beyond alpha (repeated looks). Racing accepts that (F-Race does the
-  same): dropping a tied configuration costs little, since a tied one stays in the race.
-- With rare disagreements (tiny validation sets, near-identical predictions) the bootstrap
-  interval of the difference is narrow because the data show no spread, not because the
-  difference is known to be small; at N = 216 two configurations that agree on every
-  example of every seed are called equivalent.
+  same) because the cost is bounded: the best is never dropped, so a wrongly dropped
+  configuration can only make the recommendation dearer than needed, not less accurate.
+- The floor covers the examples, not the seeds: configurations that agree on every example
+  of every seed on a large validation set are called equivalent, which is what the data
+  say.
 
 Determinism: the bootstrap (`search.results.bootstrap`) draws examples from (seed 0, N, chunk)
 and each configuration's seeds from a generator seeded by its rows' content; here rows are
@@ -260,19 +266,42 @@ def equivalence_intervals(outcomes: Mapping[Hashable, np.ndarray], best: Hashabl
                           alpha: float = significance.ALPHA,
                           resampling: ExampleResampling | None = None
                           ) -> dict[Hashable, tuple[float, float]]:
-    """For every key but `best`: the (1 - 2 alpha) percentile interval of mean accuracy of
-    `best` minus its, under the two-way bootstrap shared with the tie tests. The TOST at level
-    alpha accepts equivalence within m when the interval lies inside (-m, m)."""
+    """For every key but `best`: the (1 - 2 alpha) interval of mean accuracy of `best` minus
+    its, the TOST's interval at level alpha (equivalence within m when it lies inside
+    (-m, m)). The percentile interval of the two-way bootstrap shared with the tie tests,
+    widened where needed to Agresti-Min's interval around the observed difference (see the
+    module's docstring)."""
+    from scipy.special import ndtri
+
     replicates = {key: _canonical(value) for key, value in outcomes.items()}
     others = [key for key in replicates if key != best]
     if not others:
         return {}
-    resampling = resampling or ExampleResampling(replicates[best].shape[1])
-    means = resampling.means([replicates[best]] + [replicates[key] for key in others])
+    top = replicates[best]
+    resampling = resampling or ExampleResampling(top.shape[1])
+    means = resampling.means([top] + [replicates[key] for key in others])
     differences = means[:, :1] - means[:, 1:]
     low, high = np.quantile(differences, [alpha, 1 - alpha], axis=0)
-    return {key: (float(lo), float(hi))
-            for key, lo, hi in zip(others, low, high, strict=True)}
+    crit = -ndtri(alpha)
+    result = {}
+    for index, key in enumerate(others):
+        observed, floor = _matched_difference(top, replicates[key])
+        result[key] = (float(min(low[index], observed - crit * floor)),
+                       float(max(high[index], observed + crit * floor)))
+    return result
+
+
+def _matched_difference(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """The observed mean difference of [S_a, N] and [S_b, N] outcomes, and Agresti-Min's
+    standard error of it: per example the seed-averaged difference d_i, then half a
+    disagreement added each way, var = (m2 - m1^2) / (N + 2) with m2 = (sum d_i^2 + 1) /
+    (N + 2), m1 = sum d_i / (N + 2). With one seed each, d_i is -1, 0 or 1 and this is their
+    adjusted Wald interval for matched proportions (Agresti & Min, Biometrics 2005)."""
+    d = a.mean(axis=0) - b.mean(axis=0)
+    n = d.size
+    m1 = d.sum() / (n + 2)
+    m2 = (np.dot(d, d) + 1) / (n + 2)
+    return float(d.mean()), float(np.sqrt(max(m2 - m1 * m1, 0.0) / (n + 2)))
 
 
 @dataclass(frozen=True)
