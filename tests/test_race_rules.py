@@ -257,3 +257,17 @@ def test_floor_matches_agresti_min_on_one_seed():
     assert low <= observed - 1.6448536269514722 * se + 1e-12
     assert high >= observed + 1.6448536269514722 * se - 1e-12
     assert min(observed - low, high - observed) == pytest.approx(1.6448536269514722 * se)
+
+
+def test_replay_before_any_seed_finished_and_names():
+    accuracies = {(1, 2.0, 0.0): 0.9, (2, 4.0, 0.0): 0.8}
+    outcomes = synthetic(accuracies, seeds=1, examples=2000, seed=12)
+    waiting = replay({(1, 2.0, 0.0): outcomes[(1, 2.0, 0.0)], (2, 4.0, 0.0): None},
+                     costs_of(outcomes))
+    assert not waiting.rounds and waiting.waiting == {(2, 4.0, 0.0): 1}
+    assert set(waiting.racing) == set(accuracies) and waiting.trials_used == 0
+    done = replay(outcomes, costs_of(outcomes))
+    assert done.finished and done.racing == ()
+    lines = done.describe(name=lambda key: f"rank {key[0]}")
+    assert lines == ["one configuration left after 1 seed: rank 1",
+                     "the race used 2 trials; a fixed --seeds 1 would have used 2"]

@@ -73,7 +73,7 @@ across its versions: hosts racing one study should share a NumPy version.)
 from __future__ import annotations
 
 import enum
-from collections.abc import Hashable, Mapping, Set
+from collections.abc import Callable, Hashable, Mapping, Set
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -134,9 +134,9 @@ class Drop:
     """Best LoRA configuration's mean accuracy minus its own (negative: it did better, which
     only a baseline can)."""
 
-    def describe(self) -> str:
+    def describe(self, name: Callable[[Hashable], str] = repr) -> str:
         where = "below" if self.gap >= 0 else "above"
-        return (f"{self.key!r}: {100 * abs(self.gap):.1f} pp {where} the best after "
+        return (f"{name(self.key)}: {100 * abs(self.gap):.1f} pp {where} the best after "
                 f"{self.round} {_seeds(self.round)} ({significance_text(self.p_value)})")
 
 
@@ -169,18 +169,19 @@ class RoundDecision:
     def lora_survivors(self) -> tuple[Hashable, ...]:
         return tuple(key for key in self.survivors if key not in self.baselines)
 
-    def describe(self) -> str:
-        """One line in the leaderboard's style."""
+    def describe(self, name: Callable[[Hashable], str] = repr) -> str:
+        """One line in the leaderboard's style; `name` says a key in words (the leaderboard's
+        `Configuration.describe`)."""
         lora = self.lora_survivors
         n, seeds = len(lora), f"{self.round} {_seeds(self.round)}"
         if self.reason is StopReason.ONE_LEFT:
-            return f"one configuration left after {seeds}: {self.recommended!r}"
+            return f"one configuration left after {seeds}: {name(self.recommended)}"
         if self.reason is StopReason.EQUIVALENT:
             return (f"{n} configurations equivalent within {100 * self.margin:g} pp after "
-                    f"{seeds}; recommended: the cheapest of them, {self.recommended!r}")
+                    f"{seeds}; recommended: the cheapest of them, {name(self.recommended)}")
         if self.reason is StopReason.SEED_CAP:
             return (f"seed cap reached after {seeds} with {n} configurations not told apart "
-                    f"from the best; recommended: the cheapest of them, {self.recommended!r}")
+                    f"from the best; recommended: the cheapest of them, {name(self.recommended)}")
         racing_baselines = len(self.survivors) - n
         extra = (f" and {racing_baselines} {'baseline' if racing_baselines == 1 else 'baselines'}"
                  if racing_baselines else "")
@@ -316,19 +317,16 @@ class RaceState:
     next_round: int
     """The round now being trained (len(rounds) + 1), or the last round when finished."""
     trials_used: int
-    """Seeds the race consumed: each configuration's seeds up to its drop or the end."""
+    """Trials the decided rounds consumed: each configuration's seeds up to the round it was
+    dropped in or the last decided round (seeds of the round under way not counted)."""
     configurations: int
+    """Configurations that entered the race (round 1), baselines included."""
+    racing: tuple[Hashable, ...]
+    """Configurations that train seed `next_round` (none when finished)."""
 
     @property
     def finished(self) -> bool:
         return bool(self.rounds) and self.rounds[-1].finished
-
-    @property
-    def racing(self) -> tuple[Hashable, ...]:
-        """Configurations that train seed `next_round` (none when finished)."""
-        if self.finished:
-            return ()
-        return self.rounds[-1].survivors if self.rounds else tuple(self.waiting)
 
     @property
     def fixed_trials(self) -> int:
@@ -336,12 +334,12 @@ class RaceState:
         depth = self.rounds[-1].round if self.rounds else 0
         return fixed_seed_trials(self.configurations, depth)
 
-    def describe(self) -> list[str]:
+    def describe(self, name: Callable[[Hashable], str] = repr) -> list[str]:
         """The leaderboard's closing lines for a race."""
         if not self.rounds:
             return [f"race: round 1 of {self.configurations} configurations under way"]
         last = self.rounds[-1]
-        lines = [last.describe()]
+        lines = [last.describe(name)]
         if self.finished:
             lines.append(f"the race used {self.trials_used} trials; a fixed --seeds "
                          f"{last.round} would have used {self.fixed_trials}")
@@ -359,18 +357,22 @@ def replay(outcomes: Mapping[Hashable, np.ndarray], costs: Mapping[Hashable, int
 
     `outcomes`: key -> [S_i, N] outcomes of every configuration in the race (dropped ones
     included), row s being seed s (replicate s): the rows must be in seed order, because
-    round k compares the first k rows. Rows beyond what a round compares (a seed trained
+    round k compares the first k rows; a configuration none of whose seeds has finished is
+    None or [0, N]. Rows beyond what a round compares (a seed trained
     ahead) are ignored. Stops at the first round some racing configuration has not finished
     (`waiting`) or at the end of the race."""
     settings = settings or RaceSettings()
-    arrays = {key: significance._as_replicates(value) for key, value in outcomes.items()}
+    arrays = {key: _stored_rows(value) for key, value in outcomes.items()}
+    if not arrays:
+        raise ValueError("a race needs at least one configuration")
     racing = sorted(arrays, key=repr)  # canonical: the order given must not matter
     rounds: list[RoundDecision] = []
     used: dict[Hashable, int] = {}
     for depth in range(1, settings.max_seeds + 1):
         short = {key: depth for key in racing if arrays[key].shape[0] < depth}
         if short:
-            return RaceState(tuple(rounds), short, depth, sum(used.values()), len(arrays))
+            return RaceState(tuple(rounds), short, depth, sum(used.values()), len(arrays),
+                             tuple(racing))
         decision = decide_round({key: arrays[key][:depth] for key in racing}, costs,
                                 baselines, settings, resampling)
         rounds.append(decision)
@@ -378,7 +380,16 @@ def replay(outcomes: Mapping[Hashable, np.ndarray], costs: Mapping[Hashable, int
         if decision.finished:
             break
         racing = list(decision.survivors)
-    return RaceState(tuple(rounds), {}, rounds[-1].round, sum(used.values()), len(arrays))
+    last = rounds[-1]
+    return RaceState(tuple(rounds), {}, last.round, sum(used.values()), len(arrays),
+                     () if last.finished else last.survivors)
+
+
+def _stored_rows(value: np.ndarray | None) -> np.ndarray:
+    """A configuration's stored rows as [S, N], S = 0 allowed (nothing finished yet)."""
+    if value is None or (np.ndim(value) == 2 and np.shape(value)[0] == 0):
+        return np.zeros((0, 0), dtype=bool)
+    return significance._as_replicates(value)
 
 
 def fixed_seed_trials(configurations: int, depth: int) -> int:
