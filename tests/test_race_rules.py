@@ -201,7 +201,8 @@ def test_tost_agrees_with_statsmodels_paired(true_gap, equivalent):
 
 @pytest.mark.parametrize("kwargs", [
     {"max_seeds": 0}, {"max_seeds": 21}, {"max_seeds": True}, {"max_seeds": 2.5},
-    {"margin": 0}, {"margin": -0.01}, {"margin": 1}, {"margin": 0.5j},
+    {"margin": 0}, {"margin": -0.01}, {"margin": 1}, {"margin": 0.5}, {"margin": 0.5j},
+    {"margin": float("nan")},
     {"alpha": 0}, {"alpha": 0.5},
 ])
 def test_bad_settings_raise(kwargs):
@@ -209,9 +210,11 @@ def test_bad_settings_raise(kwargs):
         RaceSettings(**kwargs)
 
 
-def test_default_settings():
+def test_default_and_edge_settings():
     settings = RaceSettings()
     assert (settings.max_seeds, settings.margin, settings.alpha) == (10, 0.005, 0.05)
+    assert RaceSettings(max_seeds=np.int64(20), margin=0.1).max_seeds == 20
+    assert RaceSettings(max_seeds=1, margin=np.float64(0.001)).margin_pp == pytest.approx(0.1)
 
 
 def test_bad_rounds_raise():
@@ -271,3 +274,46 @@ def test_replay_before_any_seed_finished_and_names():
     lines = done.describe(name=lambda key: f"rank {key[0]}")
     assert lines == ["one configuration left after 1 seed: rank 1",
                      "the race used 2 trials; a fixed --seeds 1 would have used 2"]
+
+
+def digest(state) -> str:
+    """Everything the race decided, p-values and intervals to the last digit."""
+    return repr([(r.round, r.best, r.survivors,
+                  sorted((repr(k), d.p_value) for k, d in r.dropped.items()),
+                  sorted((repr(k), v) for k, v in r.equivalence.items()),
+                  sorted((repr(k), t.p_value) for k, t in r.tests.items()),
+                  r.reason and r.reason.name, r.recommended) for r in state.rounds])
+
+
+REPLAY = """
+import sys
+import numpy as np
+from search.results.race_rules import RaceSettings, replay
+data = np.load(sys.argv[1])
+outcomes = {(int(name[1:]), 2.0 * int(name[1:]), 0.0): data[name] for name in data.files}
+outcomes = dict(reversed(list(outcomes.items())))  # another host, another order
+print(digest(replay(outcomes, {key: key[0] * 10_000 for key in outcomes},
+                    settings=RaceSettings(max_seeds=4))))
+"""
+
+
+def test_another_process_replays_the_same_decisions(tmp_path):
+    """A race continued on another host: a fresh process (other hash seed, one BLAS thread,
+    the configurations in another order) decides every round the same, digit for digit."""
+    import inspect
+    import os
+    import subprocess
+    import sys
+
+    accuracies = {(rank, 2.0 * rank, 0.0): 0.88 + 0.002 * i
+                  for i, rank in enumerate((1, 2, 3, 4, 5))}
+    outcomes = synthetic(accuracies, seeds=4, examples=800, seed=13, pairing=0.6)
+    np.savez(tmp_path / "outcomes.npz", **{f"r{key[0]}": v for key, v in outcomes.items()})
+    state = replay(outcomes, costs_of(outcomes), settings=RaceSettings(max_seeds=4))
+    assert len(state.rounds) >= 2  # the bootstrap took part
+    env = {**os.environ, "PYTHONHASHSEED": "12345", "OPENBLAS_NUM_THREADS": "1",
+           "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    script = inspect.getsource(digest) + REPLAY  # the same digest there as here
+    there = subprocess.run([sys.executable, "-c", script, str(tmp_path / "outcomes.npz")],
+                           capture_output=True, text=True, env=env, check=True).stdout.strip()
+    assert there == digest(state)
