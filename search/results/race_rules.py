@@ -12,7 +12,9 @@ A race spends seeds where they can still change the answer. Its state machine:
            the margin                                       (StopReason.EQUIVALENT),
            else if k == max_seeds                           (StopReason.SEED_CAP),
            else the survivors train seed k + 1 (round k + 1).
-    A dropped configuration never comes back: it keeps the seeds it has.
+    A dropped configuration never comes back: it keeps the seeds it has. The best is picked
+    anew each round among the racing LoRA configurations (a survivor may overtake it); the
+    dropped ones are not compared again, since their seeds stopped at their round.
 
 `decide_round` is one step, a pure function of the round's outcomes. `replay` runs the steps
 from round 1 over everything a study has stored, so the state of a race is never kept
@@ -163,8 +165,8 @@ class RoundDecision:
     best: Hashable
     """The LoRA configuration of highest mean accuracy this round."""
     survivors: tuple[Hashable, ...]
-    """Configurations still racing (LoRA and baselines), best first: they get seed round + 1
-    unless the race is finished."""
+    """Configurations still racing (LoRA and baselines), highest accuracy first: they get
+    seed round + 1 unless the race is finished."""
     dropped: Mapping[Hashable, Drop]
     """Configurations dropped in this round."""
     finished: bool
