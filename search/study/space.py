@@ -23,6 +23,8 @@ class SpaceError(UserError):
 
 
 def check_rank(value: Any) -> int:
+    """A rank as LoRA takes one (typed, or read from a study); whether the model's layers can
+    use it is `objectives.model.check_rank_fits_model`'s to say."""
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise SpaceError(f"rank must be a positive integer, got {value!r}")
     return value
@@ -173,11 +175,13 @@ class SearchedSpace:
 
     @classmethod
     def of(cls, grid: GridSpace | None, tpe: TpeSpace | None) -> SearchedSpace:
-        grids, tpes = [grid] if grid else [], [tpe] if tpe else []
-        return cls(ranks=tuple(r for g in (*grids, *tpes) for r in g.ranks),
-                   alphas=tuple(a for g in (*grids, *tpes) for a in g.alphas),
-                   dropouts=(*(d for g in grids for d in g.dropouts),
-                             *(d for t in tpes for d in t.dropout_range)))
+        space = cls()
+        if grid is not None:
+            space = cls(grid.ranks, grid.alphas, grid.dropouts)
+        if tpe is not None:
+            space = cls((*space.ranks, *tpe.ranks), (*space.alphas, *tpe.alphas),
+                        (*space.dropouts, *tpe.dropout_range))
+        return space
 
     def bounds(self, queued: LoraParams | None) -> dict[str, tuple]:
         """(low, high) of each param over the searched values and `queued` (a fixed point

@@ -21,8 +21,11 @@ storage URL and the study name. Its keys, each read and written only through `St
 
 Keys and value formats are those studies have always held, so a study made by an earlier
 version reads as it did; a key it lacks (made before the key existed) reads as its default.
-Each LoRA hyperparameter's searched values are stored once, in `space` and `tpe`: the bounds a
-trial registers its params with are derived from them (`searched_space`), never stored apart.
+What a study stores about its LoRA params is `space` (what the grid queued) and `tpe` (what
+TPE samples from); a queued point's own values are its trial's (Optuna's `fixed_params`). The
+bounds every trial registers its params with are derived from those two by one function
+(`searched_space`, for the worker's `param_bounds` and its pack probe's largest rank), never
+stored apart.
 
 Values come from the database: a typed reader refuses one this version cannot read with a
 StudyError (HeartbeatError for the heartbeat) naming the study. The few readers marked "as
