@@ -35,9 +35,7 @@ Every read goes to the storage: workers on other hosts write the same study.
 
 from __future__ import annotations
 
-from typing import Any
-
-import optuna
+from typing import TYPE_CHECKING, Any
 
 from objectives.spec import SpecError, TrainSpec
 from search.study.baselines import DEFAULT_BASELINES, Baseline, baselines_from_dicts
@@ -46,6 +44,9 @@ from search.study.names import quoted
 from search.study.replicates import MAX_SEEDS
 from search.study.space import GridSpace, SearchedSpace, SpaceError, TpeSearch
 from search.study.study_error import StudyError
+
+if TYPE_CHECKING:
+    import optuna
 
 TRAIN_SPEC = "train_spec"
 GRID = "space"
