@@ -320,14 +320,11 @@ def suggest_params(trial: optuna.Trial, study: optuna.Study) -> dict[str, Any]:
     """Register rank, alpha and dropout as `search.worker.trial_run.suggest_point` does, with
     the bounds its `param_bounds` takes (every space the study searched, and a queued point's
     own values; the sampler keeps a queued point's values)."""
-    grid, tpe = study.user_attrs.get("space", {}), study.user_attrs.get("tpe", {})
-    queued = study._storage.get_trial_system_attrs(trial._trial_id).get("fixed_params") or {}
-    values = {"rank": [*grid.get("ranks", []), *tpe.get("ranks", [])],
-              "alpha": [*grid.get("alphas", []), *tpe.get("alphas", [])],
-              "dropout": [*grid.get("dropouts", []), *tpe.get("dropout_range", [])]}
-    for name, value in queued.items():
-        values[name].append(value)
-    bounds = {name: (min(v), max(v)) for name, v in values.items()}
+    from search.study.space import point_of
+    from search.study.study_record import StudyRecord
+
+    queued = study._storage.get_trial_system_attrs(trial._trial_id).get("fixed_params")
+    bounds = StudyRecord(study).searched_space.bounds(point_of(queued) if queued else None)
     return {"rank": trial.suggest_int("rank", *map(int, bounds["rank"])),
             "alpha": trial.suggest_float("alpha", *bounds["alpha"]),
             "dropout": trial.suggest_float("dropout", *bounds["dropout"])}

@@ -153,7 +153,7 @@ def max_rank(spec: TrainSpec, num_classes: int) -> int:
     return _smallest_layer(spec, num_classes)[0]
 
 
-def check_rank(spec: TrainSpec, num_classes: int, rank: int) -> None:
+def check_rank_fits_model(spec: TrainSpec, num_classes: int, rank: int) -> None:
     """Raise ModelError when `rank` exceeds `max_rank(spec, num_classes)`."""
     limit, target = _smallest_layer(spec, num_classes)
     if rank > limit:

@@ -28,13 +28,13 @@ from run_cli import DEMO, search_in_process
 from search.results.dashboard import dashboard_artifacts
 from search.study.artifacts import (
     MARKER_FILE,
-    TOKEN_ATTR,
     ArtifactsFolderError,
     artifact_store,
     artifacts_folder,
 )
 from search.study.open_study import NewStudy, open_study
 from search.study.storage import default_artifacts_dir, open_storage
+from search.study.study_record import ARTIFACTS_TOKEN
 from search.study.study_spec import load_spec
 
 SECRET = "outside the artifact folder; must survive, unread"
@@ -219,7 +219,7 @@ def test_another_studys_marked_folder_is_refused(tmp_path):
     """A marker alone is not enough: its token must be this study's."""
     study, url = new_study(tmp_path, tmp_path / "art")
     other, _ = new_study(tmp_path / "other", tmp_path / "other-art")
-    assert other.user_attrs[TOKEN_ATTR] != study.user_attrs[TOKEN_ATTR]
+    assert other.user_attrs[ARTIFACTS_TOKEN] != study.user_attrs[ARTIFACTS_TOKEN]
     study.set_user_attr("artifacts", str(tmp_path / "other-art"))
     with pytest.raises(ArtifactsFolderError, match="no .search-artifact-store with the study"):
         artifacts_folder(study, url, None)
@@ -240,7 +240,7 @@ def test_an_older_study_keeps_the_default_folder_and_is_marked_when_its_command_
     command (`--artifacts` naming it) runs again and marks it."""
     study, url = new_study(tmp_path, tmp_path / "art")
     (tmp_path / "art" / MARKER_FILE).unlink()
-    study.set_user_attr(TOKEN_ATTR, None)  # as an older study has none
+    study.set_user_attr(ARTIFACTS_TOKEN, None)  # as an older study has none
     with pytest.raises(ArtifactsFolderError):
         artifacts_folder(study, url, None)
     default = default_artifacts_dir(url)

@@ -23,7 +23,13 @@ from objectives.data import (
     load_splits,
 )
 from objectives.inference import InferenceError, check_image_files
-from objectives.model import ModelError, check_rank, max_rank, planned_parameters, rank_limit
+from objectives.model import (
+    ModelError,
+    check_rank_fits_model,
+    max_rank,
+    planned_parameters,
+    rank_limit,
+)
 from objectives.spec import LoraParams, TrainSpec
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -199,24 +205,24 @@ def test_predict_tells_a_directory_from_a_missing_file(tmp_path: Path) -> None:
 def test_a_rank_beyond_the_smallest_adapted_layer_is_refused() -> None:
     demo = demo_spec()  # vit_tiny with embed_dim 96: q, k and v are 96 x 96
     assert max_rank(demo, 10) == 96
-    check_rank(demo, 10, 96)
+    check_rank_fits_model(demo, 10, 96)
     assert planned_parameters(demo, 10, LoraParams(96, 96, 0.1)).trainable > 0
     with pytest.raises(ModelError) as caught:
-        check_rank(demo, 10, 99999999999)
+        check_rank_fits_model(demo, 10, 99999999999)
     assert str(caught.value) == ("rank 99999999999 is larger than the smallest adapted layer "
                                  "allows (96 for 'q' in vit_tiny_patch16_224)")
     fused = TrainSpec(targets="qkv")  # the model card's ViT-S: qkv is 384 -> 1152
     with pytest.raises(ModelError, match=r"\(384 for 'qkv' in vit_small_patch16_224\)"):
-        check_rank(fused, 100, 385)
+        check_rank_fits_model(fused, 100, 385)
 
 
 def test_a_convolutions_rank_is_bounded_by_its_input_patch() -> None:
     # resnet50's conv3 are 1x1 convolutions from 64 channels (first stage) to 256.
     resnet = TrainSpec(model="resnet50", targets="conv3", pretrained=False)
     assert max_rank(resnet, 10) == 64
-    check_rank(resnet, 10, 64)
+    check_rank_fits_model(resnet, 10, 64)
     with pytest.raises(ModelError, match=r"rank 65 .* \(64 for 'conv3' in resnet50\)"):
-        check_rank(resnet, 10, 65)
+        check_rank_fits_model(resnet, 10, 65)
     # peft's conv LoRA: r filters of in x kh x kw, then a 1x1 conv to out; its update has
     # rank at most min(out, in x kh x kw), here 3 x 3 x 3 = 27 whatever r is.
     conv = nn.Conv2d(3, 200, 3)

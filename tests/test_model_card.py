@@ -48,10 +48,10 @@ def study_folder(tmp_path_factory) -> Path:
 
 def digits_of_test_split(folder: Path):
     from objectives.data import load_splits
-    from search.study.open_study import stored_train_spec
+    from search.study.study_record import StudyRecord
 
     study = optuna.load_study(study_name="demo", storage=f"sqlite:///{folder / 'search.db'}")
-    return list(load_splits(stored_train_spec(study)).test_images[:IMAGES])
+    return list(load_splits(StudyRecord(study).train_spec).test_images[:IMAGES])
 
 
 def card_of(folder: Path) -> tuple[dict, str]:

@@ -43,9 +43,9 @@ def demo_study(folder: Path) -> optuna.Study:
 def evaluated_digits(folder: Path) -> list[torch.Tensor]:
     """The first IMAGES images of the test split the trials evaluated, uint8 [1, 8, 8] each."""
     from objectives.data import load_splits
-    from search.study.open_study import stored_train_spec
+    from search.study.study_record import StudyRecord
 
-    return list(load_splits(stored_train_spec(demo_study(folder))).test_images[:IMAGES])
+    return list(load_splits(StudyRecord(demo_study(folder)).train_spec).test_images[:IMAGES])
 
 
 def enlarged(digit: torch.Tensor) -> Image.Image:
@@ -69,12 +69,12 @@ def trained_probabilities(folder: Path, trial_number: int) -> torch.Tensor:
     from objectives.export_model import load_trained_model
     from objectives.train import predict
     from search.study.artifacts import artifact_store
-    from search.study.open_study import stored_train_spec
+    from search.study.study_record import StudyRecord
     from search.study.trials import trial_point
 
     study = demo_study(folder)
     trial = study.trials[trial_number]
-    spec = stored_train_spec(study)
+    spec = StudyRecord(study).train_spec
     weights = folder / f"trial{trial_number}.safetensors"
     optuna.artifacts.download_artifact(
         artifact_store=artifact_store(folder / "search-artifacts"), file_path=str(weights),

@@ -68,10 +68,10 @@ def study_folder(tmp_path_factory) -> Path:
         search("export", "--study", "demo", "--trial", str(row["number"]), "--out",
                f"{name}.json", "--weights", name, cwd=folder)
     from objectives.data import load_splits
-    from search.study.open_study import stored_train_spec
+    from search.study.study_record import StudyRecord
 
     study = optuna.load_study(study_name="demo", storage=f"sqlite:///{folder / 'search.db'}")
-    for index, image in enumerate(load_splits(stored_train_spec(study)).test_images[:IMAGES]):
+    for index, image in enumerate(load_splits(StudyRecord(study).train_spec).test_images[:IMAGES]):
         Image.fromarray(image[0].numpy(), mode="L").save(folder / f"digit{index}.png")
     return folder
 

@@ -153,9 +153,9 @@ def test_a_grid_and_a_tpe_space_must_agree():
     _, study = new_study()
     enqueue_tpe_budget(study, TpeSearch())
     with pytest.raises(StudyError, match="grid dropouts 0.5 outside the TPE range 0.05..0.3"):
-        check_grid_fits(study, {"ranks": [2], "alphas": [2.0], "dropouts": [0.5]})
-    check_grid_fits(study, {"ranks": [2, 8], "alphas": [4.0], "dropouts": [0.1]})
-    assert space_disagreements({}, TpeSpace()) == []
+        check_grid_fits(study, GridSpace.from_values([2], [2.0], [0.5]))
+    check_grid_fits(study, GridSpace.from_values([2, 8], [4.0], [0.1]))
+    assert space_disagreements(None, TpeSpace()) == []
 
 
 def test_a_stored_search_keeps_its_settings_unless_contradicted():

@@ -30,8 +30,9 @@ from search.results.leaderboard import leaderboard
 from search.study import trials
 from search.study.artifacts import artifact_store
 from search.study.heartbeat_settings import HeartbeatSettings
-from search.study.open_study import open_study, stored_train_spec
+from search.study.open_study import open_study
 from search.study.storage import open_storage
+from search.study.study_record import StudyRecord
 from search.study.study_spec import load_spec
 from search.worker.faults import WorkerEnvironmentError, environment_fault
 from search.worker.pack_run import run_claimed_pack
@@ -65,7 +66,7 @@ def queue_grid(tmp_path: Path, capsys, monkeypatch, *args: str) -> str:
 def worker_study(url: str, beats: HeartbeatSettings | None = None):
     storage = open_storage(url, heartbeat=beats)
     study = open_study(storage, "demo")
-    return storage, study, stored_train_spec(study)
+    return storage, study, StudyRecord(study).train_spec
 
 
 def claim(storage, study, number: int):

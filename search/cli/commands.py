@@ -21,12 +21,11 @@ import optuna
 
 from objectives.spec import LoraParams, TrainSpec
 from search.study.artifacts import artifact_store, artifacts_folder
-from search.study.enqueue import enqueue_grid, store_baselines
+from search.study.enqueue import enqueue_grid
 from search.study.enqueue_lock import enqueue_lock
-from search.study.heartbeat_settings import HEARTBEAT_FLAGS, HeartbeatSettings
+from search.study.heartbeat_settings import HEARTBEAT_FLAGS
 from search.study.names import quoted
-from search.study.open_study import NewStudy, StudyError, open_study, stored_train_spec
-from search.study.replicates import store_seeds
+from search.study.open_study import NewStudy, StudyError, open_study
 from search.study.space import GridSpace, TpeSearch
 from search.study.storage import (
     check_url,
@@ -35,6 +34,7 @@ from search.study.storage import (
     shown,
     sqlite_path,
 )
+from search.study.study_record import StudyRecord
 from search.study.study_spec import StudySpec, load_spec, with_overrides
 from search.study.tpe_search import (
     check_grid_fits,
@@ -103,24 +103,19 @@ def tpe_from_flags(args: argparse.Namespace, spec: StudySpec) -> tuple[TpeSearch
 
 def set_up_study(args: argparse.Namespace, spec: StudySpec,
                  storage: optuna.storages.BaseStorage) -> optuna.Study:
-    """Create or join the study and store this command's baselines and heartbeat settings;
-    the caller holds the study's enqueue lock."""
+    """Create or join the study and store this command's baselines, seeds and heartbeat
+    settings where it chose them (a spec file, flags) or the study holds none; the caller
+    holds the study's enqueue lock."""
     artifacts = str(Path(args.artifacts).resolve()) if args.artifacts else \
         str(default_artifacts_dir(args.storage))
     study = open_study(storage, spec.name,
                        create=NewStudy(spec.train, artifacts, spec_given(args)))
-    store_baselines(study, spec.baselines, args.spec is not None)
-    store_seeds(study, spec.seeds or 1, spec.seeds is not None)
-    store_heartbeat(study, spec.heartbeat,
-                    args.spec is not None or any(v is not None for v in heartbeat_flags(args)
-                                                 .values()))
+    record = StudyRecord(study)
+    record.store_baselines(spec.baselines, replace=args.spec is not None)
+    record.store_seeds(spec.seeds or 1, replace=spec.seeds is not None)
+    record.store_heartbeat(spec.heartbeat, replace=args.spec is not None or any(
+        v is not None for v in heartbeat_flags(args).values()))
     return study
-
-
-def store_heartbeat(study: optuna.Study, settings: HeartbeatSettings, given: bool) -> None:
-    """Keep the study's settings unless this command chose some (flags or a spec file)."""
-    if given or "heartbeat" not in study.user_attrs:
-        study.set_user_attr("heartbeat", settings.to_dict())
 
 
 def existing_study(args: argparse.Namespace) -> optuna.Study:
@@ -179,10 +174,10 @@ def planned_rows(spec: StudySpec, trials: list[tuple[TrainSpec, LoraParams | Non
     """`trials` (their spec and LoRA point, None for a baseline) with their parameter counts,
     once per seed; refuses a rank the model's smallest adapted layer cannot take."""
     from objectives.data import dataset_num_classes
-    from objectives.model import check_rank, planned_parameters  # torch, timm, peft
+    from objectives.model import check_rank_fits_model, planned_parameters  # torch, timm, peft
 
     num_classes = dataset_num_classes(spec.train)
-    check_rank(spec.train, num_classes, largest_rank)
+    check_rank_fits_model(spec.train, num_classes, largest_rank)
     plan = []
     seeds = spec.seeds or 1
     for replicate, (train, point) in itertools.product(range(seeds), trials):
@@ -230,7 +225,7 @@ def trained_spec(args: argparse.Namespace, spec: StudySpec, local: dict[str, Any
     if study is None:
         return spec.train
     try:
-        stored = stored_train_spec(study)
+        stored = StudyRecord(study).train_spec
     except StudyError:  # not this tool's: setting the study up says so
         return spec.train
     return dataclasses.replace(stored, **local)
@@ -242,11 +237,11 @@ def check_before_queueing(args: argparse.Namespace, spec: StudySpec, local: dict
     splits that would be empty or miss a class) and a rank larger than the smallest adapted
     layer allows; the split sizes, to say when the study is created or joined."""
     from objectives.data import check_dataset  # torch
-    from objectives.model import check_rank
+    from objectives.model import check_rank_fits_model
 
     train = trained_spec(args, spec, local)
     summary = check_dataset(train)
-    check_rank(train, summary.num_classes, largest_rank)
+    check_rank_fits_model(train, summary.num_classes, largest_rank)
     return summary.describe()
 
 
@@ -271,7 +266,7 @@ def grid(args: argparse.Namespace, local: dict[str, Any]) -> int:
     storage = open_storage(args.storage)
     with enqueue_lock(storage, args.storage, spec.name):
         study = set_up_study(args, spec, storage)
-        check_grid_fits(study, spec.grid.to_dict())
+        check_grid_fits(study, spec.grid)
         queued = enqueue_grid(study, spec.grid)
     print(f"study {quoted(study.study_name)} in {shown(args.storage)} ({data}): queued "
           f"{plural(queued.baselines_added, 'baseline')} and {len(queued.added)} grid "

@@ -18,6 +18,7 @@ from objectives.user_error import UserError
 from search.study.artifacts import ArtifactsFolderError, artifact_store, stored_artifacts_folder
 from search.study.names import quoted
 from search.study.storage import default_artifacts_dir, open_storage, shown
+from search.study.study_record import StudyRecord
 
 LOG = logging.getLogger(__name__)
 
@@ -35,14 +36,13 @@ def dashboard_artifacts(storage: optuna.storages.BaseStorage, url: str,
     the storage."""
     if override:
         return override
-    named = [summary for summary in optuna.get_all_study_summaries(storage)
-             if summary.user_attrs.get("artifacts") is not None]
-    if named and all(s.user_attrs["artifacts"] == named[0].user_attrs["artifacts"]
-                     for s in named):
+    named = [record for record in map(StudyRecord, optuna.get_all_study_summaries(storage))
+             if record.artifacts_folder is not None]
+    if named and all(r.artifacts_folder == named[0].artifacts_folder for r in named):
         refusals = []
-        for summary in named:  # any study's token that matches the folder's marker will do
+        for record in named:  # any study's token that matches the folder's marker will do
             try:
-                return stored_artifacts_folder(summary.study_name, summary.user_attrs, url)
+                return stored_artifacts_folder(record, url)
             except ArtifactsFolderError as refused:
                 refusals.append(refused)
         raise refusals[0]

@@ -46,9 +46,8 @@ from search.results.verdict import Verdict, VerdictCache
 from search.study.contained_store import is_artifact_id
 from search.study.enqueue_lock import study_lock, try_study_lock
 from search.study.optuna_private import study_id, study_storage, trial_id
+from search.study.study_record import LEADERBOARD_CHART, LEADERBOARD_CSV, StudyRecord
 
-CHART_ATTR = "leaderboard_chart"  # study user attribute: the chart's artifact id
-CSV_ATTR = "leaderboard_csv"  # study user attribute: the full leaderboard's artifact id
 CHART_FILE = "accuracy_vs_params.png"
 CSV_FILE = "leaderboard.csv"
 FINISHED = ("COMPLETE", "PRUNED", "FAIL")
@@ -128,8 +127,8 @@ def trial_line(row: dict[str, Any], epochs: int | None, pruner: str | None) -> s
 def trial_notes(study: optuna.Study, frame: pd.DataFrame) -> dict[int, str]:
     """Each finished trial's note by trial number: what it is and how it ended, nothing that
     another trial's end would change."""
-    epochs = study.user_attrs.get("train_spec", {}).get("epochs")
-    pruner = study.user_attrs.get("tpe", {}).get("pruner")
+    record = StudyRecord(study)
+    epochs, pruner = record.spec_epochs, record.tpe_pruner
     notes = {}
     for row in frame.to_dict("records"):
         if row["state"] not in FINISHED:
@@ -304,10 +303,10 @@ def artifact_link(study: optuna.Study, artifact_id: str, version: str) -> str:
 
 def put_artifact(study: optuna.Study, store: optuna.artifacts.FileSystemArtifactStore,
                  attr: str, filename: str, mimetype: str, content: bytes) -> str:
-    """Write `content` as the study's artifact named by the user attribute `attr`: in place
+    """Write `content` as the study's note artifact `attr` (`NOTE_ARTIFACTS`): in place
     of the last one (one artifact per study, not one per refresh), or, the first time or when
     its record is gone (a person deleted it in the dashboard), as a new one; its id."""
-    known = study.user_attrs.get(attr)
+    known = StudyRecord(study).note_artifact(attr)
     # An id that is not one of ours (the database edited) gets a fresh artifact instead.
     if (is_artifact_id(known) and
             note_store.artifact_recorded(study_storage(study), study_id(study), known)):
@@ -318,14 +317,14 @@ def put_artifact(study: optuna.Study, store: optuna.artifacts.FileSystemArtifact
         path.write_bytes(content)
         made = optuna.artifacts.upload_artifact(artifact_store=store, file_path=str(path),
                                                 study_or_trial=study, mimetype=mimetype)
-    study.set_user_attr(attr, made)
+    StudyRecord(study).store_note_artifact(attr, made)
     return made
 
 
 def current_link(study: optuna.Study, attr: str, version: str, note: str) -> str | None:
     """The link to the artifact `attr` at `version` if the study's note already shows it:
     that content is written, nothing to do."""
-    known = study.user_attrs.get(attr)
+    known = StudyRecord(study).note_artifact(attr)
     link = artifact_link(study, known, version) if known else None
     return link if link is not None and link in note else None
 
@@ -338,8 +337,9 @@ def csv_link(study: optuna.Study, store: optuna.artifacts.FileSystemArtifactStor
         return None
     content = render(board.frame, "csv").encode()
     version = digest(content)
-    return current_link(study, CSV_ATTR, version, note) or artifact_link(
-        study, put_artifact(study, store, CSV_ATTR, CSV_FILE, "text/csv", content), version)
+    return current_link(study, LEADERBOARD_CSV, version, note) or artifact_link(
+        study, put_artifact(study, store, LEADERBOARD_CSV, CSV_FILE, "text/csv", content),
+        version)
 
 
 def chart_link(study: optuna.Study, store: optuna.artifacts.FileSystemArtifactStore,
@@ -354,15 +354,15 @@ def chart_link(study: optuna.Study, store: optuna.artifacts.FileSystemArtifactSt
     table, _ = report_table(study, board)
     title = f"study {study.study_name}: test accuracy against trainable parameters"
     version = digest(title, table.to_csv())
-    link = current_link(study, CHART_ATTR, version, note)
+    link = current_link(study, LEADERBOARD_CHART, version, note)
     if link is not None:
         return link
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / CHART_FILE
         plot_accuracy_vs_params(table, path, title)
         content = path.read_bytes()
-    return artifact_link(study, put_artifact(study, store, CHART_ATTR, CHART_FILE, "image/png",
-                                             content), version)
+    return artifact_link(study, put_artifact(study, store, LEADERBOARD_CHART, CHART_FILE,
+                                             "image/png", content), version)
 
 
 def write_trial_notes(study: optuna.Study, trials: list[FrozenTrial], frame: pd.DataFrame,

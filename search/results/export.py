@@ -13,8 +13,9 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from search.study.names import quoted
-from search.study.open_study import StudyError, stored_train_spec
+from search.study.open_study import StudyError
 from search.study.space import params_of
+from search.study.study_record import StudyRecord
 from search.study.trials import (
     is_baseline,
     trial_method,
@@ -84,7 +85,8 @@ def completed_trial(study: optuna.Study, number: int) -> FrozenTrial:
 def export_document(study: optuna.Study, trial: FrozenTrial,
                     selection: dict[str, Any] | None = None) -> dict[str, Any]:
     point = trial_point(trial)
-    spec = stored_train_spec(study)
+    record = StudyRecord(study)
+    spec = record.train_spec
     return {
         "study": study.study_name,
         "trial": trial.number,
@@ -96,7 +98,7 @@ def export_document(study: optuna.Study, trial: FrozenTrial,
         "model": trial_model(trial, spec.model),
         "method": trial_method(trial),
         "spec": trial_train_spec(spec, trial).to_dict(),
-        "classes": study.user_attrs.get("classes", []),
+        "classes": record.classes,
     }
 
 
@@ -150,8 +152,8 @@ def export_weights(study: optuna.Study, trial: FrozenTrial, store: Any, folder: 
     artifact_id = trial.user_attrs.get("weights_artifact")
     if artifact_id is None:
         raise StudyError(f"trial {trial.number} has no stored weights")
-    classes = study.user_attrs.get("classes") or []
-    spec = trial_train_spec(stored_train_spec(study), trial)
+    record = StudyRecord(study)
+    classes, spec = record.classes, trial_train_spec(record.train_spec, trial)
     with tempfile.TemporaryDirectory() as temp:
         weights = Path(temp) / "weights.safetensors"
         try:

@@ -15,6 +15,7 @@ from optuna.trial import FrozenTrial, TrialState
 from search.results import significance
 from search.results.intervals import format_interval
 from search.results.verdict import NoVerdict, Verdict, VerdictCache, assess, closing_lines
+from search.study.study_record import StudyRecord
 from search.study.trials import (
     gave_up_points,
     is_baseline,
@@ -54,7 +55,7 @@ def leaderboard(study: optuna.Study, trials: list[FrozenTrial] | None = None) ->
     retries = retried_as(trials)
     gave_up = {t.number for t in gave_up_points(study, study_max_retries(study), trials)}
     # The stored dict, not a validated spec: a leaderboard must show on any host.
-    study_model = study.user_attrs.get("train_spec", {}).get("model")
+    study_model = StudyRecord(study).spec_model
     for trial in trials:
         point = trial_point(trial)
         attrs = trial.user_attrs

@@ -46,8 +46,9 @@ from search.results.intervals import format_interval
 from search.results.leaderboard import Board, configuration_frame, leaderboard, with_verdict
 from search.results.verdict import NoVerdict, Verdict, assess, closing_lines
 from search.study.names import quoted
-from search.study.open_study import StudyError, stored_train_spec
+from search.study.open_study import StudyError
 from search.study.optuna_private import study_id, study_storage
+from search.study.study_record import StudyRecord
 from search.study.trial_reader import all_trials
 
 METRICS = {"val_acc": "val acc", "test_acc": "test acc", "f1": "weighted F1",
@@ -86,7 +87,7 @@ def report_table(study: optuna.Study, board: Board | None = None
     except NoVerdict as why:
         verdict = str(why)
     frame = frame[frame["state"] == "COMPLETE"]
-    spec = stored_train_spec(study)
+    spec = StudyRecord(study).train_spec
     method = frame["baseline"].map({True: "baseline (head only)",
                                     False: f"LoRA on {spec.targets}"})
     table = frame.assign(trial=frame["number"], method=method)[columns].reset_index(drop=True)

@@ -43,6 +43,7 @@ from optuna.trial import FrozenTrial, TrialState
 from search.results import significance
 from search.results.bootstrap import ExampleResampling, percentile_interval
 from search.study.outcomes import decode_bits, encoded_outcomes, stored_outcomes
+from search.study.study_record import StudyRecord
 from search.study.trials import configuration_key, is_baseline, trial_model, trial_point
 
 
@@ -199,7 +200,7 @@ def assess(study: optuna.Study, trials: Sequence[FrozenTrial] | None = None,
     cache = cache or VerdictCache()
     trials = study.get_trials(deepcopy=False) if trials is None else trials
     # The stored dict, not a validated spec: a verdict must show on any host.
-    study_model = study.user_attrs.get("train_spec", {}).get("model", "")
+    study_model = StudyRecord(study).spec_model or ""
     configurations, left_out = complete_configurations(trials, study_model, cache)
     family = [c for c in configurations if not c.baseline] or configurations
     best = family[0]

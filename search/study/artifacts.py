@@ -38,11 +38,11 @@ from objectives.user_error import UserError
 from search.study.contained_store import ContainedArtifactStore
 from search.study.names import quoted
 from search.study.storage import default_artifacts_dir
+from search.study.study_record import ARTIFACTS_TOKEN, StudyRecord
 
 MARKER_FILE = ".search-artifact-store"
-TOKEN_ATTR = "artifacts_token"
 MARKER_HEADER = ("# search: this folder is the artifact store of the studies whose "
-                 f"`{TOKEN_ATTR}` is the line below;\n# a worker trusts a study's stored "
+                 f"`{ARTIFACTS_TOKEN}` is the line below;\n# a worker trusts a study's stored "
                  "artifact folder only when it holds this file with the study's token.\n")
 
 
@@ -61,14 +61,14 @@ def artifacts_folder(study: optuna.Study, storage_url: str, override: str | None
     one the study names where this host trusts it (see the module docstring)."""
     if override:
         return override
-    return stored_artifacts_folder(study.study_name, study.user_attrs, storage_url)
+    return stored_artifacts_folder(StudyRecord(study), storage_url)
 
 
-def stored_artifacts_folder(study_name: str, user_attrs: dict, storage_url: str) -> str:
-    """The folder the study with these user attributes names, if trusted here: the default
-    beside the storage, or a marked folder (its real path); else ArtifactsFolderError."""
-    default = str(default_artifacts_dir(storage_url))
-    stored = user_attrs.get("artifacts")
+def stored_artifacts_folder(record: StudyRecord, storage_url: str) -> str:
+    """The folder the study names, if trusted here: the default beside the storage, or a
+    marked folder (its real path); else ArtifactsFolderError."""
+    study_name, default = record.name, str(default_artifacts_dir(storage_url))
+    stored = record.artifacts_folder
     if stored is None or (isinstance(stored, str)
                           and os.path.realpath(stored) == os.path.realpath(default)):
         return default
@@ -78,8 +78,8 @@ def stored_artifacts_folder(study_name: str, user_attrs: dict, storage_url: str)
     if not os.path.isdir(stored):
         raise ArtifactsFolderError(f"study {quoted(study_name)} keeps its artifacts in {stored}, "
                                    "which is no folder on this host; pass --artifacts DIR")
-    token = user_attrs.get(TOKEN_ATTR)
-    if not isinstance(token, str) or marker_token(stored) != token:
+    token = record.artifacts_token
+    if token is None or marker_token(stored) != token:
         raise ArtifactsFolderError(f"study {quoted(study_name)} names {stored} as its artifact "
                                    f"folder, but it holds no {MARKER_FILE} with the study's "
                                    "token; pass --artifacts DIR to choose the folder here")
@@ -90,19 +90,18 @@ def mark_artifacts_folder(study: optuna.Study, folder: str | Path) -> None:
     """Make `folder` trusted as `study`'s artifact folder: create it, write its marker unless
     it has one (whose token is then kept: studies may share a folder), and record the token in
     the study. For the command that creates or joins the study on the host's own choice."""
-    path = Path(folder)
+    path, record = Path(folder), StudyRecord(study)
     token = marker_token(path)
     if token is None:
-        known = study.user_attrs.get(TOKEN_ATTR)
+        known = record.artifacts_token
         try:
             path.mkdir(parents=True, exist_ok=True)
-            token = write_marker(path, known if isinstance(known, str) else
-                                 secrets.token_hex(16))
+            token = write_marker(path, known if known is not None else secrets.token_hex(16))
         except OSError as error:
             raise ArtifactsFolderError(f"cannot use {path} as the artifact folder: "
                                        f"{error.strerror or error}") from None
-    if study.user_attrs.get(TOKEN_ATTR) != token:
-        study.set_user_attr(TOKEN_ATTR, token)
+    if record.artifacts_token != token:
+        record.store_artifacts_token(token)
 
 
 def write_marker(folder: Path, token: str) -> str:

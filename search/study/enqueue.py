@@ -9,14 +9,13 @@ queueing the same grid at once add each point once.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import optuna
 
 from objectives.spec import LoraParams
-from search.study.baselines import DEFAULT_BASELINES, Baseline, baselines_from_dicts
-from search.study.replicates import replicate_attrs, stored_seeds, with_replicate
+from search.study.replicates import replicate_attrs, with_replicate
 from search.study.space import GridSpace, params_of, point_key
+from search.study.study_record import StudyRecord
 from search.study.trials import keys_held_by
 
 
@@ -32,23 +31,12 @@ def held_keys(study: optuna.Study) -> set:
     return keys_held_by(study.get_trials(deepcopy=False))
 
 
-def store_baselines(study: optuna.Study, baselines: tuple[Baseline, ...], given: bool) -> None:
-    """Keep the study's baselines unless this command named some (a spec file)."""
-    if given or "baselines" not in study.user_attrs:
-        study.set_user_attr("baselines", [b.to_dict() for b in baselines])
-
-
-def stored_baselines(study: optuna.Study) -> tuple[Baseline, ...]:
-    return baselines_from_dicts(study.user_attrs.get("baselines")
-                                or [b.to_dict() for b in DEFAULT_BASELINES])
-
-
 def enqueue_baselines(study: optuna.Study, replicates: range | None = None) -> int:
     """Queue each of the study's baselines it does not hold yet, for each of `replicates`
     (default: all the study's seeds); how many were queued."""
-    held, added = held_keys(study), 0
-    for replicate in replicates if replicates is not None else range(stored_seeds(study)):
-        for baseline in stored_baselines(study):
+    held, added, record = held_keys(study), 0, StudyRecord(study)
+    for replicate in replicates if replicates is not None else range(record.seeds):
+        for baseline in record.baselines:
             if with_replicate(baseline.key(), replicate) in held:
                 continue
             attrs = {"baseline": True, "method": baseline.method, **replicate_attrs(replicate)}
@@ -68,9 +56,9 @@ def enqueue_grid(study: optuna.Study, grid: GridSpace) -> EnqueueReport:
     failing, so re-running a command adds nothing, a wider grid adds only its new points, and
     a failed point is queued again.
     """
-    report = EnqueueReport()
-    baselines = len(stored_baselines(study))
-    for replicate in range(stored_seeds(study)):
+    report, record = EnqueueReport(), StudyRecord(study)
+    baselines = len(record.baselines)
+    for replicate in range(record.seeds):
         added = enqueue_baselines(study, range(replicate, replicate + 1))
         report.baselines_added += added
         report.already_there += baselines - added
@@ -82,7 +70,7 @@ def enqueue_grid(study: optuna.Study, grid: GridSpace) -> EnqueueReport:
             study.enqueue_trial(params_of(point), user_attrs={"baseline": False,
                                                               **replicate_attrs(replicate)})
             report.added.append(point)
-    record_space(study, grid)
+    record.add_grid(grid)
     return report
 
 
@@ -95,17 +83,10 @@ def enqueue_replicates(study: optuna.Study, point: LoraParams) -> int:
     sampled trial queues its replicates, once. A `search grid` queueing the same point and
     seed at the same instant could add one twice; the verdict then counts that seed twice."""
     held, added = held_keys(study), 0
-    for replicate in range(1, stored_seeds(study)):
+    for replicate in range(1, StudyRecord(study).seeds):
         if with_replicate(point_key(point), replicate) not in held:
             study.enqueue_trial(params_of(point), user_attrs={"baseline": False,
                                                               **replicate_attrs(replicate)})
             added += 1
     return added
 
-
-def record_space(study: optuna.Study, grid: GridSpace) -> None:
-    space = study.user_attrs.get("space", {"ranks": [], "alphas": [], "dropouts": []})
-    merged: dict[str, Any] = {key: sorted(set(space[key]) | set(values))
-                              for key, values in grid.to_dict().items()}
-    if merged != space:
-        study.set_user_attr("space", merged)

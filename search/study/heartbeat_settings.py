@@ -6,8 +6,8 @@ that was killed or cut off: the next worker that looks for work marks it FAIL an
 copy with the same params and user attributes (so also its checkpoint), at most
 `max_retries` times per original trial (Optuna's `RetryHeartbeatStaleTrialCallback`).
 
-The settings are stored in the study (user attribute `heartbeat`), so that every worker
-judges staleness alike; a worker's own flags override them for that worker only.
+The settings are stored in the study (`StudyRecord.heartbeat`), so that every worker judges
+staleness alike; a worker's own flags override them for that worker only.
 """
 
 from __future__ import annotations
@@ -16,11 +16,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 
 from objectives.user_error import UserError
-from search.study.names import quoted
 
 # Each setting's command-line flag (grid, optuna, worker), also used to pass a worker's own
 # settings on to the worker processes it starts.
@@ -77,11 +75,3 @@ class HeartbeatSettings:
                 "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(
                     max_retry=self.max_retries, inherit_intermediate_values=True)}
 
-
-def stored_heartbeat(study: optuna.Study) -> HeartbeatSettings:
-    """The study's settings; the defaults for a study made before it stored any."""
-    try:
-        return HeartbeatSettings.from_dict(study.user_attrs.get("heartbeat", {}))
-    except (HeartbeatError, TypeError) as error:
-        raise HeartbeatError(f"study {quoted(study.study_name)} holds unusable heartbeat settings: "
-                             f"{error}") from None

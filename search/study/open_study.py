@@ -1,16 +1,7 @@
 """Opening a study: the one place that creates, joins or loads one.
 
 A study carries everything a worker needs in its user attributes, so a worker elsewhere joins
-knowing only the storage URL and the study name:
-
-    train_spec   the `TrainSpec` as a dict          (fixed when the study is created)
-    space        ranks / alphas / dropouts enqueued so far (grows with wider grids)
-    tpe          the TPE search's settings, when `search optuna` ran (`search.study.tpe_search`)
-    artifacts    the artifact folder chosen at creation (a worker may override it)
-    artifacts_token  the token of that folder's marker file: a worker trusts the folder only
-                 with it (`search.study.artifacts`)
-    baselines    the study's no-LoRA reference trials (`search.study.baselines`)
-    heartbeat    how workers tell a dead worker's trial (`search.study.heartbeat_settings`)
+knowing only the storage URL and the study name (`search.study.study_record`).
 """
 
 from __future__ import annotations
@@ -21,10 +12,11 @@ from dataclasses import dataclass
 import optuna
 
 from objectives.spec import TrainSpec
-from objectives.user_error import UserError
 from search.study.artifacts import mark_artifacts_folder
 from search.study.names import quoted
-from search.study.study_spec import SpecError, describe_differences
+from search.study.study_error import StudyError
+from search.study.study_record import StudyRecord
+from search.study.study_spec import describe_differences
 
 OBJECTIVE = "val_acc"  # a trial's value: accuracy on the validation split
 
@@ -36,24 +28,6 @@ class NewStudy:
     train: TrainSpec
     artifacts: str
     spec_given: bool
-
-
-class StudyError(UserError):
-    """A study that does not exist or does not match the command; one line for the user."""
-
-
-def stored_train_spec(study: optuna.Study) -> TrainSpec:
-    """The study's spec with its types checked. Its ranges, names and files were validated
-    when the study was created; a worker validates them again on its own host
-    (`validate_train_spec`), a read-only command need not (and so needs no timm)."""
-    values = study.user_attrs.get("train_spec")
-    if values is None:
-        raise StudyError(f"study {quoted(study.study_name)} was not made by this tool (no "
-                         "train_spec)")
-    try:
-        return TrainSpec.from_dict(values, f"study {quoted(study.study_name)}: train")
-    except SpecError as error:
-        raise StudyError(str(error)) from None
 
 
 def open_study(storage: optuna.storages.BaseStorage, name: str | None, *,
@@ -81,12 +55,12 @@ def open_study(storage: optuna.storages.BaseStorage, name: str | None, *,
         study = optuna.load_study(study_name=name, storage=storage, sampler=sampler,
                                   pruner=pruner)
         if create is not None:
-            differences = describe_differences(stored_train_spec(study), create.train)
+            differences = describe_differences(StudyRecord(study).train_spec, create.train)
             if create.spec_given and differences:
                 raise StudyError(f"study {quoted(name)} exists with another spec "
                                  f"({'; '.join(differences)}); drop the spec flags to continue "
                                  "it, or pick a new --study name")
-            if same_folder(study.user_attrs.get("artifacts"), create.artifacts):
+            if same_folder(StudyRecord(study).artifacts_folder, create.artifacts):
                 mark_artifacts_folder(study, create.artifacts)
         return study
     if create is None:
@@ -95,9 +69,10 @@ def open_study(storage: optuna.storages.BaseStorage, name: str | None, *,
     study = optuna.create_study(study_name=name, storage=storage, direction="maximize",
                                 load_if_exists=True, sampler=sampler, pruner=pruner)
     study.set_metric_names([OBJECTIVE])  # the dashboard's name for the value
-    study.set_user_attr("train_spec", create.train.to_dict())
+    record = StudyRecord(study)
+    record.store_train_spec(create.train)
     mark_artifacts_folder(study, create.artifacts)
-    study.set_user_attr("artifacts", create.artifacts)
+    record.store_artifacts_folder(create.artifacts)
     return study
 
 

@@ -8,8 +8,8 @@ validation and test images, so outcomes stay paired across trials and seeds.
 
 Each replicate is an ordinary trial, its index in the `replicate` user attribute (absent:
 0, as in studies made before replicates), part of the trial's key, so that queueing is
-idempotent per (configuration, replicate) like a grid point. The study keeps its N in the
-`seeds` user attribute.
+idempotent per (configuration, replicate) like a grid point. The study keeps its N
+(`StudyRecord.seeds`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import dataclasses
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the command line reads MAX_SEEDS before it imports optuna
-    import optuna
     from optuna.trial import FrozenTrial
 
     from objectives.spec import TrainSpec
@@ -49,14 +48,3 @@ def replicate_train_spec(spec: TrainSpec, replicate: int) -> TrainSpec:
         return spec
     return dataclasses.replace(spec, seed=spec.seed + replicate, split_seed=spec.splits_seed)
 
-
-def stored_seeds(study: optuna.Study) -> int:
-    value = study.user_attrs.get("seeds", 1)
-    return value if isinstance(value, int) and 1 <= value <= MAX_SEEDS else 1
-
-
-def store_seeds(study: optuna.Study, seeds: int, given: bool) -> None:
-    """Keep the study's seeds unless this command chose them (--seeds or a spec's
-    `study.seeds`)."""
-    if given or "seeds" not in study.user_attrs:
-        study.set_user_attr("seeds", seeds)

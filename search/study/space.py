@@ -23,6 +23,8 @@ class SpaceError(UserError):
 
 
 def check_rank(value: Any) -> int:
+    """A rank as LoRA takes one (typed, or read from a study); whether the model's layers can
+    use it is `objectives.model.check_rank_fits_model`'s to say."""
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise SpaceError(f"rank must be a positive integer, got {value!r}")
     return value
@@ -70,6 +72,12 @@ class GridSpace:
     def points(self) -> list[LoraParams]:
         return [LoraParams(rank=r, alpha=a, dropout=d)
                 for r, a, d in itertools.product(self.ranks, self.alphas, self.dropouts)]
+
+    def union(self, other: GridSpace) -> GridSpace:
+        """The grid over the values of both: what a study that queued both has searched."""
+        return GridSpace.from_values(ranks=(*self.ranks, *other.ranks),
+                                     alphas=(*self.alphas, *other.alphas),
+                                     dropouts=(*self.dropouts, *other.dropouts))
 
 
 def point_key(point: LoraParams) -> tuple:
@@ -167,21 +175,60 @@ class TpeSearch:
         return cls(space=space, **values)
 
 
-def space_disagreements(grid: dict[str, list], tpe: TpeSpace) -> list[str]:
+@dataclass(frozen=True)
+class SearchedSpace:
+    """Every value of each LoRA param a study has searched: its grid's and its TPE space's
+    (the dropout range by its ends). A trial registers its params with the bounds of these
+    (`bounds`), so grid points and sampled trials share one history; the study stores only
+    the grid and the TPE search, and this is derived from them (`StudyRecord.searched_space`).
+    """
+
+    ranks: tuple[int, ...] = ()
+    alphas: tuple[float, ...] = ()
+    dropouts: tuple[float, ...] = ()
+
+    @classmethod
+    def of(cls, grid: GridSpace | None, tpe: TpeSpace | None) -> SearchedSpace:
+        space = cls()
+        if grid is not None:
+            space = cls(grid.ranks, grid.alphas, grid.dropouts)
+        if tpe is not None:
+            space = cls((*space.ranks, *tpe.ranks), (*space.alphas, *tpe.alphas),
+                        (*space.dropouts, *tpe.dropout_range))
+        return space
+
+    def bounds(self, queued: LoraParams | None) -> dict[str, tuple]:
+        """(low, high) of each param over the searched values and `queued` (a fixed point
+        the space need not hold: one queued by hand, or by another version)."""
+        values = {"rank": [*self.ranks], "alpha": [*self.alphas], "dropout": [*self.dropouts]}
+        if queued is not None:
+            values["rank"].append(queued.rank)
+            values["alpha"].append(queued.alpha)
+            values["dropout"].append(queued.dropout)
+        return {name: (min(v), max(v)) for name, v in values.items()}
+
+    @property
+    def largest_rank(self) -> int | None:
+        return max(self.ranks, default=None)
+
+
+def space_disagreements(grid: GridSpace | None, tpe: TpeSpace) -> list[str]:
     """Why a grid (as recorded in a study) and a TPE space cannot share one study: TPE learns
     from every finished trial, so it must know each rank and alpha the grid uses, and the
     grid's dropouts must lie in its range."""
     def listed(values) -> str:
         return " ".join(f"{v:g}" for v in values)
 
+    if grid is None:
+        return []
     problems = []
     for name, tpe_values in (("ranks", tpe.ranks), ("alphas", tpe.alphas)):
-        extra = sorted(set(grid.get(name, [])) - set(tpe_values))
+        extra = sorted(set(getattr(grid, name)) - set(tpe_values))
         if extra:
             problems.append(f"grid {name} {listed(extra)} not among the TPE {name} "
                             f"{listed(tpe_values)}")
     low, high = tpe.dropout_range
-    outside = [d for d in grid.get("dropouts", []) if not low <= d <= high]
+    outside = [d for d in grid.dropouts if not low <= d <= high]
     if outside:
         problems.append(f"grid dropouts {listed(outside)} outside the TPE range "
                         f"{low:g}..{high:g}")

@@ -6,7 +6,7 @@ WAITING trial without params per missing LoRA trial, and a worker that claims su
 asks the sampler for its params when the trial starts. Claiming is the same compare-and-set as
 for grid points, so any number of workers on any number of hosts run exactly the budget.
 
-Study user attribute `tpe` holds `TpeSearch.to_dict()`; each sampled trial carries
+The study holds its search (`StudyRecord.tpe_search`); each sampled trial carries
 `sampled = True` in its user attributes.
 """
 
@@ -19,24 +19,14 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search.study.enqueue import enqueue_baselines
 from search.study.names import quoted
-from search.study.open_study import StudyError
 from search.study.replicates import replicate_of
-from search.study.space import SpaceError, TpeSearch, space_disagreements
+from search.study.space import GridSpace, TpeSearch, space_disagreements
+from search.study.study_error import StudyError
+from search.study.study_record import StudyRecord
 from search.study.trials import is_baseline
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 PENDING = (TrialState.WAITING, TrialState.RUNNING)
-
-
-def stored_tpe_search(study: optuna.Study) -> TpeSearch | None:
-    values = study.user_attrs.get("tpe")
-    if values is None:
-        return None
-    try:
-        return TpeSearch.from_dict(values)
-    except (SpaceError, TypeError) as error:
-        raise StudyError(f"study {quoted(study.study_name)} holds an unreadable TPE search: "
-                         f"{error}") from None
 
 
 def settle_search(study: optuna.Study, asked: TpeSearch, given: set[str]) -> TpeSearch:
@@ -46,9 +36,10 @@ def settle_search(study: optuna.Study, asked: TpeSearch, given: set[str]) -> Tpe
     `given` names the settings the user typed; one that contradicts the stored search, or a
     space that disagrees with the study's grid, is an error naming the difference.
     """
-    stored = stored_tpe_search(study)
+    record = StudyRecord(study)
+    stored = record.tpe_search
     if stored is None:
-        problems = space_disagreements(study.user_attrs.get("space", {}), asked.space)
+        problems = space_disagreements(record.grid, asked.space)
         if problems:
             raise StudyError(f"study {quoted(study.study_name)} holds a grid that this TPE "
                              f"space does not cover ({'; '.join(problems)}); give matching "
@@ -63,12 +54,12 @@ def settle_search(study: optuna.Study, asked: TpeSearch, given: set[str]) -> Tpe
     return TpeSearch.from_dict({**old, "trials": asked.trials})
 
 
-def check_grid_fits(study: optuna.Study, grid_space: dict[str, list]) -> None:
+def check_grid_fits(study: optuna.Study, grid: GridSpace) -> None:
     """A grid added to a study that also runs TPE must stay inside TPE's space."""
-    search = stored_tpe_search(study)
+    search = StudyRecord(study).tpe_search
     if search is None:
         return
-    problems = space_disagreements(grid_space, search.space)
+    problems = space_disagreements(grid, search.space)
     if problems:
         raise StudyError(f"study {quoted(study.study_name)} runs a TPE search this grid does "
                          f"not fit ({'; '.join(problems)}); match its space or pick a new "
@@ -100,7 +91,7 @@ def enqueue_tpe_budget(study: optuna.Study, search: TpeSearch) -> TopUpReport:
     per LoRA trial missing from `search.trials` (failed trials do not count). With seeds,
     the budget counts configurations: replicate 0 of each (a completed sampled trial queues
     its other replicates, `search.study.enqueue.enqueue_replicates`)."""
-    study.set_user_attr("tpe", search.to_dict())
+    StudyRecord(study).store_tpe_search(search)
     baselines_added = enqueue_baselines(study)
     finished, pending = lora_trial_counts(study)
     missing = max(0, search.trials - finished - pending)

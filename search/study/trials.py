@@ -13,9 +13,10 @@ from optuna.trial import FrozenTrial, TrialState
 
 from objectives.spec import LoraParams, TrainSpec
 from search.study.baselines import Baseline, baseline_train_spec
-from search.study.heartbeat_settings import HeartbeatError, HeartbeatSettings, stored_heartbeat
+from search.study.heartbeat_settings import HeartbeatError, HeartbeatSettings
 from search.study.replicates import replicate_of, replicate_train_spec, with_replicate
 from search.study.space import BASELINE_KEY, point_key, point_of
+from search.study.study_record import StudyRecord
 
 HISTORY_ATTR = "history"
 
@@ -102,7 +103,7 @@ def retried_as(trials: Sequence[FrozenTrial]) -> dict[int, int]:
 def study_max_retries(study: optuna.Study) -> int:
     """The study's heartbeat `max_retries`; the default for unusable stored settings."""
     try:
-        return stored_heartbeat(study).max_retries
+        return StudyRecord(study).heartbeat.max_retries
     except HeartbeatError:
         return HeartbeatSettings().max_retries
 

@@ -27,12 +27,13 @@ from objectives.train import use_threads
 from objectives.user_error import first_line
 from search.results.dashboard_notes import DashboardMemory, after_finishing, refresh_if_dirty
 from search.study.artifacts import artifact_store, artifacts_folder
-from search.study.heartbeat_settings import HeartbeatSettings, stored_heartbeat
+from search.study.heartbeat_settings import HeartbeatSettings
 from search.study.names import quoted
-from search.study.open_study import open_study, stored_train_spec
+from search.study.open_study import open_study
 from search.study.optuna_private import trial_id
 from search.study.patient_storage import StorageOutage
 from search.study.storage import open_storage
+from search.study.study_record import StudyRecord
 from search.study.study_spec import validate_train_spec
 from search.study.trials import gave_up_points, is_baseline, trial_key, trial_point, tries
 from search.worker.faults import EXIT_ENVIRONMENT, WorkerEnvironmentError
@@ -133,19 +134,18 @@ def run_worker(storage_url: str, study_name: str, artifacts: str | None = None,
     if threads:
         use_threads(threads)
     plain = open_storage(storage_url, must_exist=True)  # to read the heartbeat settings
-    heartbeat = stored_heartbeat(open_study(plain, study_name)).with_overrides(
+    heartbeat = StudyRecord(open_study(plain, study_name)).heartbeat.with_overrides(
         **(heartbeat_overrides or {}))
     plain.engine.dispose()  # its idle connection would count against the server's limit
     storage = open_storage(storage_url, must_exist=True, heartbeat=heartbeat,
                            outage_timeout=storage_timeout)
     study = open_study(storage, study_name)
-    spec = dataclasses.replace(stored_train_spec(study), **(local_overrides or {}))
+    spec = dataclasses.replace(StudyRecord(study).train_spec, **(local_overrides or {}))
     validate_train_spec(spec, f"study {quoted(study_name)}")  # its files, on this host
     study = searching_study(storage, study, spec.epochs)
     store = artifact_store(artifacts_folder(study, storage_url, artifacts))
     data = load_splits(spec)
-    if "classes" not in study.user_attrs:
-        study.set_user_attr("classes", data.classes)
+    StudyRecord(study).store_classes(data.classes)
     report = WorkerReport()
     journal = Journal(journal_path)
     before = {key: trial.number for key, trial in given_up(study, heartbeat.max_retries).items()}

@@ -29,7 +29,8 @@ from objectives.pack_capacity import measure_capacity
 from objectives.packed_model import pack_refusal
 from objectives.spec import LoraParams, TrainSpec
 from objectives.user_error import first_line
-from search.study.tpe_search import FINISHED, is_sampled, stored_tpe_search
+from search.study.study_record import StudyRecord
+from search.study.tpe_search import FINISHED, is_sampled
 from search.study.trials import is_baseline, trial_train_spec
 from search.worker.trial_queue import pending_count
 
@@ -44,7 +45,7 @@ def tpe_pack_limit(study: optuna.Study) -> int:
     start-up phase, the start-up trials left (they never learn from each other anyway);
     after it, a quarter of the budget, so that a 10-trial study still takes several rounds of
     sampling after its start-up trials."""
-    search = stored_tpe_search(study)
+    search = StudyRecord(study).tpe_search
     if search is None:
         return 1
     finished = sum(1 for t in study.get_trials(deepcopy=False, states=FINISHED)
@@ -139,7 +140,7 @@ class PackPlanner:
     def capacity(self, spec: TrainSpec) -> int:
         key = repr(spec)
         if key not in self._capacity:
-            rank = max(self.study_ranks() or [8])
+            rank = StudyRecord(self.study).searched_space.largest_rank or 8
             try:
                 capacity = measure_capacity(spec, self.data, LoraParams(rank, rank, 0.1))
             except Exception as error:  # the trials meet it too, each fails with it alone
@@ -150,11 +151,6 @@ class PackPlanner:
             self._capacity[key] = capacity.members
             LOG.info(f"pack: auto chose {capacity.describe()}")
         return self._capacity[key]
-
-    def study_ranks(self) -> list[int]:
-        grid, tpe = self.study.user_attrs.get("space", {}), self.study.user_attrs.get("tpe", {})
-        ranks = [*grid.get("ranks", []), *tpe.get("ranks", [])]
-        return [rank for rank in ranks if isinstance(rank, int)]
 
 
 def describe_pack(trials: list[FrozenTrial]) -> str:

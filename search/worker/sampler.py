@@ -16,7 +16,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search.study.open_study import open_study
 from search.study.space import TpeSearch
-from search.study.tpe_search import stored_tpe_search
+from search.study.study_record import StudyRecord
 
 
 class LoraSpaceSampler(BaseSampler):
@@ -81,7 +81,7 @@ def searching_study(storage: optuna.storages.BaseStorage, study: optuna.Study,
                     epochs: int) -> optuna.Study:
     """`study` again, with the sampler and pruner its stored TPE search asks for (a grid-only
     study has every param fixed and prunes nothing)."""
-    search = stored_tpe_search(study)
+    search = StudyRecord(study).tpe_search
     if search is None:
         return study
     return open_study(storage, study.study_name, sampler=LoraSpaceSampler(search),

@@ -42,6 +42,7 @@ from search.study.outcomes import ATTR as OUTCOMES_ATTR
 from search.study.outcomes import outcomes_attr, record_outcomes
 from search.study.patient_storage import StorageOutage
 from search.study.replicates import replicate_of
+from search.study.study_record import StudyRecord
 from search.study.tpe_search import is_sampled
 from search.study.trials import HISTORY_ATTR, is_baseline, trial_point, trial_train_spec
 from search.worker.attempt_store import AttemptStore, Checkpoints
@@ -66,15 +67,7 @@ def describe_point(point: LoraParams | None, model: str | None = None) -> str:
 
 def param_bounds(study: optuna.Study, queued: LoraParams | None) -> dict[str, tuple]:
     """(low, high) of each param over every space the study has searched, and `queued`."""
-    grid, tpe = study.user_attrs.get("space", {}), study.user_attrs.get("tpe", {})
-    values = {"rank": [*grid.get("ranks", []), *tpe.get("ranks", [])],
-              "alpha": [*grid.get("alphas", []), *tpe.get("alphas", [])],
-              "dropout": [*grid.get("dropouts", []), *tpe.get("dropout_range", [])]}
-    if queued is not None:
-        values["rank"].append(queued.rank)
-        values["alpha"].append(queued.alpha)
-        values["dropout"].append(queued.dropout)
-    return {name: (min(v), max(v)) for name, v in values.items()}
+    return StudyRecord(study).searched_space.bounds(queued)
 
 
 def suggest_point(trial: optuna.Trial, bounds: dict[str, tuple]) -> LoraParams:
