@@ -86,7 +86,7 @@ def queued(folder, capsys, monkeypatch) -> str:
 
 
 def raise_in_epoch_2(error: type[BaseException], data, spec):
-    """A check_stop that raises `error` at the second step of epoch 2 (every member has its
+    """A stop check that raises `error` at the second step of epoch 2 (every member has its
     epoch-1 checkpoint by then)."""
     steps = math.ceil(data.train_size / spec.batch_size)
     calls = []

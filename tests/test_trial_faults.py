@@ -92,7 +92,7 @@ def beats_on(storage) -> bool:
 
 
 def kill_after_epochs(epochs: int, data, spec, error: BaseException | type = Killed):
-    """A check_stop that kills the worker (raises `error`) at the first step after `epochs`
+    """A stop check that kills the worker (raises `error`) at the first step after `epochs`
     epochs of this attempt or pack (each saved its checkpoint first)."""
     steps = math.ceil(data.train_size / spec.batch_size)
     calls = []

@@ -95,6 +95,7 @@ def run_local_workers(options: WorkerOptions, workers: int, gpu_ids: list[int]) 
     threads = threads_per_worker(workers) if not gpu_ids else 1
     with tempfile.TemporaryDirectory(prefix="search-workers-") as folder:
         journals = [Path(folder) / f"worker-{index}.jsonl" for index in range(workers)]
+        # Each child is one worker: how many and on which GPUs was this process's to say.
         children = [dataclasses.replace(options, workers=None, gpus=None, workers_per_gpu=None,
                                         threads=threads, position=index,
                                         journal=str(journals[index]), queue_share=workers)
