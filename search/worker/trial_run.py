@@ -174,7 +174,7 @@ class TrialAttempt:
         trial.set_user_attr("baseline", point is None)
         trial.set_user_attr("model", spec.model)
         trial.set_user_attr("method", "lora" if point is not None else "head")
-        trial.set_user_attr("pack", self.pack_size)
+        trial.set_user_attr("pack", self.pack_size)  # stored as "pack": studies hold that name
         trial.set_user_attr("seed", spec.seed)  # its replicate's (`search.study.replicates`)
         if point is None:  # the dashboard shows a trial's note on top of its page
             write_notes(study_storage(self.study), study_id(self.study),
