@@ -92,7 +92,7 @@ def test_a_pack_capped_by_this_hosts_share_says_so(tmp_path, capsys, monkeypatch
 
     assert queue(tmp_path, capsys, monkeypatch, "--alphas", "2", "4", "8", "16")[0] == 0
     storage, study, spec = worker_study(f"sqlite:///{tmp_path / 'search.db'}")
-    planner = PackPlanner(AUTO, spec, SimpleNamespace(num_classes=10), study, share=2)
+    planner = PackPlanner(AUTO, spec, SimpleNamespace(num_classes=10), study, queue_share=2)
     planner._capacity[repr(spec)] = 16  # the probe's answer, without probing
     (first,) = claim_waiting(storage, study, 1)
     assert planner.limit_and_cap(first) == (

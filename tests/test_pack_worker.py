@@ -14,7 +14,7 @@ import pytest
 import torch
 from optuna.trial import TrialState
 from run_cli import DEMO, search_in_process
-from test_trial_faults import BEATS, Killed, claim, worker_study
+from test_trial_faults import BEATS, Killed, StopWhen, claim, worker_study
 
 from objectives.data import load_splits
 from objectives.train import epoch_stats
@@ -24,6 +24,8 @@ from search.study.outcomes import stored_outcomes, trial_outcomes
 from search.study.study_spec import load_spec
 from search.worker import pack_run
 from search.worker.claim_loop import run_worker
+from search.worker.context import WorkerContext
+from search.worker.options import WorkerOptions
 from search.worker.pack_plan import AUTO, PackPlanner, tpe_pack_limit
 from search.worker.pack_run import run_claimed_pack
 from search.worker.signals import StopRequested
@@ -84,7 +86,7 @@ def queued(folder, capsys, monkeypatch) -> str:
 
 
 def raise_in_epoch_2(error: type[BaseException], data, spec):
-    """A check_stop that raises `error` at the second step of epoch 2 (every member has its
+    """A stop check that raises `error` at the second step of epoch 2 (every member has its
     epoch-1 checkpoint by then)."""
     steps = math.ceil(data.train_size / spec.batch_size)
     calls = []
@@ -112,15 +114,16 @@ def test_a_stop_mid_pack_puts_every_member_back_and_they_resume(
     url = queued(tmp_path, capsys, monkeypatch)
     storage, study, spec = worker_study(url)
     claimed = claim_waiting(storage, study, 3)
-    states = run_claimed_pack(study, claimed, spec, data, artifact_store(tmp_path / "artifacts"),
-                              check_stop=raise_in_epoch_2(StopRequested, data, spec))
+    states = run_claimed_pack(WorkerContext(
+        storage, study, spec, data, artifact_store(tmp_path / "artifacts"),
+        stop=StopWhen(raise_in_epoch_2(StopRequested, data, spec))), claimed)
     assert set(states.values()) == {TrialState.WAITING}
     for trial in claimed:
         after = storage.get_trial(trial._trial_id)
         assert after.state == TrialState.WAITING
         assert after.user_attrs["checkpoint"]["epoch"] == 1
     capsys.readouterr()
-    report = run_worker(url, "demo", str(tmp_path / "artifacts"))
+    report = run_worker(WorkerOptions("demo", url, artifacts=str(tmp_path / "artifacts")))
     assert report.states["COMPLETE"] == 3 and report.exit_code == 0
     assert capsys.readouterr().err.count("resuming after epoch 1 of 2") == 3
     assert_same_board(solo_board, points(url))
@@ -132,13 +135,14 @@ def test_a_killed_packs_members_are_each_retried_once_and_resume(
     storage, study, spec = worker_study(url, BEATS)
     claimed = claim_waiting(storage, study, 3)
     with pytest.raises(Killed):
-        run_claimed_pack(study, claimed, spec, data, artifact_store(tmp_path / "artifacts"),
-                         check_stop=raise_in_epoch_2(Killed, data, spec))
+        run_claimed_pack(WorkerContext(storage, study, spec, data,
+                                       artifact_store(tmp_path / "artifacts"),
+                                       stop=StopWhen(raise_in_epoch_2(Killed, data, spec))),
+                         claimed)
     assert {storage.get_trial(t._trial_id).state for t in claimed} == {TrialState.RUNNING}
     capsys.readouterr()
-    report = run_worker(url, "demo", str(tmp_path / "artifacts"),
-                        heartbeat_overrides={"interval": 1, "grace_period": 2,
-                                             "max_retries": 1})
+    report = run_worker(WorkerOptions("demo", url, artifacts=str(tmp_path / "artifacts"),
+                                      heartbeat_interval=1, grace_period=2, max_retries=1))
     assert report.states["COMPLETE"] == 3, report
     assert capsys.readouterr().err.count("resuming after epoch 1 of 2") == 3
     _, study, _ = worker_study(url)
@@ -160,7 +164,8 @@ def test_a_packs_own_error_is_not_blamed_on_its_members(
 
     monkeypatch.setattr(pack_run, "run_pack", broken)
     capsys.readouterr()
-    states = run_claimed_pack(study, claimed, spec, data, artifact_store(tmp_path / "a"))
+    states = run_claimed_pack(WorkerContext(storage, study, spec, data,
+                                            artifact_store(tmp_path / "a")), claimed)
     assert set(states.values()) == {TrialState.COMPLETE}
     assert "its unfinished trials run alone" in capsys.readouterr().err
     assert_same_board(solo_board, points(url))
@@ -209,8 +214,9 @@ def test_a_pruned_trial_keeps_the_validation_outcomes_of_the_epoch_it_reached(
         tmp_path, capsys, monkeypatch, data):
     url = queued(tmp_path, capsys, monkeypatch)
     storage, study, spec = worker_study(url)
-    attempt = TrialAttempt(study, claim(storage, study, 1), spec, data,
-                           artifact_store(tmp_path / "artifacts"))
+    attempt = TrialAttempt(WorkerContext(storage, study, spec, data,
+                                         artifact_store(tmp_path / "artifacts")),
+                           claim(storage, study, 1))
     attempt.begin()
     logits = torch.randn(len(data.val_labels), data.num_classes)
     stats = epoch_stats(1, 1.0, 10, data.train_size, logits, data.val_labels, 1.0)

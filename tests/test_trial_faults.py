@@ -3,9 +3,9 @@ an artifact disk that fills up, a device out of memory (alone and in a pack), an
 study gives up on.
 
 A worker is simulated in this process: `run_claimed_trial` on a trial claimed from a SQLite
-study that `search grid --workers 0` queued; a worker killed mid-trial is a `check_stop` that
-raises something no handler catches, which leaves the trial as SIGKILL would (RUNNING, with
-its last checkpoint, no heartbeat any more).
+study that `search grid --workers 0` queued; a worker killed mid-trial is a stop check
+(`StopWhen`) that raises something no handler catches, which leaves the trial as SIGKILL
+would (RUNNING, with its last checkpoint, no heartbeat any more).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from search.study.open_study import open_study
 from search.study.storage import open_storage
 from search.study.study_record import StudyRecord
 from search.study.study_spec import load_spec
+from search.worker.context import WorkerContext
 from search.worker.faults import WorkerEnvironmentError, environment_fault
 from search.worker.pack_run import run_claimed_pack
 from search.worker.trial_queue import claim_waiting, next_trial
@@ -46,6 +47,16 @@ CHECKPOINT_BYTES = 108_000  # about one demo checkpoint at rank 2 (adapters, hea
 
 class Killed(BaseException):
     """The worker process dies: nothing in the trial's code catches this."""
+
+
+class StopWhen:
+    """A worker's stop flag (`search.worker.signals.StopSignals`) whose check at every
+    training step is `check`: a test's watch, kill or fault."""
+
+    requested = False
+
+    def __init__(self, check) -> None:
+        self.raise_if_requested = check
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +93,7 @@ def beats_on(storage) -> bool:
 
 
 def kill_after_epochs(epochs: int, data, spec, error: BaseException | type = Killed):
-    """A check_stop that kills the worker (raises `error`) at the first step after `epochs`
+    """A stop check that kills the worker (raises `error`) at the first step after `epochs`
     epochs of this attempt or pack (each saved its checkpoint first)."""
     steps = math.ceil(data.train_size / spec.batch_size)
     calls = []
@@ -118,7 +129,8 @@ def test_a_checkpoint_missing_from_this_hosts_store_starts_the_trial_over(
         pointers.append(storage.get_trial(trial._trial_id).user_attrs.get("checkpoint"))
 
     capsys.readouterr()
-    assert run_claimed_trial(study, trial, spec, data, store, check_stop=watch) == \
+    assert run_claimed_trial(WorkerContext(storage, study, spec, data, store,
+                                           stop=StopWhen(watch)), trial) == \
         TrialState.COMPLETE
     err = capsys.readouterr().err
     assert "checkpoint checkpoint-elsewhere not usable (not found); starting over" in err
@@ -201,7 +213,7 @@ def test_a_full_artifact_disk_puts_the_trial_back_and_stops_the_worker(
     trial = claim(storage, study, 1)
 
     with pytest.raises(WorkerEnvironmentError, match="disk full") as stopped:
-        run_claimed_trial(study, trial, spec, data, store)
+        run_claimed_trial(WorkerContext(storage, study, spec, data, store), trial)
     assert len(str(stopped.value).splitlines()) == 1
     after = storage.get_trial(trial._trial_id)
     assert after.state == TrialState.WAITING
@@ -231,10 +243,11 @@ def test_a_device_out_of_memory_puts_the_trials_back_and_stops_the_worker(
     capsys.readouterr()
 
     with pytest.raises(WorkerEnvironmentError, match="out of memory") as stopped:
+        worker = WorkerContext(storage, study, spec, data, store, stop=StopWhen(out_of_memory))
         if packed:
-            run_claimed_pack(study, claimed, spec, data, store, check_stop=out_of_memory)
+            run_claimed_pack(worker, claimed)
         else:
-            run_claimed_trial(study, claimed[0], spec, data, store, check_stop=out_of_memory)
+            run_claimed_trial(worker, claimed[0])
     assert len(str(stopped.value).splitlines()) == 1
     pointers = []
     for trial in claimed:
@@ -281,8 +294,8 @@ def test_a_point_whose_retries_are_used_up_is_given_up_and_leaves_no_checkpoint(
 
     first = claim(storage, study, 1)
     with pytest.raises(Killed):
-        run_claimed_trial(study, first, spec, data, store,
-                          check_stop=kill_after_epochs(1, data, spec))
+        run_claimed_trial(WorkerContext(storage, study, spec, data, store,
+                                        stop=StopWhen(kill_after_epochs(1, data, spec))), first)
     # It had recorded results before dying (say, while uploading them): its retry inherits.
     storage.set_trial_user_attr(first._trial_id, "test_acc", 0.99)
     storage.set_trial_user_attr(first._trial_id, "val_acc", 0.99)
@@ -290,8 +303,8 @@ def test_a_point_whose_retries_are_used_up_is_given_up_and_leaves_no_checkpoint(
     retry = next_trial(storage, study, 0.5, NEVER, store=store)  # after the grace period
     assert retry.number == 2 and retry.user_attrs["test_acc"] == 0.99
     with pytest.raises(Killed):
-        run_claimed_trial(study, retry, spec, data, store,
-                          check_stop=kill_after_epochs(1, data, spec))
+        run_claimed_trial(WorkerContext(storage, study, spec, data, store,
+                                        stop=StopWhen(kill_after_epochs(1, data, spec))), retry)
     assert len(checkpoint_files(folder)) == 1  # the retry's, after epoch 2
 
     assert next_trial(storage, study, 0.5, NEVER, store=store) is None  # no retry left
@@ -324,7 +337,8 @@ def test_a_trial_failing_with_its_own_error_is_given_up_and_leaves_no_checkpoint
         if len(calls) > steps:  # after epoch 1 and its checkpoint
             raise RuntimeError("boom")
 
-    assert run_claimed_trial(study, trial, spec, data, store, check_stop=boom) == \
+    assert run_claimed_trial(WorkerContext(storage, study, spec, data, store,
+                                           stop=StopWhen(boom)), trial) == \
         TrialState.FAIL
     assert checkpoint_files(folder) == []
     row = leaderboard(study).set_index("number").loc[1]

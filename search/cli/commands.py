@@ -146,11 +146,14 @@ def run_workers_and_report(args: argparse.Namespace, local: dict[str, Any], stud
         return 0
     from search.results.leaderboard import render_board, study_board
     from search.worker.launch import run_local_workers
+    from search.worker.options import WorkerOptions
 
-    code = run_local_workers(args.storage, study.study_name,
-                             artifacts_folder(study, args.storage, args.artifacts), workers,
-                             gpus, local, {}, storage_timeout=args.storage_timeout,
-                             pack=args.pack)
+    # The heartbeat flags are not the workers' own: they were stored in the study.
+    options = WorkerOptions(study.study_name, args.storage,
+                            artifacts=artifacts_folder(study, args.storage, args.artifacts),
+                            pack_setting=args.pack, storage_timeout=args.storage_timeout,
+                            **local)
+    code = run_local_workers(options, workers, gpus)
     print(render_board(study_board(study), "table"))
     return code
 
@@ -339,15 +342,14 @@ def tpe_search(args: argparse.Namespace, local: dict[str, Any]) -> int:
 
 def worker(args: argparse.Namespace, local: dict[str, Any]) -> int:
     from search.worker.launch import run_local_workers, worker_count
+    from search.worker.options import WorkerOptions
 
-    gpus = list(args.gpus or [])
-    if args.workers_per_gpu is not None:  # sharing GPUs: every visible one unless named
+    options = WorkerOptions.from_args(args)
+    gpus = list(options.gpus or [])
+    if options.workers_per_gpu is not None:  # sharing GPUs: every visible one unless named
         gpus = gpu_ids(args)
-    return run_local_workers(args.storage, args.study, args.artifacts,
-                             worker_count(args.workers, args.workers_per_gpu, gpus), gpus, local,
-                             heartbeat_flags(args), args.threads, args.position,
-                             storage_timeout=args.storage_timeout, journal=args.journal,
-                             pack=args.pack, pack_share=args.pack_share)
+    return run_local_workers(options, worker_count(options.workers, options.workers_per_gpu,
+                                                   gpus), gpus)
 
 
 def dashboard(args: argparse.Namespace, local: dict[str, Any]) -> int:

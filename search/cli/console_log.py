@@ -31,7 +31,10 @@ class ProgressAwareStderr(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            tqdm.write(self.format(record), file=sys.stderr)
+            # The line and its newline in one write: workers share the stream, and a separate
+            # write of the newline (unbuffered under PYTHONUNBUFFERED) lets their lines run
+            # into each other.
+            tqdm.write(self.format(record) + "\n", file=sys.stderr, end="")
             sys.stderr.flush()
         except Exception:  # noqa: BLE001 - logging's contract: report, never raise
             self.handleError(record)

@@ -54,7 +54,7 @@ def positive_int(text: str) -> int:
     return value
 
 
-def pack_size(text: str) -> int | str:
+def pack_setting(text: str) -> int | str:
     """--pack: `auto` or a positive number of trials."""
     if text == "auto":
         return text
@@ -189,7 +189,7 @@ def add_worker_flags(parser: argparse.ArgumentParser, stored: bool) -> None:
     parser.add_argument("--workers-per-gpu", type=positive_int, metavar="K",
                         help="K worker processes on each GPU (of --gpus, else every visible "
                              "one): small models that cannot fill a GPU alone share it")
-    parser.add_argument("--pack", type=pack_size, default="auto", metavar="K|auto",
+    parser.add_argument("--pack", type=pack_setting, default="auto", metavar="K|auto",
                         help="train up to K trials together on one frozen backbone (they differ "
                              "only in LoRA params; each stays a trial of its own). auto "
                              "(default): as many as a measured probe says fit in this device's "
@@ -342,7 +342,7 @@ def build_parser() -> ArgumentParser:
                         help=argparse.SUPPRESS)  # progress-bar row among local workers
     # How many local workers share the queue (set by the command that starts them): --pack
     # auto then claims this worker's share of a grid, not all of it.
-    worker.add_argument("--pack-share", type=positive_int, default=1, help=argparse.SUPPRESS)
+    worker.add_argument("--queue-share", type=positive_int, default=1, help=argparse.SUPPRESS)
     add_worker_flags(worker, stored=False)
     add_local_fields(worker)
 

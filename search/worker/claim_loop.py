@@ -21,8 +21,7 @@ import sqlalchemy
 from optuna.exceptions import StorageInternalError, UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
-from objectives.data import ImageSplits, load_splits
-from objectives.spec import TrainSpec
+from objectives.data import load_splits
 from objectives.train import use_threads
 from objectives.user_error import first_line
 from search.results.dashboard_notes import DashboardMemory, after_finishing, refresh_if_dirty
@@ -36,9 +35,11 @@ from search.study.storage import open_storage
 from search.study.study_record import StudyRecord
 from search.study.study_spec import validate_train_spec
 from search.study.trials import gave_up_points, is_baseline, trial_key, trial_point, tries
+from search.worker.context import WorkerContext
 from search.worker.faults import EXIT_ENVIRONMENT, WorkerEnvironmentError
 from search.worker.heartbeat import Heartbeat
-from search.worker.pack_plan import AUTO, PackPlanner, PackSetting, describe_pack
+from search.worker.options import WorkerOptions
+from search.worker.pack_plan import PackPlanner, describe_pack
 from search.worker.pack_run import run_claimed_pack
 from search.worker.sampler import searching_study
 from search.worker.signals import StopSignals
@@ -52,7 +53,6 @@ LOG = logging.getLogger(__name__)
 # (its last try failed) while it ran; EXIT_ENVIRONMENT (faults.py) when its environment
 # stopped it; 128 + N after signal N (SIGTERM, Ctrl-C).
 EXIT_TRIALS_FAILED = 1
-DEFAULT_STORAGE_TIMEOUT_S = 600
 # Gave-up points a summary names one by one; the rest are counted.
 NAMED_POINTS = 3
 
@@ -111,53 +111,31 @@ def describe_given_up(trial: FrozenTrial) -> str:
     return f"trial {trial.number} {what} after {count} {'try' if count == 1 else 'tries'}"
 
 
-def run_worker(storage_url: str, study_name: str, artifacts: str | None = None,
-               position: int = 0, threads: int | None = None,
-               local_overrides: dict[str, Any] | None = None,
-               heartbeat_overrides: dict[str, int | None] | None = None,
-               journal_path: str | None = None,
-               storage_timeout: float = DEFAULT_STORAGE_TIMEOUT_S,
-               pack: PackSetting = AUTO, pack_share: int = 1) -> WorkerReport:
+def run_worker(options: WorkerOptions) -> WorkerReport:
     """Run queued trials of the study until nothing is queued or running, or until SIGTERM /
     Ctrl-C or a fault of this worker's environment (the trial in hand goes back to the
     queue). The report counts the trials it ran and names the points the study gave up on
     meanwhile (`exit_code` says whether any failed; see EXIT_TRIALS_FAILED).
 
-    `local_overrides` replaces host-local spec fields (`LOCAL_FIELDS`: where the data lives,
-    which device) that do not change what a trial computes; `heartbeat_overrides` this
-    worker's heartbeat settings (interval, grace_period, max_retries); `journal_path` a file
-    to which it appends each trial it claims and finishes, then its report (`Journal`);
-    `storage_timeout` how long it waits out a database outage before it stops; `pack` how
-    many trials it trains together on one backbone (`search.worker.pack_plan`), `pack_share`
-    how many local workers share the queue (for `auto`).
+    With `options.journal`, it appends each trial it claims and finishes to that file, then
+    its report (`Journal`).
     """
-    if threads:
-        use_threads(threads)
-    plain = open_storage(storage_url, must_exist=True)  # to read the heartbeat settings
-    heartbeat = StudyRecord(open_study(plain, study_name)).heartbeat.with_overrides(
-        **(heartbeat_overrides or {}))
-    plain.engine.dispose()  # its idle connection would count against the server's limit
-    storage = open_storage(storage_url, must_exist=True, heartbeat=heartbeat,
-                           outage_timeout=storage_timeout)
-    study = open_study(storage, study_name)
-    spec = dataclasses.replace(StudyRecord(study).train_spec, **(local_overrides or {}))
-    validate_train_spec(spec, f"study {quoted(study_name)}")  # its files, on this host
-    study = searching_study(storage, study, spec.epochs)
-    store = artifact_store(artifacts_folder(study, storage_url, artifacts))
-    data = load_splits(spec)
-    StudyRecord(study).store_classes(data.classes)
+    stop = StopSignals()  # handles the signals once the worker has joined (`with stop`)
+    worker = open_worker(options, stop)
+    study, store, max_retries = worker.study, worker.store, worker.heartbeat.max_retries
     report = WorkerReport()
-    journal = Journal(journal_path)
-    before = {key: trial.number for key, trial in given_up(study, heartbeat.max_retries).items()}
+    journal = Journal(options.journal)
+    before = {key: trial.number for key, trial in given_up(study, max_retries).items()}
     memory = DashboardMemory()  # one for the worker's life: refreshes redo only what changed
-    with StopSignals() as stop:
+    with stop:
         try:
-            claim_and_run(storage, study, spec, data, store, position, heartbeat, stop, report,
-                          journal, PackPlanner(pack, spec, data, study, pack_share),
+            claim_and_run(worker, report, journal,
+                          PackPlanner(options.pack_setting, worker.spec, worker.data, study,
+                                      options.queue_share),
                           lambda: refresh_leaderboard(after_finishing, study, store,
-                                                      storage_url, memory))
+                                                      options.storage_url, memory))
             if not stop.requested and report.environment is None:  # the queue is empty
-                refresh_leaderboard(refresh_if_dirty, study, store, storage_url, memory)
+                refresh_leaderboard(refresh_if_dirty, study, store, options.storage_url, memory)
         except StorageOutage as error:  # nothing can be written: report and stop
             report.storage_lost, report.exit_code = first_line(error), EXIT_ENVIRONMENT
             journal.write(report=report.to_dict())
@@ -165,7 +143,7 @@ def run_worker(storage_url: str, study_name: str, artifacts: str | None = None,
         if stop.requested and report.environment is None:
             report.stopped_by, report.exit_code = stop.signal.name, stop.exit_code
     report.gave_up = {trial.number: describe_given_up(trial)
-                      for key, trial in given_up(study, heartbeat.max_retries).items()
+                      for key, trial in given_up(study, max_retries).items()
                       if before.get(key) != trial.number}  # given up while it ran
     if report.exit_code == 0 and (report.failed or report.gave_up):
         report.exit_code = EXIT_TRIALS_FAILED
@@ -173,17 +151,38 @@ def run_worker(storage_url: str, study_name: str, artifacts: str | None = None,
     return report
 
 
-def claim_and_run(storage: optuna.storages.RDBStorage, study: optuna.Study, spec: TrainSpec,
-                  data: ImageSplits, store: optuna.artifacts.FileSystemArtifactStore,
-                  position: int, heartbeat: HeartbeatSettings, stop: StopSignals,
-                  report: WorkerReport, journal: Journal, planner: PackPlanner,
-                  after_finishing: Callable[[], None] = lambda: None) -> None:
+def open_worker(options: WorkerOptions, stop: StopSignals) -> WorkerContext:
+    """Join the study: its storage with this worker's heartbeats (the study's settings, or
+    the worker's own flags) and outage timeout, its spec with this host's local fields
+    (checked against this host's files), its artifact store and its data."""
+    if options.threads:
+        use_threads(options.threads)
+    plain = open_storage(options.storage_url, must_exist=True)  # to read the heartbeat settings
+    heartbeat = StudyRecord(open_study(plain, options.study_name)).heartbeat.with_overrides(
+        **options.heartbeat_overrides)
+    plain.engine.dispose()  # its idle connection would count against the server's limit
+    storage = open_storage(options.storage_url, must_exist=True, heartbeat=heartbeat,
+                           outage_timeout=options.storage_timeout)
+    study = open_study(storage, options.study_name)
+    spec = dataclasses.replace(StudyRecord(study).train_spec, **options.local_overrides)
+    validate_train_spec(spec, f"study {quoted(options.study_name)}")  # its files, on this host
+    study = searching_study(storage, study, spec.epochs)
+    store = artifact_store(artifacts_folder(study, options.storage_url, options.artifacts))
+    data = load_splits(spec)
+    StudyRecord(study).store_classes(data.classes)
+    return WorkerContext(storage, study, spec, data, store, heartbeat, stop, options.position)
+
+
+def claim_and_run(worker: WorkerContext, report: WorkerReport, journal: Journal,
+                  planner: PackPlanner, after_finishing: Callable[[], None] = lambda: None
+                  ) -> None:
     """Claim and run trials (one, or a pack of those that can share it) until none is left,
     a stop is asked or the environment fails; `after_finishing` runs after each trial or
     pack that finished."""
+    storage, study, heartbeat = worker.storage, worker.study, worker.heartbeat
     while (trial := next_trial(storage, study, min(heartbeat.interval, MAX_POLL_SECONDS),
-                               lambda: stop.requested, announce_wait(heartbeat),
-                               store=store)) is not None:
+                               lambda: worker.stop.requested, announce_wait(heartbeat),
+                               store=worker.store)) is not None:
         trials = [trial]
         limit, cap = planner.limit_and_cap(trial)
         if cap is not None:
@@ -193,8 +192,7 @@ def claim_and_run(storage: optuna.storages.RDBStorage, study: optuna.Study, spec
         for claimed in trials:
             journal.write(claimed=claimed.number)
         try:
-            states = run_claimed(storage, study, trials, spec, data, store, position, heartbeat,
-                                 stop)
+            states = run_claimed(worker, trials)
         except WorkerEnvironmentError as error:  # the unfinished trials are back in the queue
             states = {t.number: storage.get_trial(trial_id(t)).state for t in trials}
             count(report, journal, states)
@@ -227,26 +225,21 @@ def count(report: WorkerReport, journal: Journal, states: dict[int, TrialState])
         journal.write(finished=number, state=state.name)
 
 
-def run_claimed(storage: optuna.storages.RDBStorage, study: optuna.Study,
-                trials: list[FrozenTrial], spec: TrainSpec, data: ImageSplits,
-                store: optuna.artifacts.FileSystemArtifactStore, position: int,
-                heartbeat: HeartbeatSettings, stop: StopSignals) -> dict[int, TrialState]:
+def run_claimed(worker: WorkerContext, trials: list[FrozenTrial]) -> dict[int, TrialState]:
     """Claimed trials, alone or as one pack, each with its heartbeat running until it is
     finished or put back; their end states by trial number."""
+    storage = worker.storage
     try:
-        with Heartbeat(storage, [trial_id(trial) for trial in trials], heartbeat.interval):
+        with Heartbeat(storage, [trial_id(trial) for trial in trials], worker.heartbeat.interval):
             if len(trials) == 1:
-                return {trials[0].number: run_claimed_trial(
-                    study, trials[0], spec, data, store, position,
-                    check_stop=stop.raise_if_requested)}
+                return {trials[0].number: run_claimed_trial(worker, trials[0])}
             LOG.info(describe_pack(trials))
-            return run_claimed_pack(study, trials, spec, data, store, position,
-                                    check_stop=stop.raise_if_requested)
+            return run_claimed_pack(worker, trials)
     except UpdateFinishedTrialError:
         # Our heartbeats stopped reaching the database for the grace period (a network cut,
         # a suspended process), so another worker failed the trial and queued its retry.
         LOG.warning(f"worker: trial {trials[0].number} was failed by another worker meanwhile (no "
-                    f"heartbeat for {heartbeat.grace_period} s); its retry runs instead")
+                    f"heartbeat for {worker.heartbeat.grace_period} s); its retry runs instead")
         return {t.number: storage.get_trial(trial_id(t)).state for t in trials}
 
 

@@ -15,6 +15,7 @@ counting as 128 + N.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -27,16 +28,14 @@ from pathlib import Path
 from typing import Any
 
 from objectives.user_error import UserError
-from search.study.heartbeat_settings import HEARTBEAT_FLAGS
 from search.study.storage import STORAGE_VARIABLE
 from search.worker.claim_loop import (
-    DEFAULT_STORAGE_TIMEOUT_S,
     EXIT_TRIALS_FAILED,
     describe_failures,
     describe_report,
     run_worker,
 )
-from search.worker.pack_plan import AUTO, PackSetting
+from search.worker.options import WorkerOptions
 from search.worker.signals import SIGNALS
 
 LOG = logging.getLogger(__name__)
@@ -63,31 +62,9 @@ def threads_per_worker(workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // workers)
 
 
-def worker_command(study_name: str, artifacts: str | None, position: int, threads: int,
-                   local_overrides: dict[str, Any],
-                   heartbeat_overrides: dict[str, int | None],
-                   storage_timeout: float = DEFAULT_STORAGE_TIMEOUT_S,
-                   journal: Path | None = None, pack: PackSetting = AUTO,
-                   pack_share: int = 1) -> list[str]:
+def worker_command(options: WorkerOptions) -> list[str]:
     """A child's command line; without the storage URL (`worker_environment` holds it)."""
-    command = [sys.executable, "-m", "search", "worker", "--study", study_name,
-               "--position", str(position), "--threads", str(threads),
-               "--storage-timeout", f"{storage_timeout:g}", "--pack", str(pack),
-               "--pack-share", str(pack_share)]
-    if journal is not None:
-        command += ["--journal", str(journal)]
-    if artifacts:
-        command += ["--artifacts", artifacts]
-    for field_name, value in local_overrides.items():
-        flag = field_name.replace("_", "-")
-        if isinstance(value, bool):
-            command.append(f"--{flag}" if value else f"--no-{flag}")
-        else:
-            command += [f"--{flag}", str(value)]
-    for key, value in heartbeat_overrides.items():
-        if value is not None:
-            command += [HEARTBEAT_FLAGS[key], str(value)]
-    return command
+    return [sys.executable, "-m", "search", "worker", *options.to_argv()]
 
 
 def worker_environment(index: int, gpu_ids: list[int], storage_url: str) -> dict[str, str]:
@@ -100,42 +77,34 @@ def worker_environment(index: int, gpu_ids: list[int], storage_url: str) -> dict
     return env
 
 
-def run_local_workers(storage_url: str, study_name: str, artifacts: str | None, workers: int,
-                      gpu_ids: list[int], local_overrides: dict[str, Any],
-                      heartbeat_overrides: dict[str, int | None], threads: int | None = None,
-                      position: int = 0,
-                      storage_timeout: float = DEFAULT_STORAGE_TIMEOUT_S,
-                      journal: str | None = None, pack: PackSetting = AUTO,
-                      pack_share: int = 1) -> int:
+def run_local_workers(options: WorkerOptions, workers: int, gpu_ids: list[int]) -> int:
     """Run `workers` workers until the study has no work left; print one summary line and
     return the worst exit code (non-zero when a trial they ran failed, a point was given up
     or a worker died).
 
-    `threads` (default: this host's cores split between CPU workers) and `position` (the
-    progress-bar row) are for a single worker running in this process, `journal` the file it
-    reports to when it is the child of another `run_local_workers`.
+    A single worker runs in this process with `options` as they are (its threads, by default
+    this host's cores; `options.journal` the file it reports to when it is the child of
+    another `run_local_workers`). Children each get their GPU, their share of the CPU cores,
+    their progress-bar row and journal, and know how many share the queue.
     """
     if workers == 1 and not gpu_ids:
-        report = run_worker(storage_url, study_name, artifacts, position,
-                            threads or threads_per_worker(1), local_overrides,
-                            heartbeat_overrides, journal_path=journal,
-                            storage_timeout=storage_timeout, pack=pack, pack_share=pack_share)
-        # One write: other workers share this stream, and print's separate write of the
-        # newline (unbuffered under PYTHONUNBUFFERED) let their lines run into this one.
-        sys.stderr.write(describe_report(study_name, report) + "\n")
-        sys.stderr.flush()
+        report = run_worker(dataclasses.replace(
+            options, threads=options.threads or threads_per_worker(1)))
+        LOG.log(logging.WARNING if report.exit_code else logging.INFO,
+                describe_report(options.study_name, report))
         return report.exit_code
     threads = threads_per_worker(workers) if not gpu_ids else 1
     with tempfile.TemporaryDirectory(prefix="search-workers-") as folder:
         journals = [Path(folder) / f"worker-{index}.jsonl" for index in range(workers)]
+        # Each child is one worker: how many and on which GPUs was this process's to say.
+        children = [dataclasses.replace(options, workers=None, gpus=None, workers_per_gpu=None,
+                                        threads=threads, position=index,
+                                        journal=str(journals[index]), queue_share=workers)
+                    for index in range(workers)]
         processes = [
-            subprocess.Popen(worker_command(study_name, artifacts, index, threads,
-                                            local_overrides, heartbeat_overrides,
-                                            storage_timeout, journals[index], pack,
-                                            pack_share=workers),
-                             env=worker_environment(index, gpu_ids, storage_url),
-                             start_new_session=True)
-            for index in range(workers)
+            subprocess.Popen(worker_command(child), start_new_session=True,
+                             env=worker_environment(index, gpu_ids, options.storage_url))
+            for index, child in enumerate(children)
         ]
 
         def forward(number: int, _frame) -> None:

@@ -8,9 +8,9 @@ frozen layer, ...) runs one trial at a time, and the worker says why once.
 `auto` takes the pack size from a measured probe of this device (`objectives.pack_capacity`),
 then caps it:
 - by this host's share of the queue, when the local launcher says how many workers share it
-  (`share`): of the compatible trials waiting or running (held by any worker, this claim's
-  first included), 1 / share, so that two workers started together split a grid evenly
-  instead of the first taking it all;
+  (`queue_share`): of the compatible trials waiting or running (held by any worker, this
+  claim's first included), 1 / queue_share, so that two workers started together split a
+  grid evenly instead of the first taking it all;
 - for TPE trials, by `tpe_pack_limit`: K trials sampled together never see each other's
   results, so packing trades the sampler's learning for throughput.
 """
@@ -65,13 +65,13 @@ def checkpoint_epoch(trial: FrozenTrial) -> int:
 class PackPlanner:
     """The pack each claim makes: `limit(first)` trials that `fits(first)`."""
 
-    setting: PackSetting
+    pack_setting: PackSetting  # the user's --pack
     spec: TrainSpec
     data: ImageSplits
     study: optuna.Study
-    share: int = 1  # local workers sharing this queue (1: unknown, or alone)
-    _refusals: dict[str, str | None] = field(default_factory=dict)
-    _capacity: dict[str, int] = field(default_factory=dict)
+    queue_share: int = 1  # local workers sharing this queue (1: unknown, or alone)
+    _refusals: dict[str, str | None] = field(default_factory=dict, init=False)
+    _capacity: dict[str, int] = field(default_factory=dict, init=False)
 
     def fits(self, first: FrozenTrial):
         """Whether a waiting trial may join `first`'s pack."""
@@ -83,7 +83,7 @@ class PackPlanner:
         """`fits`, and with `auto` at most `tpe_pack_limit` TPE trials in the pack (a grid
         point or baseline first may bring that many sampled companions)."""
         fits = self.fits(first)
-        if self.setting != AUTO:
+        if self.pack_setting != AUTO:
             return fits
         sampled_left = tpe_pack_limit(self.study) - is_sampled(first)
 
@@ -105,21 +105,21 @@ class PackPlanner:
     def limit_and_cap(self, first: FrozenTrial) -> tuple[int, str | None]:
         """`limit(first)`, and when it is below what `auto` measured, why (said before the
         pack, which would otherwise read as contradicting "pack: auto chose N")."""
-        if self.setting == 1:
+        if self.pack_setting == 1:
             return 1, None
         spec = trial_train_spec(self.spec, first)
         if self.refusal(spec) is not None:
             return 1, None
-        if self.setting != AUTO:
-            return int(self.setting), None
+        if self.pack_setting != AUTO:
+            return int(self.pack_setting), None
         measured = size = self.capacity(spec)
         cap = None
-        if self.share > 1:  # waiting or held by any worker: what the workers share
+        if self.queue_share > 1:  # waiting or held by any worker: what the workers share
             pending = pending_count(self.study, self.fits(first))
-            if math.ceil(pending / self.share) < size:
-                size = max(1, math.ceil(pending / self.share))
+            if math.ceil(pending / self.queue_share) < size:
+                size = max(1, math.ceil(pending / self.queue_share))
                 cap = (f"this host's share of the queue ({pending} trials waiting or running "
-                       f"for {self.share} local workers)")
+                       f"for {self.queue_share} local workers)")
         sampled_limit = tpe_pack_limit(self.study) if is_sampled(first) else size
         if sampled_limit < size:
             size = sampled_limit

@@ -18,20 +18,17 @@ of its own, run one after another.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 
-import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 from tqdm import tqdm
 
 from objectives.checkpoint import EpochStats, TrainingState
-from objectives.data import ImageSplits
 from objectives.packed_train import PackMember, run_pack
-from objectives.spec import TrainSpec
 from objectives.user_error import first_line
 from search.study.optuna_private import study_storage, trial_id
 from search.study.patient_storage import StorageOutage
+from search.worker.context import WorkerContext
 from search.worker.faults import WorkerEnvironmentError
 from search.worker.progress_bar import progress_wanted
 from search.worker.signals import StopRequested
@@ -41,15 +38,12 @@ from search.worker.trial_run import TrialAttempt, run_claimed_trial, train_alone
 LOG = logging.getLogger(__name__)
 
 
-def run_claimed_pack(study: optuna.Study, frozen: list[FrozenTrial], spec: TrainSpec,
-                     data: ImageSplits, store: optuna.artifacts.FileSystemArtifactStore,
-                     position: int = 0, check_stop: Callable[[], None] = lambda: None
-                     ) -> dict[int, TrialState]:
+def run_claimed_pack(worker: WorkerContext, frozen: list[FrozenTrial]) -> dict[int, TrialState]:
     """Train the RUNNING trials `frozen` together; each one's final state by trial number
     (WAITING: put back in the queue). Raises WorkerEnvironmentError (all put back) and
     StorageOutage as `run_claimed_trial` does."""
-    attempts = [TrialAttempt(study, trial, spec, data, store, position, check_stop,
-                             show_bar=False, pack=len(frozen)) for trial in frozen]
+    attempts = [TrialAttempt(worker, trial, show_bar=False, pack_size=len(frozen))
+                for trial in frozen]
     resumes: list[TrainingState | None] = []
     for index, attempt in enumerate(attempts):
         try:
@@ -58,7 +52,7 @@ def run_claimed_pack(study: optuna.Study, frozen: list[FrozenTrial], spec: Train
             for other in attempts[:index]:
                 other.put_back()
             for other in attempts[index + 1:]:  # not begun: back as they came
-                requeue_trial(study_storage(study), trial_id(other.frozen))
+                requeue_trial(study_storage(worker.study), trial_id(other.frozen))
             raise
     groups: dict[int, list[int]] = {}
     for index, resume in enumerate(resumes):
@@ -69,7 +63,7 @@ def run_claimed_pack(study: optuna.Study, frozen: list[FrozenTrial], spec: Train
             if len(group) == 1:
                 train_alone(group[0], resumes[indices[0]])
             else:
-                train_together(group, [resumes[i] for i in indices], data, check_stop)
+                train_together(group, [resumes[i] for i in indices])
             if any(attempt.state == TrialState.WAITING for attempt in group):
                 break  # stopped: the rest go back untrained
     except WorkerEnvironmentError:  # the worker stops: the rest go back too
@@ -81,19 +75,18 @@ def run_claimed_pack(study: optuna.Study, frozen: list[FrozenTrial], spec: Train
     return {attempt.frozen.number: attempt.state for attempt in attempts}
 
 
-def train_together(attempts: list[TrialAttempt], resumes: list[TrainingState | None],
-                   data: ImageSplits, check_stop: Callable[[], None]) -> None:
+def train_together(attempts: list[TrialAttempt], resumes: list[TrainingState | None]) -> None:
     """One pack of begun attempts (same start epoch), each ended when this returns."""
-    spec = attempts[0].spec
+    worker, spec, data = attempts[0].worker, attempts[0].spec, attempts[0].data
     names = ", ".join(str(attempt.frozen.number) for attempt in attempts)
     done = (resumes[0].epoch if resumes[0] else 0) * data.train_size
     bar = tqdm(total=spec.epochs * data.train_size, initial=done, unit="img", unit_scale=True,
-               position=attempts[0].position, leave=True, mininterval=1.0, dynamic_ncols=True,
+               position=worker.position, leave=True, mininterval=1.0, dynamic_ncols=True,
                desc=f"pack of {len(attempts)} (trials {names})", disable=not progress_wanted(LOG))
 
     def on_step(images: int) -> None:
         bar.update(images)
-        check_stop()
+        worker.stop.raise_if_requested()
 
     def on_epoch(k: int, stats: EpochStats) -> bool:
         attempt = attempts[k]
@@ -141,7 +134,7 @@ def train_together(attempts: list[TrialAttempt], resumes: list[TrainingState | N
         LOG.warning(f"pack of {len(attempts)} (trials {names}) stopped: {type(error).__name__}: "
                     f"{first_line(error)}; its unfinished trials run alone")
         for attempt in unfinished(attempts):
-            rerun_alone(attempt, check_stop)
+            rerun_alone(attempt)
     finally:
         bar.close()
 
@@ -150,11 +143,9 @@ def unfinished(attempts: list[TrialAttempt]) -> list[TrialAttempt]:
     return [attempt for attempt in attempts if not attempt.finished]
 
 
-def rerun_alone(attempt: TrialAttempt, check_stop: Callable[[], None]) -> None:
+def rerun_alone(attempt: TrialAttempt) -> None:
     """Run a pack's member alone from its last checkpoint, as a fresh attempt (its params
     stay: Optuna returns a trial's registered value to the same suggest call)."""
     storage = study_storage(attempt.study)
     frozen = storage.get_trial(trial_id(attempt.frozen))
-    attempt.state = run_claimed_trial(attempt.study, frozen, attempt.study_spec,
-                                      attempt.data, attempt.store.store, attempt.position,
-                                      check_stop)
+    attempt.state = run_claimed_trial(attempt.worker, frozen)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,8 +28,7 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from objectives.checkpoint import EpochStats, TrainingState
-from objectives.data import ImageSplits
-from objectives.spec import LoraParams, TrainSpec
+from objectives.spec import LoraParams
 from objectives.train import TrialResult, run_trial
 from objectives.user_error import first_line
 from search.results.dashboard_notes import baseline_note
@@ -46,6 +44,7 @@ from search.study.study_record import StudyRecord
 from search.study.tpe_search import is_sampled
 from search.study.trials import HISTORY_ATTR, is_baseline, trial_point, trial_train_spec
 from search.worker.attempt_store import AttemptStore, Checkpoints
+from search.worker.context import WorkerContext
 from search.worker.faults import WorkerEnvironmentError, environment_fault
 from search.worker.progress_bar import progress_wanted
 from search.worker.signals import StopRequested
@@ -142,20 +141,18 @@ class TrialAttempt:
     points and always run every epoch.
     """
 
-    def __init__(self, study: optuna.Study, frozen: FrozenTrial, spec: TrainSpec,
-                 data: ImageSplits, store: optuna.artifacts.FileSystemArtifactStore,
-                 position: int = 0, check_stop: Callable[[], None] = lambda: None,
-                 show_bar: bool = True, pack: int = 1) -> None:
-        self.study, self.frozen, self.data = study, frozen, data
-        self.trial = optuna.Trial(study, trial_id(frozen))
-        self.study_spec = spec
-        self.spec = trial_train_spec(spec, frozen)
-        self.position, self.check_stop, self.show_bar, self.pack = (position, check_stop,
-                                                                    show_bar, pack)
+    def __init__(self, worker: WorkerContext, frozen: FrozenTrial, show_bar: bool = True,
+                 pack_size: int = 1) -> None:
+        self.worker, self.frozen = worker, frozen
+        self.study, self.data = worker.study, worker.data
+        self.trial = optuna.Trial(self.study, trial_id(frozen))
+        self.spec = trial_train_spec(worker.spec, frozen)  # with the trial's own overrides
+        self.show_bar = show_bar
+        self.pack_size = pack_size  # trials trained together, this one included (1: alone)
         self.point: LoraParams | None = None
         self.title = f"trial {frozen.number}"
         self.epochs: list[EpochStats] = []
-        self.store = AttemptStore(store)
+        self.store = AttemptStore(worker.store)
         self.checkpoints = Checkpoints(self.trial, frozen, self.store)
         self.state: TrialState | None = None  # set once the attempt has ended
         self.bar: tqdm | None = None
@@ -173,7 +170,7 @@ class TrialAttempt:
         trial.set_user_attr("baseline", point is None)
         trial.set_user_attr("model", spec.model)
         trial.set_user_attr("method", "lora" if point is not None else "head")
-        trial.set_user_attr("pack", self.pack)
+        trial.set_user_attr("pack", self.pack_size)  # stored as "pack": studies hold that name
         trial.set_user_attr("seed", spec.seed)  # its replicate's (`search.study.replicates`)
         if point is None:  # the dashboard shows a trial's note on top of its page
             write_notes(study_storage(self.study), study_id(self.study),
@@ -194,14 +191,14 @@ class TrialAttempt:
         # A live bar on a terminal; one line per epoch in logs, where bars would be noise.
         done = resume.epoch * self.data.train_size if resume is not None else 0
         self.bar = tqdm(total=spec.epochs * self.data.train_size, initial=done, unit="img",
-                        unit_scale=True, position=self.position, leave=True, mininterval=1.0,
+                        unit_scale=True, position=self.worker.position, leave=True, mininterval=1.0,
                         dynamic_ncols=True, desc=self.title,
                         disable=not (self.show_bar and progress_wanted(LOG)))
         return resume
 
     def on_step(self, images: int) -> None:
         self.bar.update(images)
-        self.check_stop()
+        self.worker.stop.raise_if_requested()
 
     def on_epoch(self, stats: EpochStats) -> bool:
         """Report the epoch; whether the trial goes on (False: the pruner stops it)."""
@@ -210,8 +207,8 @@ class TrialAttempt:
         record_history(self.trial, self.epochs)  # a trial that dies shows the epochs it reached
         progress = {"epoch": f"{stats.epoch}/{self.spec.epochs}",
                     "val_acc": f"{stats.val_acc:.4f}", "img_s": f"{stats.images_per_second:.0f}"}
-        if self.pack > 1:
-            progress["pack"] = str(self.pack)
+        if self.pack_size > 1:
+            progress["pack"] = str(self.pack_size)
         self.bar.set_postfix(progress)
         if self.bar.disable:  # the CLI logs through tqdm.write: above a pack's live bar
             LOG.info(" ".join([self.title, *(f"{k}={v}" for k, v in progress.items())]))
@@ -323,14 +320,11 @@ class TrialAttempt:
             self.bar.close()
 
 
-def run_claimed_trial(study: optuna.Study, frozen: FrozenTrial, spec: TrainSpec,
-                      data: ImageSplits, store: optuna.artifacts.FileSystemArtifactStore,
-                      position: int = 0,
-                      check_stop: Callable[[], None] = lambda: None) -> TrialState:
+def run_claimed_trial(worker: WorkerContext, frozen: FrozenTrial) -> TrialState:
     """Train the RUNNING trial `frozen` alone and finish it; returns its final state, or
-    WAITING when `check_stop` raised `StopRequested` (or Ctrl-C came twice) and the trial
-    went back to the queue."""
-    attempt = TrialAttempt(study, frozen, spec, data, store, position, check_stop)
+    WAITING when the worker was asked to stop (`StopRequested` from `worker.stop`, or Ctrl-C
+    twice) and the trial went back to the queue."""
+    attempt = TrialAttempt(worker, frozen)
     return train_alone(attempt, attempt.begin())
 
 
