@@ -56,3 +56,14 @@ def test_every_command_takes_v_or_q_but_not_both(command, capsys):
     with pytest.raises(SystemExit):
         parser.parse_args([command, "-v", "-q"])
     assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_quiet_reaches_the_local_workers(tmp_path):
+    """`search grid -q` with two local worker processes: their epoch lines and the workers'
+    summary are INFO, so nothing but the leaderboard (stdout) comes out."""
+    from run_cli import FAST, search
+
+    result = search("grid", *FAST, "--ranks", "2", "--alphas", "4", "--workers", "2", "-q",
+                    "--storage", f"sqlite:///{tmp_path / 'quiet.db'}", cwd=tmp_path)
+    assert result.stderr == ""
+    assert "COMPLETE" in result.stdout

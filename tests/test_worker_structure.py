@@ -47,9 +47,9 @@ OPTION_SETS = [
                   workers_per_gpu=2, threads=4, position=2, journal="/tmp/worker-2.jsonl",
                   queue_share=3, pack_setting=4, storage_timeout=30, heartbeat_interval=5,
                   grace_period=20, max_retries=0, data_dir="/data", device="cuda:1",
-                  compile=True),
+                  compile=True, verbosity=1),
     WorkerOptions("demo", "sqlite:///search.db", pack_setting=1, compile=False,
-                  device="cpu"),
+                  device="cpu", verbosity=-1),
 ]
 
 

@@ -13,7 +13,6 @@ import itertools
 import json
 import logging
 import shlex
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -152,7 +151,7 @@ def run_workers_and_report(args: argparse.Namespace, local: dict[str, Any], stud
     options = WorkerOptions(study.study_name, args.storage,
                             artifacts=artifacts_folder(study, args.storage, args.artifacts),
                             pack_setting=args.pack, storage_timeout=args.storage_timeout,
-                            **local)
+                            verbosity=args.verbosity, **local)
     code = run_local_workers(options, workers, gpus)
     print(render_board(study_board(study), "table"))
     return code
@@ -271,9 +270,9 @@ def grid(args: argparse.Namespace, local: dict[str, Any]) -> int:
         study = set_up_study(args, spec, storage)
         check_grid_fits(study, spec.grid)
         queued = enqueue_grid(study, spec.grid)
-    print(f"study {quoted(study.study_name)} in {shown(args.storage)} ({data}): queued "
-          f"{plural(queued.baselines_added, 'baseline')} and {len(queued.added)} grid "
-          f"point(s); {queued.already_there} already there", file=sys.stderr)
+    LOG.info(f"study {quoted(study.study_name)} in {shown(args.storage)} ({data}): queued "
+             f"{plural(queued.baselines_added, 'baseline')} and {len(queued.added)} grid "
+             f"point(s); {queued.already_there} already there")
     return run_workers_and_report(args, local, study, workers, gpus)
 
 
@@ -332,11 +331,11 @@ def tpe_search(args: argparse.Namespace, local: dict[str, Any]) -> int:
         study = set_up_study(args, spec, storage)
         search = settle_search(study, asked, given)
         queued = enqueue_tpe_budget(study, search)
-    print(f"study {quoted(study.study_name)} in {shown(args.storage)} ({data}): "
-          f"queued {plural(queued.baselines_added, 'baseline')}; "
-          f"{queued.finished} finished and {queued.pending} queued or running LoRA trial(s); "
-          f"queued {queued.added} TPE trial(s) to reach {search.trials} "
-          f"(pruner: {search.pruner}, seed {search.seed})", file=sys.stderr)
+    LOG.info(f"study {quoted(study.study_name)} in {shown(args.storage)} ({data}): "
+             f"queued {plural(queued.baselines_added, 'baseline')}; "
+             f"{queued.finished} finished and {queued.pending} queued or running LoRA "
+             f"trial(s); queued {queued.added} TPE trial(s) to reach {search.trials} "
+             f"(pruner: {search.pruner}, seed {search.seed})")
     return run_workers_and_report(args, local, study, workers, gpus)
 
 

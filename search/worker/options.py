@@ -63,6 +63,7 @@ class WorkerOptions:
     data_dir: str | None = None  # host-local spec fields (`search.study.study_spec.LOCAL_FIELDS`)
     device: str | None = None
     compile: bool | None = None
+    verbosity: int = 0  # -q: -1, -v: 1 (`search.cli.console_log`)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> WorkerOptions:
@@ -74,12 +75,12 @@ class WorkerOptions:
                    pack_setting=args.pack, storage_timeout=args.storage_timeout,
                    heartbeat_interval=args.heartbeat_interval, grace_period=args.grace_period,
                    max_retries=args.max_retries, data_dir=args.data_dir, device=args.device,
-                   compile=args.compile)
+                   compile=args.compile, verbosity=args.verbosity)
 
     def to_argv(self) -> list[str]:
         """The flags after `search worker` that `from_args` reads back as these options; all
         but the storage URL (see the class)."""
-        argv: list[str] = []
+        argv: list[str] = {-1: ["-q"], 0: [], 1: ["-v"]}[self.verbosity]
         for name, flag in FLAGS.items():
             value = getattr(self, name)
             if value is None:
