@@ -245,9 +245,12 @@ def build_baseline_model(spec: TrainSpec, num_classes: int, pretrained: bool | N
 
 
 def lora_config(spec: TrainSpec, lora: LoraParams, head: str) -> LoraConfig:
+    """peft's configuration of the point's adapters: its scaling rule and DoRA are peft's own
+    options (`use_rslora`, `use_dora`)."""
     return LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                       target_modules=list(spec.target_modules), bias="none",
-                      modules_to_save=[head])
+                      modules_to_save=[head], use_rslora=lora.scaling == "rslora",
+                      use_dora=lora.dora)
 
 
 def build_lora_model(spec: TrainSpec, num_classes: int, lora: LoraParams,

@@ -5,10 +5,11 @@ copy of the frozen backbone runs on all members' activations stacked along the b
 images), so each frozen matmul is K times larger instead of K times more numerous. Each
 adapted Linear gets a `PackedLoraLinear`: every member's low-rank update stacked,
 [K, r_max, in] and [K, out, r_max], ranks padded to the pack's largest with zero rows and
-columns (their gradients are zero, so AdamW keeps them exactly zero), its own alpha / r scaling
-and dropout probability, applied with two batched matmuls. The head becomes `PackedHead`, one
-Linear per member as one batched matmul. A baseline member (no LoRA) has scaling 0 and zero
-adapters: its activations are the frozen backbone's, its head trains as alone.
+columns (their gradients are zero, so AdamW keeps them exactly zero), its own scaling
+(`LoraParams.scale`: alpha / r, or alpha / sqrt(r) for rsLoRA) and dropout probability,
+applied with two batched matmuls. The head becomes `PackedHead`, one Linear per member as one
+batched matmul. A baseline member (no LoRA) has scaling 0 and zero adapters: its activations
+are the frozen backbone's, its head trains as alone.
 
 Each member starts as it would alone: the backbone and head come from `create_backbone` after
 `torch.manual_seed(spec.seed)` (as `build_baseline_model` / `build_lora_model` build them), its
@@ -19,7 +20,8 @@ artifacts are the same whether a trial ran alone or packed.
 
 What cannot be packed runs alone (`pack_refusal` says why): normalisation with batch
 statistics (one member's images would change another's), stochastic frozen layers (their draws
-would differ from a member's solo run), convolution targets, an MLP head, torch.compile.
+would differ from a member's solo run), convolution targets, an MLP head, torch.compile, and
+a DoRA point (`point_pack_refusal`).
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ class PackedLoraLinear(nn.Module):
         self.lora_A = nn.Parameter(a)
         self.lora_B = nn.Parameter(torch.zeros(count, base.out_features, rank, **factory))
         self.register_buffer("scaling", torch.tensor(
-            [m.alpha / m.rank if m is not None else 0.0 for m in members], **factory))
+            [m.scale if m is not None else 0.0 for m in members], **factory))
         self.register_buffer("dropout", torch.tensor(
             [m.dropout if m is not None else 0.0 for m in members], **factory))
         self.generator: torch.Generator | None = None  # the pack's dropout stream
@@ -87,9 +89,23 @@ class PackedHead(nn.Module):
         return out.reshape(-1, out.shape[-1])
 
 
-def pack_refusal(spec: TrainSpec, num_classes: int) -> str | None:
-    """Why trials of `spec` cannot share a pack, or None when they can (the model is built on
-    the meta device: nothing is loaded)."""
+def point_pack_refusal(lora: LoraParams | None) -> str | None:
+    """Why a trial of point `lora` cannot share a pack whatever its spec, or None."""
+    if lora is not None and lora.dora:
+        # DoRA rescales each adapted weight's columns by a trained magnitude over the norm of
+        # W + s B A: not a low-rank term added to the frozen layer's output, which is what
+        # `PackedLoraLinear` stacks.
+        return "a DoRA point trains alone (its update is not an added low-rank term)"
+    return None
+
+
+def pack_refusal(spec: TrainSpec, num_classes: int, lora: LoraParams | None = None
+                 ) -> str | None:
+    """Why trials of `spec` (of point `lora`, when given) cannot share a pack, or None when
+    they can (the model is built on the meta device: nothing is loaded)."""
+    point = point_pack_refusal(lora)
+    if point is not None:
+        return point
     if spec.compile:
         return "packing does not compile (compile = true)"
     if spec.head_hidden:
@@ -126,6 +142,9 @@ class PackedModel(nn.Module):
     def __init__(self, spec: TrainSpec, num_classes: int, members: list[LoraParams | None]
                  ) -> None:
         super().__init__()
+        for member in members:
+            if (why := point_pack_refusal(member)) is not None:
+                raise ValueError(f"{member} cannot be packed: {why}")
         torch.manual_seed(spec.seed)  # the backbone's and head's start, as alone
         backbone = create_backbone(spec, num_classes)
         backbone.requires_grad_(False)
