@@ -159,3 +159,23 @@ def test_a_dora_point_builds_trains_its_adapters_and_head_only_and_runs_alone(di
     assert pack_refusal(SPEC, 10, POINTS[3]) is None
     with pytest.raises(ValueError, match="DoRA"):
         PackedModel(SPEC, 10, [None, DORA])
+
+
+@pytest.mark.parametrize("point", [LoraParams(4, 8, 0.1, scaling="rslora"), DORA],
+                         ids=["rslora", "dora"])
+def test_peft_merges_the_variants_into_the_weights_an_export_writes(point):
+    # `objectives.export_model` writes `merge_and_unload()`'s weights: they must compute what
+    # the trained adapters did.
+    model = build_lora_model(SPEC, 10, point).eval()
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if ".lora_B." in name or "lora_magnitude_vector" in name:
+                param.add_(torch.randn_like(param) * 0.1)
+    images = torch.rand(4, 3, 16, 16)
+    with torch.no_grad():
+        adapted = model(images)
+        merged = model.merge_and_unload()(images)
+        untrained = build_lora_model(SPEC, 10, point).eval()(images)
+    assert (adapted - untrained).abs().max() > 1e-3  # the adapters do change the outputs
+    torch.testing.assert_close(merged, adapted, rtol=0, atol=1e-5)
