@@ -109,9 +109,10 @@ class PackOptimizer(ScheduledAdamW):
         params = self.model.trained_parameters()
         before = [param.detach().clone() for param in params]
         self.optimizer.step()
+        first = params[0]
+        scale = torch.tensor(factors, device=first.device, dtype=first.dtype)
         with torch.no_grad():
             for param, start in zip(params, before, strict=True):
-                scale = torch.tensor(factors, device=param.device, dtype=param.dtype)
                 param.sub_(start).mul_(scale.view(-1, *[1] * (param.dim() - 1))).add_(start)
         self.scheduler.step()
 

@@ -101,6 +101,8 @@ class LoraParams:
         if self.scaling not in SCALINGS:
             raise SpecError(f"scaling must be one of {', '.join(SCALINGS)}, not "
                             f"{self.scaling!r}")
+        if self.lr is not None and not self.lr > 0:
+            raise SpecError(f"a point's lr must be > 0, not {self.lr!r}")
 
     @property
     def scale(self) -> float:

@@ -75,6 +75,8 @@ def test_points_stored_before_the_variants_read_as_the_same_trials():
     assert old.scale == 2.0 and trial_lr(SPEC, old) == SPEC.lr == trial_lr(SPEC, None)
     with pytest.raises(SpecError, match="scaling must be one of lora, rslora"):
         LoraParams(8, 16.0, 0.1, scaling="rs")
+    with pytest.raises(SpecError, match="lr must be > 0"):
+        LoraParams(8, 16.0, 0.1, lr=0.0)
 
 
 def test_rslora_scales_as_peft_alone_and_packed():
