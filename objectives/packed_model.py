@@ -92,8 +92,8 @@ class PackedHead(nn.Module):
 def point_pack_refusal(lora: LoraParams | None) -> str | None:
     """Why a trial of point `lora` cannot share a pack whatever its spec, or None."""
     if lora is not None and lora.dora:
-        # DoRA rescales each adapted weight's columns by a trained magnitude over the norm of
-        # W + s B A: not a low-rank term added to the frozen layer's output, which is what
+        # DoRA scales each output feature of W + s B A by a trained magnitude over that row's
+        # norm: not a low-rank term added to the frozen layer's output, which is all that
         # `PackedLoraLinear` stacks.
         return "a DoRA point trains alone (its update is not an added low-rank term)"
     return None

@@ -91,9 +91,10 @@ class LoraParams:
     alpha: float
     dropout: float
     scaling: str = "lora"  # one of SCALINGS
-    # DoRA (peft's `use_dora`): each adapted weight's magnitude trains apart from its
-    # direction. Its update is not a low-rank term added to the frozen output, so a DoRA
-    # point trains alone (`objectives.packed_model.point_pack_refusal`).
+    # DoRA (peft's `use_dora`): each adapted layer's per-output-feature weight magnitudes
+    # train apart from their direction (W + s B A, normalised). Its update is not a low-rank
+    # term added to the frozen output, so a DoRA point trains alone
+    # (`objectives.packed_model.point_pack_refusal`).
     dora: bool = False
     lr: float | None = None  # None: the spec's lr
 
