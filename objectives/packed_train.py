@@ -178,12 +178,13 @@ def run_pack(spec: TrainSpec, members: list[PackMember], data: ImageSplits,
     model = PackedModel(spec, data.num_classes, [m.lora for m in members]).to(device)
     optimizer = PackOptimizer(model, spec, len(data.train_labels), fused=device.type == "cuda")
     generator = torch.Generator(device).manual_seed(spec.seed)
-    masks = dropout_generator(spec.seed, device)
-    model.use_dropout_generator(masks)
+    # One dropout stream per set of adapted layers, each as a member's alone.
+    streams = [dropout_generator(spec.seed, device) for _ in range(model.stream_count)]
+    model.use_dropout_generators(streams)
     histories: list[list[EpochStats]] = [[] for _ in members]
     train_seconds = step_seconds = 0.0
     if first_epoch:
-        resume_pack(members, model, optimizer, generator, masks)
+        resume_pack(members, model, optimizer, generator, streams)
         histories = [list(m.resume.history) for m in members]
         train_seconds = max(m.resume.train_seconds for m in members)
         step_seconds = max(m.resume.step_seconds for m in members)
@@ -207,7 +208,8 @@ def run_pack(spec: TrainSpec, members: list[PackMember], data: ImageSplits,
                 on_checkpoint(k, training_state(
                     members[k].lora, model.member_weights(position),
                     optimizer.member_state(position), optimizer.member_schedule(position),
-                    generator, masks, histories[k], train_seconds, step_seconds))
+                    generator, streams[model.stream_of[position]], histories[k],
+                    train_seconds, step_seconds))
             if on_epoch is not None and not on_epoch(k, stats):
                 leaving.append(position)
         if leaving:
@@ -237,7 +239,7 @@ def pack_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def resume_pack(members: list[PackMember], model: PackedModel, optimizer: PackOptimizer,
-                generator: torch.Generator, masks: torch.Generator) -> None:
+                generator: torch.Generator, streams: list[torch.Generator]) -> None:
     """Put every member's checkpoint in its slices; the shared state (schedule, generators)
     from the first member's, which the others' must equal."""
     states = [member.resume for member in members]
@@ -257,11 +259,13 @@ def resume_pack(members: list[PackMember], model: PackedModel, optimizer: PackOp
                                                                to_reference))
     for k, state in enumerate(states):
         optimizer.load_member_state(k, state.optimizer)
-    # Every member with dropout drew at every step, so their streams are in one state; a
-    # member without (the baseline, p = 0) never drew alone: the stream comes from the former.
-    drawn = [state.dropout_generator for member, state in zip(members, states, strict=True)
-             if member.lora is not None and member.lora.dropout > 0]
-    restore_generators(first, generator, masks, drawn[0] if drawn else None)
+    # Every member with dropout drew at each of its layers at every step, so the members of a
+    # stream are in one state; a member without (the baseline, p = 0) never drew alone: each
+    # stream comes from one of its members with dropout.
+    restore_generators(first, generator, streams[0], None)
+    for k, (member, state) in enumerate(zip(members, states, strict=True)):
+        if member.lora is not None and member.lora.dropout > 0:
+            streams[model.stream_of[k]].set_state(state.dropout_generator)
 
 
 def shared_optimizer_state(optimizer: PackOptimizer, state: TrainingState,

@@ -80,11 +80,12 @@ def target_set(name: str) -> str:
 @dataclass(frozen=True)
 class LoraParams:
     """One point of the search space: the adapters' rank, alpha and dropout, how alpha
-    scales their update (`scale`), whether they are DoRA's, and the trial's learning rate.
+    scales their update (`scale`), whether they are DoRA's, the trial's learning rate and
+    the layers it adapts.
 
     The fields after `dropout` have defaults that mean what a point meant before they
-    existed (alpha / r, plain LoRA, the spec's learning rate), so stored points and
-    checkpoints written without them read back as the same trials.
+    existed (alpha / r, plain LoRA, the spec's learning rate and targets), so stored points
+    and checkpoints written without them read back as the same trials.
     """
 
     rank: int
@@ -97,6 +98,8 @@ class LoraParams:
     # (`objectives.packed_model.point_pack_refusal`).
     dora: bool = False
     lr: float | None = None  # None: the spec's lr
+    # A `TrainSpec.targets` value (e.g. `target_set("all")`); None: the spec's targets.
+    targets: str | None = None
 
     def __post_init__(self) -> None:
         if self.scaling not in SCALINGS:
@@ -104,6 +107,8 @@ class LoraParams:
                             f"{self.scaling!r}")
         if self.lr is not None and not self.lr > 0:
             raise SpecError(f"a point's lr must be > 0, not {self.lr!r}")
+        if self.targets is not None and not self.targets.strip():
+            raise SpecError("a point's targets must name layers, not be empty")
 
     @property
     def scale(self) -> float:
@@ -111,6 +116,14 @@ class LoraParams:
         if self.scaling == "rslora":
             return self.alpha / math.sqrt(self.rank)
         return self.alpha / self.rank
+
+
+def trial_spec(spec: TrainSpec, lora: LoraParams | None) -> TrainSpec:
+    """The spec a trial of point `lora` builds its model from: `spec` with the point's
+    targets, when it names some."""
+    if lora is None or lora.targets is None:
+        return spec
+    return dataclasses.replace(spec, targets=lora.targets)
 
 
 def trial_lr(spec: TrainSpec, lora: LoraParams | None) -> float:

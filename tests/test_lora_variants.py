@@ -1,9 +1,10 @@
 """The LoRA variants a point can name beyond rank, alpha and dropout (issue 28): named sets of
 adapted layers, rsLoRA's scaling, a per-point learning rate, DoRA.
 
-rsLoRA members and members with their own learning rates train in a pack as alone (to 1e-4 on
-the CPU, as tests/test_packing.py checks for plain members), also across checkpoints written
-alone and resumed in a pack, or the reverse; a DoRA point builds, trains and runs alone.
+A pack that mixes rsLoRA members, members with their own learning rates and members adapting
+other layers trains each as alone (to 1e-4 on the CPU, as tests/test_packing.py checks for
+plain members), also with a member pruned and across checkpoints written alone and resumed in
+a pack, or the reverse; a DoRA point builds, trains and runs alone.
 """
 
 from __future__ import annotations
@@ -18,7 +19,13 @@ from test_packing import TINY, assert_same_trial, round_trip
 
 from objectives.checkpoint import read_training_state, training_state_bytes
 from objectives.data import load_splits
-from objectives.model import adapted_layers, build_lora_model, count_parameters
+from objectives.model import (
+    adapted_layers,
+    build_lora_model,
+    build_model,
+    count_parameters,
+    trainable_state_dict,
+)
 from objectives.packed_model import PackedModel, pack_refusal
 from objectives.packed_train import PackMember, run_pack
 from objectives.spec import (
@@ -31,11 +38,16 @@ from objectives.spec import (
 )
 from objectives.train import run_trial
 
-SPEC = replace(TINY, epochs=2)  # lr 3e-3
-# The baseline and an rsLoRA member at the spec's lr, a LoRA member and an rsLoRA member
-# at lower rates of their own: the pack's optimiser runs at 3e-3 and scales the latter two.
-POINTS = [None, LoraParams(2, 2, 0.1, scaling="rslora"), LoraParams(4, 8, 0.0, lr=1e-3),
-          LoraParams(8, 4, 0.2, scaling="rslora", lr=3e-4)]
+SPEC = replace(TINY, epochs=2)  # lr 3e-3, targets q,k,v
+# The baseline and an rsLoRA member of q, v at the spec's lr, members of every linear layer
+# and of the attention's at lower rates of their own (the pack's optimiser runs at 3e-3 and
+# scales their steps), and a plain member of the spec's targets: four sets of adapted layers,
+# so four dropout streams.
+POINTS = [None, LoraParams(2, 2, 0.1, scaling="rslora", targets="q,v"),
+          LoraParams(4, 8, 0.2, lr=1e-3, targets=target_set("all")),
+          LoraParams(8, 4, 0.1, scaling="rslora", lr=3e-4, targets=target_set("attn")),
+          LoraParams(2, 4, 0.3)]
+PRUNED = 2
 
 
 def layer_paths(spec: TrainSpec) -> set[str]:
@@ -71,7 +83,7 @@ def test_an_unknown_target_set_names_the_known_ones():
 
 def test_points_stored_before_the_variants_read_as_the_same_trials():
     old = LoraParams(**{"rank": 8, "alpha": 16.0, "dropout": 0.1})
-    assert old == LoraParams(8, 16.0, 0.1, scaling="lora", dora=False, lr=None)
+    assert old == LoraParams(8, 16.0, 0.1, scaling="lora", dora=False, lr=None, targets=None)
     assert old.scale == 2.0 and trial_lr(SPEC, old) == SPEC.lr == trial_lr(SPEC, None)
     with pytest.raises(SpecError, match="scaling must be one of lora, rslora"):
         LoraParams(8, 16.0, 0.1, scaling="rs")
@@ -115,11 +127,37 @@ def test_a_points_lr_is_the_trials_lr(digits, alone):
         torch.testing.assert_close(other.weights[key], weight, rtol=0, atol=0)
 
 
-def test_rslora_members_and_members_own_lrs_train_in_a_pack_as_alone(digits, alone):
+def test_a_pack_mixing_scalings_lrs_and_layers_trains_each_as_alone(digits, alone):
     solo, _ = alone
     packed = run_pack(SPEC, [PackMember(point) for point in POINTS], digits)
     for k in range(len(POINTS)):
         assert_same_trial(solo[k], packed[k])
+
+
+def test_the_others_train_as_alone_when_one_is_pruned(digits, alone):
+    solo, _ = alone
+    packed = run_pack(SPEC, [PackMember(point) for point in POINTS], digits,
+                      on_epoch=lambda k, stats: k != PRUNED)
+    assert packed[PRUNED] is None
+    for k in range(len(POINTS)):
+        if k != PRUNED:
+            assert_same_trial(solo[k], packed[k])
+
+
+def test_a_member_of_other_layers_keeps_the_solo_models_names_and_start():
+    packed = PackedModel(SPEC, 10, POINTS)
+    for k, point in enumerate(POINTS):
+        solo = trainable_state_dict(build_model(SPEC, 10, point))
+        assert list(packed.member_weights(k)) == list(solo)
+        for key, weight in solo.items():
+            torch.testing.assert_close(packed.member_weights(k)[key], weight, rtol=0, atol=0)
+    assert len(packed.paths) == 2 * 6 and packed.stream_count == 4
+
+
+def test_the_fused_qkv_and_split_q_k_v_do_not_pack_together():
+    members = [LoraParams(2, 2, 0.1, targets="qkv"), LoraParams(2, 2, 0.1)]
+    with pytest.raises(ValueError, match="fused qkv"):
+        PackedModel(SPEC, 10, members)
 
 
 def test_their_checkpoints_resume_alone_from_a_pack_and_in_a_pack_from_alone(digits, alone):
@@ -130,7 +168,7 @@ def test_their_checkpoints_resume_alone_from_a_pack_and_in_a_pack_from_alone(dig
     for k in (2, 3):  # members whose lr is not the pack optimiser's
         assert_same_trial(solo[k], run_trial(SPEC, POINTS[k], digits,
                                              resume=packed_checkpoints[k]))
-    # The first member's schedule is at 3e-4: the pack's comes from it, at 1e-3.
+    # The first member's schedule is at 3e-4: the pack's comes from it, at 3e-3.
     order = (3, 2, 1)
     members = [PackMember(POINTS[k], checkpoints[k]) for k in order]
     for k, result in zip(order, run_pack(SPEC, members, digits), strict=True):
