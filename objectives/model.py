@@ -25,7 +25,7 @@ from torch import nn
 
 from objectives import export_folder
 from objectives.adapter_seeding import seed_peft_adapters
-from objectives.spec import LoraParams, TrainSpec
+from objectives.spec import LoraParams, TrainSpec, trial_spec
 from objectives.split_qkv import SplitQKV, split_qkv
 from objectives.user_error import UserError, first_line
 
@@ -245,16 +245,20 @@ def build_baseline_model(spec: TrainSpec, num_classes: int, pretrained: bool | N
 
 
 def lora_config(spec: TrainSpec, lora: LoraParams, head: str) -> LoraConfig:
+    """peft's configuration of the point's adapters: its scaling rule and DoRA are peft's own
+    options (`use_rslora`, `use_dora`)."""
     return LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                       target_modules=list(spec.target_modules), bias="none",
-                      modules_to_save=[head])
+                      modules_to_save=[head], use_rslora=lora.scaling == "rslora",
+                      use_dora=lora.dora)
 
 
 def build_lora_model(spec: TrainSpec, num_classes: int, lora: LoraParams,
                      pretrained: bool | None = None) -> PeftModel:
-    """LoRA adapters on the spec's targets plus a trainable head; the rest frozen. The
-    adapters start from the trial's seed alone and their dropout draws from the trial's
-    dropout generator (`objectives.adapter_seeding`), as a packed member's do."""
+    """LoRA adapters on the point's targets (else the spec's) plus a trainable head; the
+    rest frozen. The adapters start from the trial's seed alone and their dropout draws from
+    the trial's dropout generator (`objectives.adapter_seeding`), as a packed member's do."""
+    spec = trial_spec(spec, lora)
     torch.manual_seed(spec.seed)
     backbone = create_backbone(spec, num_classes, pretrained)
     if spec.splits_qkv and not any(isinstance(m, SplitQKV) for m in backbone.modules()):

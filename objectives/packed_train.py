@@ -5,9 +5,10 @@ batch order, one augmented batch per step (members see the same images in the sa
 each would alone with the same seed), one forward of the `PackedModel` on K x B activations,
 the members' mean losses summed (each member's parameters get exactly its own loss's
 gradient), one AdamW over the member-stacked parameters (elementwise, so the same as one
-optimiser per member) and one cosine schedule. Every member reports its own epochs; a member
-whose `on_epoch` says stop (pruned) leaves at once, its slices and optimiser state dropped, and
-the rest go on.
+optimiser per member) and one cosine schedule; members with their own learning rates
+(`LoraParams.lr`) share it too, `PackOptimizer.step` scaling each member's step. Every member
+reports its own epochs; a member whose `on_epoch` says stop (pruned) leaves at once, its
+slices and optimiser state dropped, and the rest go on.
 
 Checkpoints are per member and in the solo format (`TrainingState` of the member's peft model),
 so a member's retry resumes alone or in another pack at the same epoch. Members of one pack
@@ -29,7 +30,7 @@ from objectives.data import ImageSplits
 from objectives.export_folder import describe_misfits
 from objectives.model import planned_parameters
 from objectives.packed_model import PackedModel
-from objectives.spec import LoraParams, TrainSpec
+from objectives.spec import LoraParams, TrainSpec, trial_lr
 from objectives.train import (
     ScheduledAdamW,
     TrialResult,
@@ -70,17 +71,50 @@ def start_epoch(members: list[PackMember]) -> int:
 
 class PackOptimizer(ScheduledAdamW):
     """A trial's AdamW + cosine schedule over the pack's stacked parameters, with each
-    member's share in the solo optimizer's format and back."""
+    member's share in the solo optimizer's format and back.
+
+    Members may have their own learning rates (`trial_lr`). AdamW's step is linear in its
+    learning rate once the moments are updated (the decoupled weight decay, lr * wd * p, and
+    the Adam step, lr * m / (sqrt(v) + eps), both scale with it; the moments do not depend on
+    it), and a cosine schedule scales every rate by the same factor. So the optimiser runs at
+    the largest member rate, `reference_lr`, and `step` scales each member's change by its
+    rate over that: exactly its solo step, up to float rounding (the factors are at most 1,
+    so the rounding is not magnified). Checkpoints carry each member's own rate
+    (`member_state`, `member_schedule`), so a member resumes alone or in another pack.
+    """
 
     def __init__(self, model: PackedModel, spec: TrainSpec, train_size: int,
                  fused: bool) -> None:
         self.model, self.spec, self.train_size, self.fused = model, spec, train_size, fused
+        self.reference_lr = max(self.member_lrs())
         self._build()
 
     def _build(self) -> None:
         # Over the parameters the model has now: `keep_members` replaces them.
         super().__init__(self.model.trained_parameters(), self.spec, self.train_size,
-                         self.fused)
+                         self.fused, lr=self.reference_lr)
+
+    def member_lrs(self) -> list[float]:
+        return [trial_lr(self.spec, member) for member in self.model.members]
+
+    def lr_factors(self) -> list[float]:
+        """Each member's learning rate over the optimiser's, in pack order."""
+        return [lr / self.reference_lr for lr in self.member_lrs()]
+
+    def step(self) -> None:
+        factors = self.lr_factors()
+        if all(factor == 1.0 for factor in factors):
+            super().step()  # one rate: the plain step, bit for bit what it always was
+            return
+        params = self.model.trained_parameters()
+        before = [param.detach().clone() for param in params]
+        self.optimizer.step()
+        first = params[0]
+        scale = torch.tensor(factors, device=first.device, dtype=first.dtype)
+        with torch.no_grad():
+            for param, start in zip(params, before, strict=True):
+                param.sub_(start).mul_(scale.view(-1, *[1] * (param.dim() - 1))).add_(start)
+        self.scheduler.step()
 
     def keep_members(self, keep: list[int]) -> None:
         """Drop the other members' slices of the model and of the optimiser state."""
@@ -106,7 +140,12 @@ class PackOptimizer(ScheduledAdamW):
                              for key, value in packed.items()}
         (group,) = state["param_groups"]
         count = len(self.model.member_slices(k))
+        group = rescaled_group(group, self.lr_factors()[k])
         return {"state": member, "param_groups": [{**group, "params": list(range(count))}]}
+
+    def member_schedule(self, k: int) -> dict:
+        """Member k's scheduler state dict as its solo schedule's (at its own rate)."""
+        return rescaled_schedule(self.scheduler.state_dict(), self.lr_factors()[k])
 
     def load_member_state(self, k: int, solo: dict) -> None:
         """Put member k's solo optimizer state in its slices (the schedule is the pack's)."""
@@ -139,12 +178,13 @@ def run_pack(spec: TrainSpec, members: list[PackMember], data: ImageSplits,
     model = PackedModel(spec, data.num_classes, [m.lora for m in members]).to(device)
     optimizer = PackOptimizer(model, spec, len(data.train_labels), fused=device.type == "cuda")
     generator = torch.Generator(device).manual_seed(spec.seed)
-    masks = dropout_generator(spec.seed, device)
-    model.use_dropout_generator(masks)
+    # One dropout stream per set of adapted layers, each as a member's alone.
+    streams = [dropout_generator(spec.seed, device) for _ in range(model.stream_count)]
+    model.use_dropout_generators(streams)
     histories: list[list[EpochStats]] = [[] for _ in members]
     train_seconds = step_seconds = 0.0
     if first_epoch:
-        resume_pack(members, model, optimizer, generator, masks)
+        resume_pack(members, model, optimizer, generator, streams)
         histories = [list(m.resume.history) for m in members]
         train_seconds = max(m.resume.train_seconds for m in members)
         step_seconds = max(m.resume.step_seconds for m in members)
@@ -167,8 +207,9 @@ def run_pack(spec: TrainSpec, members: list[PackMember], data: ImageSplits,
             if on_checkpoint is not None:
                 on_checkpoint(k, training_state(
                     members[k].lora, model.member_weights(position),
-                    optimizer.member_state(position), optimizer.scheduler.state_dict(),
-                    generator, masks, histories[k], train_seconds, step_seconds))
+                    optimizer.member_state(position), optimizer.member_schedule(position),
+                    generator, streams[model.stream_of[position]], histories[k],
+                    train_seconds, step_seconds))
             if on_epoch is not None and not on_epoch(k, stats):
                 leaving.append(position)
         if leaving:
@@ -198,7 +239,7 @@ def pack_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def resume_pack(members: list[PackMember], model: PackedModel, optimizer: PackOptimizer,
-                generator: torch.Generator, masks: torch.Generator) -> None:
+                generator: torch.Generator, streams: list[torch.Generator]) -> None:
     """Put every member's checkpoint in its slices; the shared state (schedule, generators)
     from the first member's, which the others' must equal."""
     states = [member.resume for member in members]
@@ -211,21 +252,47 @@ def resume_pack(members: list[PackMember], model: PackedModel, optimizer: PackOp
         if problems:
             raise CheckpointError(f"the checkpoint does not fit the model: "
                                   f"{describe_misfits(problems)}")
-    optimizer.scheduler.load_state_dict(first.scheduler)
-    optimizer.optimizer.load_state_dict(shared_optimizer_state(optimizer, first))
+    # The first member's schedule at its own rate, brought to the pack's reference rate.
+    to_reference = 1 / optimizer.lr_factors()[0]
+    optimizer.scheduler.load_state_dict(rescaled_schedule(first.scheduler, to_reference))
+    optimizer.optimizer.load_state_dict(shared_optimizer_state(optimizer, first,
+                                                               to_reference))
     for k, state in enumerate(states):
         optimizer.load_member_state(k, state.optimizer)
-    # Every member with dropout drew at every step, so their streams are in one state; a
-    # member without (the baseline, p = 0) never drew alone: the stream comes from the former.
-    drawn = [state.dropout_generator for member, state in zip(members, states, strict=True)
-             if member.lora is not None and member.lora.dropout > 0]
-    restore_generators(first, generator, masks, drawn[0] if drawn else None)
+    # Every member with dropout drew at each of its layers at every step, so the members of a
+    # stream are in one state; a member without (the baseline, p = 0) never drew alone: each
+    # stream comes from one of its members with dropout.
+    restore_generators(first, generator, streams[0], None)
+    for k, (member, state) in enumerate(zip(members, states, strict=True)):
+        if member.lora is not None and member.lora.dropout > 0:
+            streams[model.stream_of[k]].set_state(state.dropout_generator)
 
 
-def shared_optimizer_state(optimizer: PackOptimizer, state: TrainingState) -> dict:
+def shared_optimizer_state(optimizer: PackOptimizer, state: TrainingState,
+                           lr_factor: float = 1.0) -> dict:
     """The pack optimizer's state dict with a checkpoint's hyperparameters (its lr where the
-    schedule stood) and no per-parameter state yet (`load_member_state` adds it)."""
+    schedule stood, times `lr_factor`) and no per-parameter state yet (`load_member_state`
+    adds it)."""
     (group,) = state.optimizer["param_groups"]
     current = optimizer.optimizer.state_dict()
     (own,) = current["param_groups"]
+    group = rescaled_group(group, lr_factor)
     return {"state": {}, "param_groups": [{**group, "params": own["params"]}]}
+
+
+def rescaled_group(group: dict, factor: float) -> dict:
+    """An AdamW param group's state with its learning rates (where the schedule stands and
+    where it started) times `factor`."""
+    if factor == 1.0:
+        return group
+    return {**group, **{key: group[key] * factor for key in ("lr", "initial_lr")
+                        if key in group}}
+
+
+def rescaled_schedule(schedule: dict, factor: float) -> dict:
+    """A cosine schedule's state dict with its learning rates times `factor` (its floor,
+    eta_min, is 0: the schedule scales as a whole)."""
+    if factor == 1.0:
+        return schedule
+    return {**schedule, **{key: [lr * factor for lr in schedule[key]]
+                           for key in ("base_lrs", "_last_lr") if key in schedule}}

@@ -8,6 +8,7 @@ only reads it.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -21,6 +22,24 @@ from objectives.user_error import UserError
 # into three Linears first (the model card's "q,k,v", the paper's "q,v").
 SPLIT_QKV_NAMES = frozenset({"q", "k", "v"})
 VIT_TARGETS = ("q,k,v", "q,v", "qkv")
+
+# Named sets of a timm ViT's adapted layers (the search's `--targets-sets`), each as a
+# `TrainSpec.targets` value. The LoRA literature finds all linear layers > MLP > attention
+# only. The set "qkv" is the model card's three separate adapters (targets "q,k,v"), not the
+# fused layer that targets = "qkv" adapts. "attn.proj" and "mlp.fc1" / "mlp.fc2" carry their
+# parent's name because a bare "proj" also matches `patch_embed.proj`, the patch embedding's
+# Conv2d (a name matches every layer whose path ends in it).
+TARGET_SETS = {
+    "qkv": "q,k,v",
+    "qv": "q,v",
+    "attn": "q,k,v,attn.proj",
+    "all": "q,k,v,attn.proj,mlp.fc1,mlp.fc2",
+}
+
+# How an adapter's update B A is scaled: "lora" by alpha / r (LoRA, the model card),
+# "rslora" by alpha / sqrt(r) (rank-stabilised LoRA, peft's `use_rslora`), which keeps the
+# update's size from shrinking as the rank grows.
+SCALINGS = ("lora", "rslora")
 
 
 @dataclass(frozen=True)
@@ -50,13 +69,69 @@ class AugmentSpec:
                 "CIFAR-100's)"})
 
 
+def target_set(name: str) -> str:
+    """The `TrainSpec.targets` of the named set of adapted layers (`TARGET_SETS`)."""
+    if name not in TARGET_SETS:
+        known = ", ".join(f"{key} ({value})" for key, value in TARGET_SETS.items())
+        raise SpecError(f"unknown set of adapted layers '{name}'; known: {known}")
+    return TARGET_SETS[name]
+
+
 @dataclass(frozen=True)
 class LoraParams:
-    """One point of the search space. `alpha / rank` scales the adapter's update."""
+    """One point of the search space: the adapters' rank, alpha and dropout, how alpha
+    scales their update (`scale`), whether they are DoRA's, the trial's learning rate and
+    the layers it adapts.
+
+    The fields after `dropout` have defaults that mean what a point meant before they
+    existed (alpha / r, plain LoRA, the spec's learning rate and targets), so stored points
+    and checkpoints written without them read back as the same trials.
+    """
 
     rank: int
     alpha: float
     dropout: float
+    scaling: str = "lora"  # one of SCALINGS
+    # DoRA (peft's `use_dora`): each adapted layer's per-output-feature weight magnitudes
+    # train apart from their direction (W + s B A, normalised). Its update is not a low-rank
+    # term added to the frozen output, so a DoRA point trains alone
+    # (`objectives.packed_model.point_pack_refusal`).
+    dora: bool = False
+    lr: float | None = None  # None: the spec's lr
+    # A `TrainSpec.targets` value (e.g. `target_set("all")`); None: the spec's targets.
+    targets: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.scaling not in SCALINGS:
+            raise SpecError(f"scaling must be one of {', '.join(SCALINGS)}, not "
+                            f"{self.scaling!r}")
+        if self.lr is not None and not self.lr > 0:
+            raise SpecError(f"a point's lr must be > 0, not {self.lr!r}")
+        if self.targets is not None and not self.targets.strip():
+            raise SpecError("a point's targets must name layers, not be empty")
+
+    @property
+    def scale(self) -> float:
+        """The factor of the adapter's update, computed as peft computes it."""
+        if self.scaling == "rslora":
+            return self.alpha / math.sqrt(self.rank)
+        return self.alpha / self.rank
+
+
+def trial_spec(spec: TrainSpec, lora: LoraParams | None) -> TrainSpec:
+    """The spec a trial of point `lora` builds its model from: `spec` with the point's
+    targets, when it names some."""
+    if lora is None or lora.targets is None:
+        return spec
+    return dataclasses.replace(spec, targets=lora.targets)
+
+
+def trial_lr(spec: TrainSpec, lora: LoraParams | None) -> float:
+    """The learning rate a trial trains with: its point's, else (and for the baseline) the
+    spec's."""
+    if lora is None or lora.lr is None:
+        return spec.lr
+    return lora.lr
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from objectives.model import (
     load_trainable_state,
     trainable_state_dict,
 )
-from objectives.spec import LoraParams, TrainSpec
+from objectives.spec import LoraParams, TrainSpec, trial_lr
 
 
 @dataclass
@@ -177,7 +177,7 @@ def run_trial(spec: TrainSpec, lora: LoraParams | None, data: ImageSplits | None
                if spec.compile else model)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = ScheduledAdamW(trainable, spec, len(data.train_labels),
-                               fused=device.type == "cuda")
+                               fused=device.type == "cuda", lr=trial_lr(spec, lora))
     generator = torch.Generator(device).manual_seed(spec.seed)
     masks = dropout_generator(spec.seed, device)
     use_dropout_generator(model, masks)
@@ -216,13 +216,14 @@ def run_trial(spec: TrainSpec, lora: LoraParams | None, data: ImageSplits | None
 
 
 class ScheduledAdamW:
-    """A trial's optimiser: AdamW over `params` and its cosine schedule down to the last of
-    `spec.epochs` epochs of `train_size` images, stepped together once per batch."""
+    """A trial's optimiser: AdamW over `params` at `lr` (default: the spec's) and its cosine
+    schedule down to the last of `spec.epochs` epochs of `train_size` images, stepped
+    together once per batch."""
 
     def __init__(self, params: list[nn.Parameter], spec: TrainSpec, train_size: int,
-                 fused: bool) -> None:
-        self.optimizer = torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay,
-                                           fused=fused)
+                 fused: bool, lr: float | None = None) -> None:
+        self.optimizer = torch.optim.AdamW(params, lr=spec.lr if lr is None else lr,
+                                           weight_decay=spec.weight_decay, fused=fused)
         steps = spec.epochs * math.ceil(train_size / spec.batch_size)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=steps)
 
