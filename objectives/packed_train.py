@@ -93,6 +93,12 @@ class PackOptimizer(ScheduledAdamW):
         # Over the parameters the model has now: `keep_members` replaces them.
         super().__init__(self.model.trained_parameters(), self.spec, self.train_size,
                          self.fused, lr=self.reference_lr)
+        # Made once per set of members, not per step (a host-to-device copy on the hot path);
+        # None: one rate, the plain step.
+        factors = self.lr_factors()
+        first = self.model.trained_parameters()[0]
+        self._step_scale = (None if all(factor == 1.0 for factor in factors) else
+                            torch.tensor(factors, device=first.device, dtype=first.dtype))
 
     def member_lrs(self) -> list[float]:
         return [trial_lr(self.spec, member) for member in self.model.members]
@@ -102,15 +108,13 @@ class PackOptimizer(ScheduledAdamW):
         return [lr / self.reference_lr for lr in self.member_lrs()]
 
     def step(self) -> None:
-        factors = self.lr_factors()
-        if all(factor == 1.0 for factor in factors):
+        scale = self._step_scale
+        if scale is None:
             super().step()  # one rate: the plain step, bit for bit what it always was
             return
         params = self.model.trained_parameters()
         before = [param.detach().clone() for param in params]
         self.optimizer.step()
-        first = params[0]
-        scale = torch.tensor(factors, device=first.device, dtype=first.dtype)
         with torch.no_grad():
             for param, start in zip(params, before, strict=True):
                 param.sub_(start).mul_(scale.view(-1, *[1] * (param.dim() - 1))).add_(start)
