@@ -86,14 +86,19 @@ def spec_given(args: argparse.Namespace) -> bool:
 def grid_from_flags(args: argparse.Namespace, spec: StudySpec) -> GridSpace:
     return GridSpace.from_values(ranks=args.ranks or spec.grid.ranks,
                                  alphas=args.alphas or spec.grid.alphas,
-                                 dropouts=args.dropouts or spec.grid.dropouts)
+                                 dropouts=args.dropouts or spec.grid.dropouts,
+                                 lrs=args.lrs or spec.grid.lrs,
+                                 target_sets=args.targets_sets or spec.grid.target_sets,
+                                 scalings=args.scalings or spec.grid.scalings)
 
 
 def tpe_from_flags(args: argparse.Namespace, spec: StudySpec) -> tuple[TpeSearch, set[str]]:
     """The TPE search asked for, and the names of the settings the user chose (flags, or all of
     them with --spec) as opposed to defaults."""
     flags = {"trials": args.trials, "ranks": args.ranks, "alphas": args.alphas,
-             "dropout_range": args.dropout_range, "seed": args.seed, "pruner": args.pruner}
+             "dropout_range": args.dropout_range, "seed": args.seed, "pruner": args.pruner,
+             "lr_range": args.lr_range, "target_sets": args.targets_sets,
+             "scalings": args.scalings}
     typed = {key: value for key, value in flags.items() if value is not None}
     search = TpeSearch.from_dict({**spec.tpe.to_dict(), **typed})
     given = set(search.to_dict()) if args.spec is not None else set(typed)
@@ -160,8 +165,11 @@ def run_workers_and_report(args: argparse.Namespace, local: dict[str, Any], stud
 def planned_trials(spec: StudySpec) -> list[dict[str, Any]]:
     """Baselines first, then the grid, each with its parameter counts (no weights loaded);
     with seeds, the whole list once per seed."""
-    grid_points = [(spec.train, point) for point in spec.grid.points()]
-    return planned_rows(spec, [*baseline_trials(spec), *grid_points], max(spec.grid.ranks))
+    grid_points = [(spec.train, point) for point in spec.grid.points(spec.train)]
+    searched = {"lr": spec.grid.lrs, "targets": spec.grid.target_sets,
+                "scaling": spec.grid.scalings != ("lora",)}
+    return planned_rows(spec, [*baseline_trials(spec), *grid_points], max(spec.grid.ranks),
+                        extras=tuple(name for name, values in searched.items() if values))
 
 
 def baseline_trials(spec: StudySpec) -> list[tuple[TrainSpec, None]]:
@@ -172,14 +180,16 @@ def baseline_trials(spec: StudySpec) -> list[tuple[TrainSpec, None]]:
 
 
 def planned_rows(spec: StudySpec, trials: list[tuple[TrainSpec, LoraParams | None]],
-                 largest_rank: int) -> list[dict[str, Any]]:
-    """`trials` (their spec and LoRA point, None for a baseline) with their parameter counts,
-    once per seed; refuses a rank the model's smallest adapted layer cannot take."""
+                 largest_rank: int, extras: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """`trials` (their spec and LoRA point, None for a baseline) with their parameter counts
+    and the `extras` columns of `point_columns`, once per seed; refuses a rank the model's
+    smallest adapted layer cannot take."""
     from objectives.data import dataset_num_classes
     from objectives.model import check_rank_fits_model, planned_parameters  # torch, timm, peft
 
     num_classes = dataset_num_classes(spec.train)
     check_rank_fits_model(spec.train, num_classes, largest_rank)
+    check_grid_layers(spec.train, spec.grid, num_classes)
     plan = []
     seeds = spec.seeds or 1
     for replicate, (train, point) in itertools.product(range(seeds), trials):
@@ -190,9 +200,34 @@ def planned_rows(spec: StudySpec, trials: list[tuple[TrainSpec, LoraParams | Non
                      "rank": point.rank if point else None,
                      "alpha": point.alpha if point else None,
                      "dropout": point.dropout if point else None,
+                     **{key: value for key, value in point_columns(train, point).items()
+                        if key in extras},
                      "trainable_params": count.trainable, "total_params": count.total,
                      "trainable_pct": round(count.trainable_pct, 4)})
     return plan
+
+
+def point_columns(train: TrainSpec, point: LoraParams | None) -> dict[str, Any]:
+    """The learning rate, adapted layers and variant a planned trial trains with."""
+    from objectives.spec import trial_lr, trial_spec
+    from search.study.space import variant_of
+
+    if point is None:
+        return {"lr": train.lr, "targets": train.targets, "scaling": None}
+    return {"lr": trial_lr(train, point), "targets": trial_spec(train, point).targets,
+            "scaling": variant_of(point)}
+
+
+def check_grid_layers(train: TrainSpec, grid: GridSpace, num_classes: int) -> None:
+    """Each set of layers the grid adapts must exist in the model and take its largest
+    rank (the spec's own targets are checked with the spec)."""
+    from objectives.model import check_rank_fits_model, check_targets
+    from objectives.spec import target_set
+
+    for name in grid.target_sets:
+        layers = dataclasses.replace(train, targets=target_set(name))
+        check_targets(layers, num_classes)
+        check_rank_fits_model(layers, num_classes, max(grid.ranks))
 
 
 def print_plan(plan: list[dict[str, Any]], fmt: str) -> None:
@@ -244,6 +279,7 @@ def check_before_queueing(args: argparse.Namespace, spec: StudySpec, local: dict
     train = trained_spec(args, spec, local)
     summary = check_dataset(train)
     check_rank_fits_model(train, summary.num_classes, largest_rank)
+    check_grid_layers(train, spec.grid, summary.num_classes)
     return summary.describe()
 
 

@@ -14,7 +14,8 @@ from typing import NoReturn
 
 from search.study.heartbeat_settings import HEARTBEAT_FLAGS
 from search.study.replicates import MAX_SEEDS
-from search.study.space import PRUNERS, SpaceError, check_alpha, check_dropout, check_rank
+from search.study.space import (PRUNERS, TARGET_SETS, VARIANTS, SpaceError, check_alpha,
+                                check_dropout, check_lr, check_rank)
 from search.study.storage import DEFAULT_STORAGE, STORAGE_VARIABLE
 
 EXIT_USAGE = 2
@@ -254,6 +255,18 @@ def add_ranks_and_alphas(parser: argparse.ArgumentParser, help_text: str) -> Non
                         metavar="A", help=help_text.format("alphas"))
 
 
+def add_layers_and_variants(parser: argparse.ArgumentParser, chooser: str) -> None:
+    """--targets-sets and --scalings; `chooser` says who chooses among them."""
+    sets = ", ".join(f"{name} = {targets}" for name, targets in TARGET_SETS.items())
+    parser.add_argument("--targets-sets", nargs="+", choices=tuple(TARGET_SETS), metavar="SET",
+                        help=f"named sets of a ViT's adapted layers {chooser} ({sets}; all "
+                             "adds the blocks' MLP); default: the spec's targets")
+    parser.add_argument("--scalings", nargs="+", choices=tuple(VARIANTS), metavar="NAME",
+                        help=f"LoRA variants {chooser}: lora (update scaled by alpha / r, the "
+                             "default), rslora (alpha / sqrt(r)), dora (DoRA; trains alone, "
+                             "never in a pack)")
+
+
 def add_verbosity_flags(parser: argparse.ArgumentParser) -> None:
     """-v / -q on every command, read by `search.cli.console_log`."""
     group = parser.add_mutually_exclusive_group()
@@ -281,6 +294,10 @@ def build_parser() -> ArgumentParser:
     add_ranks_and_alphas(grid, "LoRA {} (default from the spec: 2 4 8)")
     grid.add_argument("--dropouts", nargs="+", type=argument_type(check_dropout, "dropout"),
                       metavar="D", help="LoRA dropouts in [0, 1) (default from the spec: 0.1)")
+    grid.add_argument("--lrs", nargs="+", type=argument_type(check_lr, "learning rate"),
+                      metavar="LR", help="learning rates, each point trained with each "
+                                         "(default: the spec's lr alone)")
+    add_layers_and_variants(grid, "in the grid")
     grid.add_argument("--dry-run", action="store_true",
                       help="print the planned trials with their parameter counts; "
                            "touches no database, downloads and trains nothing")
@@ -304,6 +321,11 @@ def build_parser() -> ArgumentParser:
     tpe.add_argument("--dropout-range", nargs=2, metavar=("LO", "HI"),
                      type=argument_type(check_dropout, "dropout"),
                      help="dropout interval, 0 <= LO < HI < 1 (default: 0.05 0.30)")
+    tpe.add_argument("--lr-range", nargs=2, metavar=("LO", "HI"),
+                     type=argument_type(check_lr, "learning rate"),
+                     help="learning-rate interval TPE draws from on a log scale, 0 < LO < HI "
+                          "(default: the spec's lr, not searched)")
+    add_layers_and_variants(tpe, "TPE chooses from")
     tpe.add_argument("--seed", type=non_negative_int, metavar="S",
                      help="sampler seed (default: 0); the same seed repeats the suggestions")
     tpe.add_argument("--pruner", choices=PRUNERS,

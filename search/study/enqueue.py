@@ -58,12 +58,14 @@ def enqueue_grid(study: optuna.Study, grid: GridSpace) -> EnqueueReport:
     """
     report, record = EnqueueReport(), StudyRecord(study)
     baselines = len(record.baselines)
+    # A grid over learning rates or layers leaves the spec's own unset (`GridSpace.points`).
+    points = grid.points(record.train_spec if grid.lrs or grid.target_sets else None)
     for replicate in range(record.seeds):
         added = enqueue_baselines(study, range(replicate, replicate + 1))
         report.baselines_added += added
         report.already_there += baselines - added
         held = held_keys(study)
-        for point in grid.points():
+        for point in points:
             if with_replicate(point_key(point), replicate) in held:
                 report.already_there += 1
                 continue

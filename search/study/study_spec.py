@@ -5,8 +5,10 @@ A spec file has these tables:
     [study]   name = "...", baselines = [...], seeds = N    the default study name; extra no-LoRA
               reference trials, e.g. ["head", "resnet50:head"] (see `search.study.baselines`);
               how many seeds train every configuration (default 1; `search.study.replicates`)
-    [grid]    ranks = [...], alphas = [...], dropouts = [...]
-    [optuna]  trials, ranks, alphas, dropout_range = [lo, hi], seed, pruner, startup_trials
+    [grid]    ranks = [...], alphas = [...], dropouts = [...], and optionally lrs = [...],
+              target_sets = ["qkv", "all", ...], scalings = ["lora", "rslora", "dora"]
+    [optuna]  trials, ranks, alphas, dropout_range = [lo, hi], seed, pruner, startup_trials,
+              and optionally lr_range = [lo, hi], target_sets, scalings
     [heartbeat] interval, grace_period, max_retries (seconds, seconds, count; see
               `search.study.heartbeat_settings`)
     [train]   every field of `objectives.spec.TrainSpec`, with [train.augment] for augmentation
@@ -48,8 +50,9 @@ class StudySpec:
         "help": "what each trial trains: data, model and optimisation; the defaults reproduce "
                 "the public model card", "table": "train"})
     grid: GridSpace = dataclasses.field(metadata={
-        "help": "the grid `search grid` queues: every rank x alpha x dropout (values kept "
-                "sorted and unique)", "table": "grid"})
+        "help": "the grid `search grid` queues: every rank x alpha x dropout (x learning rate "
+                "x target set x variant, where given; values kept sorted and unique)",
+        "table": "grid"})
     tpe: TpeSearch = dataclasses.field(default_factory=TpeSearch, metadata={
         "help": "the TPE search of `search optuna`: the model card's 10 trials, space and "
                 "seed by default", "table": "optuna"})
@@ -110,7 +113,8 @@ def parse_spec(document: dict[str, Any], source: str, default_name: str) -> Stud
     except BaselineError as error:
         raise SpecError(f"{source}: study.{error}") from None
     grid_values = dict(document.get("grid", {}))
-    unknown = set(grid_values) - {"ranks", "alphas", "dropouts"}
+    unknown = set(grid_values) - {"ranks", "alphas", "dropouts", "lrs", "target_sets",
+                                  "scalings"}
     if unknown:
         raise SpecError(f"{source}: unknown key(s) in [grid]: {sorted(unknown)}")
     try:

@@ -46,8 +46,13 @@ def settle_search(study: optuna.Study, asked: TpeSearch, given: set[str]) -> Tpe
                              "--ranks / --alphas / --dropout-range or pick a new --study name")
         return asked
     old, new = stored.to_dict(), asked.to_dict()
-    conflicts = [f"{key}: {old[key]} (stored) vs {new[key]}" for key in old
-                 if key != "trials" and key in given and old[key] != new[key]]
+    # A key a stored search lacks is its default (searches stored before it existed).
+    default = TpeSearch().to_dict()
+    conflicts = [f"{key}: {old.get(key, default.get(key))} (stored) vs "
+                 f"{new.get(key, default.get(key))}"
+                 for key in [*new, *(k for k in old if k not in new)]
+                 if key != "trials" and key in given
+                 and old.get(key, default.get(key)) != new.get(key, default.get(key))]
     if conflicts:
         raise StudyError(f"study {quoted(study.study_name)} already searches with other settings "
                          f"({'; '.join(conflicts)}); drop those flags or pick a new --study name")

@@ -24,7 +24,9 @@ class LoraSpaceSampler(BaseSampler):
 
     Trials register rank as an int and alpha and dropout as floats, so grid points and sampled
     trials share one history (a categorical parameter's choices may not change within a study,
-    and a wider grid changes them); this sampler has TPE draw rank and alpha from their sets.
+    and a wider grid changes them); this sampler has TPE draw rank and alpha from their sets,
+    the learning rate from its log range, and targets and scaling from the sets the search
+    chose (trials register them with every choice there is).
     Each trial's TPE is seeded from (seed, trial number): a suggestion depends only on the
     seed and the history, whichever worker asks, so parallel workers never draw the same
     random start and the same seed repeats the first suggestions.
@@ -33,11 +35,17 @@ class LoraSpaceSampler(BaseSampler):
     def __init__(self, search: TpeSearch) -> None:
         self._search = search
         low, high = search.space.dropout_range
+        space = search.space
         self._distributions: dict[str, BaseDistribution] = {
-            "rank": CategoricalDistribution(search.space.ranks),
-            "alpha": CategoricalDistribution(search.space.alphas),
+            "rank": CategoricalDistribution(space.ranks),
+            "alpha": CategoricalDistribution(space.alphas),
             "dropout": FloatDistribution(low, high),
+            # Registered with the study's whole range and every choice; drawn from TPE's own.
+            "targets": CategoricalDistribution(space.target_sets or ("qkv",)),
+            "scaling": CategoricalDistribution(space.scalings),
         }
+        if space.lr_range is not None:
+            self._distributions["lr"] = FloatDistribution(*space.lr_range, log=True)
         self._current: tuple[int, TPESampler] | None = None
 
     def _tpe(self, trial: FrozenTrial) -> TPESampler:

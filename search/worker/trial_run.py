@@ -40,6 +40,7 @@ from search.study.outcomes import ATTR as OUTCOMES_ATTR
 from search.study.outcomes import outcomes_attr, record_outcomes
 from search.study.patient_storage import StorageOutage
 from search.study.replicates import replicate_of
+from search.study.space import EXTRA_PARAMS, params_of, point_of
 from search.study.study_record import StudyRecord
 from search.study.tpe_search import is_sampled
 from search.study.trials import HISTORY_ATTR, is_baseline, trial_point, trial_train_spec
@@ -61,11 +62,13 @@ WEIGHTS_FILE = "trained_weights.safetensors"
 def describe_point(point: LoraParams | None, model: str | None = None) -> str:
     if point is None:
         return f"baseline {model + ' ' if model else ''}(head only)"
-    return f"r={point.rank} alpha={point.alpha:g} dropout={point.dropout:g}"
+    extras = "".join(f" {name}={value:g}" if isinstance(value, float) else f" {name}={value}"
+                     for name, value in params_of(point).items() if name in EXTRA_PARAMS)
+    return f"r={point.rank} alpha={point.alpha:g} dropout={point.dropout:g}{extras}"
 
 
 def param_bounds(study: optuna.Study, queued: LoraParams | None) -> dict[str, tuple]:
-    """(low, high) of each param over every space the study has searched, and `queued`."""
+    """What each param of the trial is registered with (`SearchedSpace.bounds`)."""
     return StudyRecord(study).searched_space.bounds(queued)
 
 
@@ -73,14 +76,25 @@ def suggest_point(trial: optuna.Trial, bounds: dict[str, tuple]) -> LoraParams:
     """Register the trial's LoRA params: a queued grid point's fixed values, or, for a trial
     queued without params, the study sampler's choice.
 
-    Integer/float distributions are used rather than categorical ones because Optuna forbids a
-    categorical parameter's choices to change within a study, and a wider grid changes them
-    (`search.worker.sampler.LoraSpaceSampler` samples rank and alpha from their sets all the same).
+    Rank, alpha and dropout use integer/float distributions rather than categorical ones
+    because Optuna forbids a categorical parameter's choices to change within a study, and a
+    wider grid changes them (`search.worker.sampler.LoraSpaceSampler` samples rank and alpha
+    from their sets all the same); `targets` and `scaling` are categorical over every name
+    there is, which never changes. The params beside rank, alpha and dropout are registered
+    first: a worker stopped halfway (a full database disk) leaves a trial without all three,
+    which reads as a point not known yet (`search.study.trials.trial_point`), never as a
+    point without its learning rate.
     """
-    rank = trial.suggest_int("rank", *map(int, bounds["rank"]))
-    alpha = trial.suggest_float("alpha", *bounds["alpha"])
-    dropout = trial.suggest_float("dropout", *bounds["dropout"])
-    return LoraParams(rank=rank, alpha=alpha, dropout=dropout)
+    params: dict[str, float | int | str] = {}
+    if "lr" in bounds:
+        params["lr"] = trial.suggest_float("lr", *bounds["lr"], log=True)
+    for name in ("targets", "scaling"):
+        if name in bounds:
+            params[name] = trial.suggest_categorical(name, bounds[name])
+    params["rank"] = trial.suggest_int("rank", *map(int, bounds["rank"]))
+    params["alpha"] = trial.suggest_float("alpha", *bounds["alpha"])
+    params["dropout"] = trial.suggest_float("dropout", *bounds["dropout"])
+    return point_of(params)
 
 
 def record_history(trial: optuna.Trial, epochs: list[EpochStats]) -> None:
