@@ -192,6 +192,27 @@ def members_refusal(spec: TrainSpec, members: list[LoraParams | None]) -> str | 
     return None
 
 
+def pack_groups(spec: TrainSpec, members: list[LoraParams | None]) -> list[list[int]]:
+    """`members`' indices split into groups that may each train as one pack
+    (`members_refusal` refuses none of them): a DoRA point alone, the rest by whether they
+    split timm's fused qkv. Groups in order of their first member."""
+    groups: dict[object, list[int]] = {}
+    for index, member in enumerate(members):
+        if point_pack_refusal(member) is not None:
+            groups[("alone", index)] = [index]
+        else:  # the baseline (None) packs with either backbone: it adapts nothing
+            key = trial_spec(spec, member).splits_qkv if member is not None else None
+            groups.setdefault(key, []).append(index)
+    merged = list(groups.items())
+    if None in groups and len([k for k in groups if not isinstance(k, tuple)]) > 1:
+        baseline = groups[None]
+        merged = [(k, v) for k, v in merged if k is not None]
+        first_shared = next(i for i, (k, _) in enumerate(merged) if not isinstance(k, tuple))
+        merged[first_shared] = (merged[first_shared][0],
+                                sorted(merged[first_shared][1] + baseline))
+    return sorted((indices for _, indices in merged), key=lambda indices: indices[0])
+
+
 def backbone_spec(spec: TrainSpec, members: list[LoraParams | None]) -> TrainSpec:
     """The spec the pack's backbone is built from: targets naming every layer a member
     adapts, so that the backbone is split (q, k, v) when the members' models are."""

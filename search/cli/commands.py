@@ -210,24 +210,31 @@ def planned_rows(spec: StudySpec, trials: list[tuple[TrainSpec, LoraParams | Non
 def point_columns(train: TrainSpec, point: LoraParams | None) -> dict[str, Any]:
     """The learning rate, adapted layers and variant a planned trial trains with."""
     from objectives.spec import trial_lr, trial_spec
-    from search.study.space import variant_of
+    from search.study.space import SpaceError, target_set_name, variant_of
 
-    if point is None:
-        return {"lr": train.lr, "targets": train.targets, "scaling": None}
-    return {"lr": trial_lr(train, point), "targets": trial_spec(train, point).targets,
-            "scaling": variant_of(point)}
+    if point is None:  # the baseline trains the head alone, at the spec's lr
+        return {"lr": train.lr, "targets": None, "scaling": None}
+    targets = trial_spec(train, point).targets
+    try:
+        targets = target_set_name(targets)
+    except SpaceError:  # the spec's own layers, not a named set
+        pass
+    return {"lr": trial_lr(train, point), "targets": targets, "scaling": variant_of(point)}
 
 
 def check_grid_layers(train: TrainSpec, grid: GridSpace, num_classes: int) -> None:
     """Each set of layers the grid adapts must exist in the model and take its largest
     rank (the spec's own targets are checked with the spec)."""
-    from objectives.model import check_rank_fits_model, check_targets
+    from objectives.model import ModelError, check_rank_fits_model, check_targets
     from objectives.spec import target_set
 
     for name in grid.target_sets:
         layers = dataclasses.replace(train, targets=target_set(name))
-        check_targets(layers, num_classes)
-        check_rank_fits_model(layers, num_classes, max(grid.ranks))
+        try:
+            check_targets(layers, num_classes)
+            check_rank_fits_model(layers, num_classes, max(grid.ranks))
+        except ModelError as error:
+            raise ModelError(f"target set {name} ({layers.targets}): {error}") from None
 
 
 def print_plan(plan: list[dict[str, Any]], fmt: str) -> None:

@@ -351,17 +351,19 @@ class SearchedSpace:
     alphas: tuple[float, ...] = ()
     dropouts: tuple[float, ...] = ()
     lrs: tuple[float, ...] = ()
+    target_sets: tuple[str, ...] = ()
     tpe: TpeSpace | None = None  # what a sampled trial draws
 
     @classmethod
     def of(cls, grid: GridSpace | None, tpe: TpeSpace | None) -> SearchedSpace:
         space = cls()
         if grid is not None:
-            space = cls(grid.ranks, grid.alphas, grid.dropouts, grid.lrs)
+            space = cls(grid.ranks, grid.alphas, grid.dropouts, grid.lrs, grid.target_sets)
         if tpe is not None:
             space = cls((*space.ranks, *tpe.ranks), (*space.alphas, *tpe.alphas),
                         (*space.dropouts, *tpe.dropout_range),
-                        (*space.lrs, *(tpe.lr_range or ())), tpe)
+                        (*space.lrs, *(tpe.lr_range or ())),
+                        (*space.target_sets, *tpe.target_sets), tpe)
         return space
 
     def bounds(self, queued: LoraParams | None) -> dict[str, tuple]:
@@ -394,6 +396,15 @@ class SearchedSpace:
     @property
     def largest_rank(self) -> int | None:
         return max(self.ranks, default=None)
+
+    @property
+    def widest_targets(self) -> str | None:
+        """The searched set of layers with the most names (None: only the spec's): what a
+        pack's memory probe adapts, so that it measures the largest members."""
+        if not self.target_sets:
+            return None
+        return max((TARGET_SETS[name] for name in self.target_sets),
+                   key=lambda targets: len(targets.split(",")))
 
 
 def space_disagreements(grid: GridSpace | None, tpe: TpeSpace) -> list[str]:

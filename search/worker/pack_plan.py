@@ -26,12 +26,12 @@ from optuna.trial import FrozenTrial
 
 from objectives.data import ImageSplits
 from objectives.pack_capacity import measure_capacity
-from objectives.packed_model import pack_refusal
+from objectives.packed_model import members_refusal, pack_refusal, point_pack_refusal
 from objectives.spec import LoraParams, TrainSpec
 from objectives.user_error import first_line
 from search.study.study_record import StudyRecord
 from search.study.tpe_search import FINISHED, is_sampled
-from search.study.trials import is_baseline, trial_train_spec
+from search.study.trials import is_baseline, trial_point, trial_train_spec
 from search.worker.trial_queue import pending_count
 
 LOG = logging.getLogger(__name__)
@@ -74,10 +74,18 @@ class PackPlanner:
     _capacity: dict[str, int] = field(default_factory=dict, init=False)
 
     def fits(self, first: FrozenTrial):
-        """Whether a waiting trial may join `first`'s pack."""
+        """Whether a waiting trial may join `first`'s pack: same spec, same start epoch,
+        and points that may share a backbone (`members_refusal`; a sampled trial's point is
+        not known yet, and the pack splits at run time if it must, `pack_run.shareable_groups`)."""
         spec, epoch = trial_train_spec(self.spec, first), checkpoint_epoch(first)
-        return lambda trial: (trial_train_spec(self.spec, trial) == spec
-                              and checkpoint_epoch(trial) == epoch)
+        point = trial_point(first)
+
+        def fits_first(trial: FrozenTrial) -> bool:
+            if trial_train_spec(self.spec, trial) != spec or checkpoint_epoch(trial) != epoch:
+                return False
+            other = trial_point(trial)
+            return point is None or other is None or members_refusal(spec, [point, other]) is None
+        return fits_first
 
     def companions(self, first: FrozenTrial):
         """`fits`, and with `auto` at most `tpe_pack_limit` TPE trials in the pack (a grid
@@ -108,7 +116,7 @@ class PackPlanner:
         if self.pack_setting == 1:
             return 1, None
         spec = trial_train_spec(self.spec, first)
-        if self.refusal(spec) is not None:
+        if self.refusal(spec) is not None or point_pack_refusal(trial_point(first)) is not None:
             return 1, None
         if self.pack_setting != AUTO:
             return int(self.pack_setting), None
@@ -140,9 +148,11 @@ class PackPlanner:
     def capacity(self, spec: TrainSpec) -> int:
         key = repr(spec)
         if key not in self._capacity:
-            rank = StudyRecord(self.study).searched_space.largest_rank or 8
+            searched = StudyRecord(self.study).searched_space
+            rank = searched.largest_rank or 8
+            probe = LoraParams(rank, rank, 0.1, targets=searched.widest_targets)
             try:
-                capacity = measure_capacity(spec, self.data, LoraParams(rank, rank, 0.1))
+                capacity = measure_capacity(spec, self.data, probe)
             except Exception as error:  # the trials meet it too, each fails with it alone
                 self._capacity[key] = 1
                 LOG.warning(f"pack: auto: the probe failed ({type(error).__name__}: "

@@ -11,8 +11,9 @@ state), trained together by `objectives.packed_train.run_pack`:
 - any other error of the pack is not blamed on every member: each unfinished member then runs
   alone from its last checkpoint, where an error is its own.
 
-Members resuming after different epochs cannot share a batch order: each such group is a pack
-of its own, run one after another.
+Members resuming after different epochs cannot share a batch order, and members whose models
+differ in more than their adapters (a DoRA point; fused and split qkv) cannot share a backbone:
+each such group is a pack of its own, run one after another.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from optuna.trial import FrozenTrial, TrialState
 from tqdm import tqdm
 
 from objectives.checkpoint import EpochStats, TrainingState
+from objectives.packed_model import members_refusal, pack_groups
 from objectives.packed_train import PackMember, run_pack
 from objectives.user_error import first_line
 from search.study.optuna_private import study_storage, trial_id
@@ -54,11 +56,8 @@ def run_claimed_pack(worker: WorkerContext, frozen: list[FrozenTrial]) -> dict[i
             for other in attempts[index + 1:]:  # not begun: back as they came
                 requeue_trial(study_storage(worker.study), trial_id(other.frozen))
             raise
-    groups: dict[int, list[int]] = {}
-    for index, resume in enumerate(resumes):
-        groups.setdefault(resume.epoch if resume else 0, []).append(index)
     try:
-        for indices in groups.values():
+        for indices in shareable_groups(attempts, resumes):
             group = [attempts[i] for i in indices]
             if len(group) == 1:
                 train_alone(group[0], resumes[indices[0]])
@@ -73,6 +72,26 @@ def run_claimed_pack(worker: WorkerContext, frozen: list[FrozenTrial]) -> dict[i
     for attempt in unfinished(attempts):
         attempt.put_back()
     return {attempt.frozen.number: attempt.state for attempt in attempts}
+
+
+def shareable_groups(attempts: list[TrialAttempt],
+                     resumes: list[TrainingState | None]) -> list[list[int]]:
+    """The begun attempts' indices, by the packs they train in: one per start epoch, each
+    split where its members cannot share a backbone (`pack_groups`: a DoRA point, fused
+    and split qkv; a sampled trial's point is known only once it has begun)."""
+    by_epoch: dict[int, list[int]] = {}
+    for index, resume in enumerate(resumes):
+        by_epoch.setdefault(resume.epoch if resume else 0, []).append(index)
+    groups = []
+    for indices in by_epoch.values():
+        points, spec = [attempts[i].point for i in indices], attempts[indices[0]].spec
+        split = pack_groups(spec, points)
+        if len(split) > 1:
+            LOG.info(f"pack: trials {', '.join(str(attempts[i].frozen.number) for i in indices)} "
+                     f"train as {len(split)} groups: "
+                     f"{members_refusal(spec, points)}")
+        groups.extend([indices[k] for k in group] for group in split)
+    return groups
 
 
 def train_together(attempts: list[TrialAttempt], resumes: list[TrainingState | None]) -> None:
