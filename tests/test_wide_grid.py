@@ -99,3 +99,24 @@ def test_a_set_of_layers_the_model_lacks_is_refused_before_anything_is_written(
     assert len(err.strip().splitlines()) == 1
     assert "q" in err and "resnet18" in err, err
     assert not (tmp_path / "search.db").exists()
+
+
+def test_tpe_draws_the_lr_on_its_log_range_and_layers_and_variants_from_their_sets(
+        tmp_path, capsys, monkeypatch):
+    code, _, err = search_in_process(
+        ["optuna", "--spec", DEMO, "--trials", "4", "--lr-range", "1e-3", "1e-2",
+         "--targets-sets", "qkv", "all", "--scalings", "lora", "rslora", "dora",
+         "--epochs", "1", "--storage", f"sqlite:///{tmp_path / 'search.db'}"],
+        tmp_path, capsys, monkeypatch)
+    assert code == 0, err
+    study = optuna.load_study(study_name="demo", storage=f"sqlite:///{tmp_path / 'search.db'}")
+    sampled = [t for t in study.get_trials(deepcopy=False) if not is_baseline(t)]
+    assert len(sampled) == 4 and all(t.state == TrialState.COMPLETE for t in sampled)
+    for trial in sampled:
+        assert {"lr", "targets", "scaling"} <= trial.params.keys()
+        assert 1e-3 <= trial.params["lr"] <= 1e-2
+        assert trial.params["targets"] in ("qkv", "all")
+        assert trial.params["scaling"] in ("lora", "rslora", "dora")
+    # The study keeps the search: a worker elsewhere draws from the same space.
+    from search.study.study_record import StudyRecord
+    assert StudyRecord(study).tpe_search.space.lr_range == (1e-3, 1e-2)

@@ -18,7 +18,7 @@ from typing import Any
 
 import optuna
 
-from objectives.spec import LoraParams, TrainSpec
+from objectives.spec import TARGET_SETS, LoraParams, TrainSpec
 from search.study.artifacts import artifact_store, artifacts_folder
 from search.study.enqueue import enqueue_grid
 from search.study.enqueue_lock import enqueue_lock
@@ -169,7 +169,8 @@ def planned_trials(spec: StudySpec) -> list[dict[str, Any]]:
     searched = {"lr": spec.grid.lrs, "targets": spec.grid.target_sets,
                 "scaling": spec.grid.scalings != ("lora",)}
     return planned_rows(spec, [*baseline_trials(spec), *grid_points], max(spec.grid.ranks),
-                        extras=tuple(name for name, values in searched.items() if values))
+                        extras=tuple(name for name, values in searched.items() if values),
+                        target_sets=spec.grid.target_sets)
 
 
 def baseline_trials(spec: StudySpec) -> list[tuple[TrainSpec, None]]:
@@ -180,16 +181,17 @@ def baseline_trials(spec: StudySpec) -> list[tuple[TrainSpec, None]]:
 
 
 def planned_rows(spec: StudySpec, trials: list[tuple[TrainSpec, LoraParams | None]],
-                 largest_rank: int, extras: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+                 largest_rank: int, extras: tuple[str, ...] = (),
+                 target_sets: tuple[str, ...] = ()) -> list[dict[str, Any]]:
     """`trials` (their spec and LoRA point, None for a baseline) with their parameter counts
     and the `extras` columns of `point_columns`, once per seed; refuses a rank the model's
-    smallest adapted layer cannot take."""
+    smallest adapted layer (of the spec's targets and of `target_sets`) cannot take."""
     from objectives.data import dataset_num_classes
     from objectives.model import check_rank_fits_model, planned_parameters  # torch, timm, peft
 
     num_classes = dataset_num_classes(spec.train)
     check_rank_fits_model(spec.train, num_classes, largest_rank)
-    check_grid_layers(spec.train, spec.grid, num_classes)
+    check_target_sets(spec.train, target_sets, largest_rank, num_classes)
     plan = []
     seeds = spec.seeds or 1
     for replicate, (train, point) in itertools.product(range(seeds), trials):
@@ -222,17 +224,18 @@ def point_columns(train: TrainSpec, point: LoraParams | None) -> dict[str, Any]:
     return {"lr": trial_lr(train, point), "targets": targets, "scaling": variant_of(point)}
 
 
-def check_grid_layers(train: TrainSpec, grid: GridSpace, num_classes: int) -> None:
-    """Each set of layers the grid adapts must exist in the model and take its largest
+def check_target_sets(train: TrainSpec, target_sets: tuple[str, ...], largest_rank: int,
+                      num_classes: int) -> None:
+    """Each set of layers a search adapts must exist in the model and take its largest
     rank (the spec's own targets are checked with the spec)."""
     from objectives.model import ModelError, check_rank_fits_model, check_targets
     from objectives.spec import target_set
 
-    for name in grid.target_sets:
+    for name in target_sets:
         layers = dataclasses.replace(train, targets=target_set(name))
         try:
             check_targets(layers, num_classes)
-            check_rank_fits_model(layers, num_classes, max(grid.ranks))
+            check_rank_fits_model(layers, num_classes, largest_rank)
         except ModelError as error:
             raise ModelError(f"target set {name} ({layers.targets}): {error}") from None
 
@@ -276,7 +279,7 @@ def trained_spec(args: argparse.Namespace, spec: StudySpec, local: dict[str, Any
 
 
 def check_before_queueing(args: argparse.Namespace, spec: StudySpec, local: dict[str, Any],
-                          largest_rank: int) -> str:
+                          largest_rank: int, target_sets: tuple[str, ...]) -> str:
     """Refuse, before anything is written, data that cannot make a trial (unreadable images,
     splits that would be empty or miss a class) and a rank larger than the smallest adapted
     layer allows; the split sizes, to say when the study is created or joined."""
@@ -286,7 +289,7 @@ def check_before_queueing(args: argparse.Namespace, spec: StudySpec, local: dict
     train = trained_spec(args, spec, local)
     summary = check_dataset(train)
     check_rank_fits_model(train, summary.num_classes, largest_rank)
-    check_grid_layers(train, spec.grid, summary.num_classes)
+    check_target_sets(train, target_sets, largest_rank, summary.num_classes)
     return summary.describe()
 
 
@@ -307,7 +310,7 @@ def grid(args: argparse.Namespace, local: dict[str, Any]) -> int:
     if args.dry_run:
         print_plan(planned_trials(spec), args.format)
         return 0
-    data = check_before_queueing(args, spec, local, max(spec.grid.ranks))
+    data = check_before_queueing(args, spec, local, max(spec.grid.ranks), spec.grid.target_sets)
     storage = open_storage(args.storage)
     with enqueue_lock(storage, args.storage, spec.name):
         study = set_up_study(args, spec, storage)
@@ -327,19 +330,35 @@ def tpe_plan(args: argparse.Namespace, spec: StudySpec, asked: TpeSearch,
     study = study_if_exists(args.storage, spec.name)
     search = asked if study is None else settle_search(study, asked, given)
     finished, pending = (0, 0) if study is None else lora_trial_counts(study)
-    ranks = search.space.ranks
+    space = search.space
+    sets = [TARGET_SETS[name] for name in space.target_sets] or [None]
     by_rank = planned_rows(dataclasses.replace(spec, seeds=1),
-                           [(spec.train, LoraParams(rank, 1.0, 0.0)) for rank in ranks],
-                           max(ranks))
-    return {"baselines": planned_rows(spec, baseline_trials(spec), max(ranks)),
+                           [(spec.train, LoraParams(rank, 1.0, 0.0, targets=targets))
+                            for rank in space.ranks for targets in sets],
+                           max(space.ranks), extras=("targets",) if space.target_sets else (),
+                           target_sets=space.target_sets)
+    shown_keys = ("rank", "targets", "trainable_params", "total_params", "trainable_pct")
+    return {"baselines": planned_rows(spec, baseline_trials(spec), max(space.ranks)),
             "tpe": {**search.to_dict(), "finished": finished, "queued_or_running": pending,
                     "to_queue": max(0, search.trials - finished - pending),
-                    "by_rank": [{key: row[key] for key in ("rank", "trainable_params",
-                                                           "total_params", "trainable_pct")}
+                    "by_rank": [{key: row[key] for key in shown_keys if key in row}
                                 for row in by_rank]}}
 
 
 LORA_COLUMNS = ("rank", "alpha", "dropout")
+
+
+def searched_extras(tpe: dict[str, Any]) -> str:
+    """", lr 1e-05 to 0.001 (log), layers qkv all, variants lora rslora" for what the TPE
+    search draws beside rank, alpha and dropout."""
+    parts = []
+    if "lr_range" in tpe:
+        parts.append(f"lr {tpe['lr_range'][0]:g} to {tpe['lr_range'][1]:g} (log scale)")
+    if "target_sets" in tpe:
+        parts.append(f"layers {' '.join(tpe['target_sets'])}")
+    if "scalings" in tpe:
+        parts.append(f"variants {' '.join(tpe['scalings'])}")
+    return "".join(f", {part}" for part in parts)
 
 
 def print_tpe_plan(plan: dict[str, Any], fmt: str) -> None:
@@ -356,8 +375,9 @@ def print_tpe_plan(plan: dict[str, Any], fmt: str) -> None:
           f"finished LoRA trials (the study holds {tpe['finished']} finished and "
           f"{tpe['queued_or_running']} queued or running), each sampled from ranks "
           f"{' '.join(map(str, tpe['ranks']))}, alphas {' '.join(f'{a:g}' for a in tpe['alphas'])}"
-          f", dropout {low:g} to {high:g} (seed {tpe['seed']}, pruner {tpe['pruner']}); "
-          "trainable parameters by rank:")
+          f", dropout {low:g} to {high:g}{searched_extras(tpe)} (seed {tpe['seed']}, "
+          f"pruner {tpe['pruner']}); trainable parameters by rank"
+          f"{' and set of layers' if 'target_sets' in tpe else ''}:")
     print_plan(tpe["by_rank"], fmt)
 
 
@@ -368,7 +388,8 @@ def tpe_search(args: argparse.Namespace, local: dict[str, Any]) -> int:
     if args.dry_run:
         print_tpe_plan(tpe_plan(args, spec, asked, given), args.format)
         return 0
-    data = check_before_queueing(args, spec, local, max(asked.space.ranks))
+    data = check_before_queueing(args, spec, local, max(asked.space.ranks),
+                                 asked.space.target_sets)
     storage = open_storage(args.storage)
     with enqueue_lock(storage, args.storage, spec.name):
         study = set_up_study(args, spec, storage)
