@@ -13,8 +13,9 @@ one, and show exactly what they always showed.
 The values shown are the effective ones (`objectives.spec.trial_lr`, `trial_spec`):
 
     lr       the point's learning rate, else the spec's (a float; text: `format_lr`)
-    targets  the point's named set of layers (`TARGET_SETS`: qkv, qv, attn, all), else the
-             spec's targets as the spec writes them (e.g. "q,k,v")
+    targets  the point's named set of layers (`TARGET_SETS`: qkv, qv, attn, all), else (and
+             where they are the spec's layers) the spec's targets as the spec writes them
+             (e.g. "q,k,v")
     scaling  the point's variant (`VARIANTS`): lora, rslora or dora
 
 A baseline trial has none of them (None, shown "-"), as it has no rank.
@@ -30,7 +31,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from objectives.spec import LoraParams, TrainSpec
-from search.study.space import EXTRA_PARAMS, SpaceError, target_set_name, variant_of
+from search.study.space import (
+    EXTRA_PARAMS,
+    SpaceError,
+    same_targets,
+    target_set_name,
+    variant_of,
+)
 
 COLUMNS = EXTRA_PARAMS  # ("lr", "targets", "scaling"), the order they are shown in
 AFTER = "dropout"  # the column they follow
@@ -68,9 +75,9 @@ class PointColumns:
 
     def effective(self, point: LoraParams) -> dict[str, Any]:
         """Every extra column's value of `point` (`COLUMNS`), shown or not."""
+        own = point.targets is not None and not same_targets(point.targets, self.spec_targets)
         return {"lr": point.lr if point.lr is not None else self.spec_lr,
-                "targets": (shown_targets(point.targets) if point.targets is not None
-                            else self.spec_targets),
+                "targets": shown_targets(point.targets) if own else self.spec_targets,
                 "scaling": variant_of(point)}
 
     def values(self, point: LoraParams | None) -> dict[str, Any]:
