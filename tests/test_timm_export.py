@@ -266,3 +266,69 @@ def test_the_front_matter_names_a_base_model_by_its_hub_id_only(tmp_path):
     assert "base_model" not in front_matter(
         card_document(spec, {"model": spec.model, "source": "none", "seed": 0}), None)
 
+
+
+def test_a_point_on_all_layers_with_rslora_exports_its_own_layers_scaling_and_lr(tmp_path):
+    # A trial whose point adapts every linear layer with rsLoRA and its own learning rate, its
+    # adapters made non-zero: the export rebuilds the point's model (not the spec's q,k,v
+    # with alpha / r), its merged weights give the trained model's outputs in plain timm, and
+    # its search_export.json carries the layers, variant and lr that reproduce it.
+    from objectives.model import trainable_state_dict
+    from objectives.spec import TARGET_SETS, trial_spec
+    from search.results.export import export_document, export_weights
+    from search.study.artifacts import artifact_store
+
+    spec = tiny_spec(lr=3e-4)
+    params = {"rank": 2, "alpha": 4.0, "dropout": 0.0, "lr": 1e-3, "targets": "all",
+              "scaling": "rslora"}
+    point = LoraParams(2, 4.0, 0.0, scaling="rslora", lr=1e-3, targets=TARGET_SETS["all"])
+    model = build_model(spec, 3, point, pretrained=False)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.05)
+    weights = tmp_path / "weights.safetensors"
+    save_file(trainable_state_dict(model), str(weights))
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'x.db'}", study_name="x",
+                                direction="maximize")
+    study.set_user_attr("train_spec", spec.to_dict())
+    study.set_user_attr("classes", ["a", "b", "c"])
+    distributions = {"rank": optuna.distributions.IntDistribution(1, 8),
+                     "alpha": optuna.distributions.FloatDistribution(1, 8),
+                     "dropout": optuna.distributions.FloatDistribution(0, 0.5),
+                     "lr": optuna.distributions.FloatDistribution(1e-5, 1e-1, log=True),
+                     "targets": optuna.distributions.CategoricalDistribution(tuple(TARGET_SETS)),
+                     "scaling": optuna.distributions.CategoricalDistribution(
+                         ("lora", "rslora", "dora"))}
+    store = artifact_store(tmp_path / "artifacts")
+    study.enqueue_trial(params)  # as a grid queues its points
+    trial = study.ask(distributions)
+    for key, value in {"baseline": False, "test_acc": 0.8, "seed": 0}.items():
+        trial.set_user_attr(key, value)
+    trial.set_user_attr("weights_artifact", optuna.artifacts.upload_artifact(
+        artifact_store=store, file_path=str(weights), study_or_trial=trial))
+    study.tell(trial, 0.9)
+    frozen = study.trials[0]
+    assert frozen.params == params  # as asked: the trial's params are the point's
+    document = export_document(study, frozen)
+    folder = tmp_path / "export"
+    export_weights(study, frozen, store, folder, document)
+
+    exported = json.loads((folder / "search_export.json").read_text())
+    assert exported["spec"]["targets"] == TARGET_SETS["all"] and exported["spec"]["lr"] == 1e-3
+    assert exported["params"]["scaling"] == "rslora" and exported["params"]["targets"] == "all"
+    adapter = json.loads((folder / "adapter_config.json").read_text())
+    assert adapter["use_rslora"] is True and adapter["use_dora"] is False
+    assert {"mlp.fc1", "mlp.fc2", "attn.proj", "q", "k", "v"} <= set(adapter["target_modules"])
+    loaded = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
+    images = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        trained = model.eval()(images)
+        torch.testing.assert_close(loaded(images), trained, rtol=1e-4, atol=1e-4)
+        # The spec's own layers and scaling would be another model.
+        assert trial_spec(spec, point).targets != spec.targets
+    card = (folder / "README.md").read_text(encoding="utf-8")
+    assert "rank 2, alpha 4, dropout 0, lr 0.001, targets all, rsLoRA" in card
+    assert f"LoRA adapters on `{TARGET_SETS['all']}`" in card
+    assert "AdamW, lr 0.001," in card

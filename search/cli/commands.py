@@ -25,7 +25,7 @@ from search.study.enqueue_lock import enqueue_lock
 from search.study.heartbeat_settings import HEARTBEAT_FLAGS
 from search.study.names import quoted
 from search.study.open_study import NewStudy, StudyError, open_study
-from search.study.space import GridSpace, TpeSearch
+from search.study.space import EXTRA_PARAMS, GridSpace, TpeSearch
 from search.study.storage import (
     check_url,
     default_artifacts_dir,
@@ -345,7 +345,7 @@ def tpe_plan(args: argparse.Namespace, spec: StudySpec, asked: TpeSearch,
                                 for row in by_rank]}}
 
 
-LORA_COLUMNS = ("rank", "alpha", "dropout")
+LORA_COLUMNS = ("rank", "alpha", "dropout", *EXTRA_PARAMS)  # a baseline has none of them
 
 
 def searched_extras(tpe: dict[str, Any]) -> str:

@@ -19,6 +19,9 @@ from objectives.export_folder import resize_filter
 from search.results.intervals import format_interval
 from search.results.leaderboard import Board
 from search.results.markdown import table
+from search.results.point_columns import COLUMNS as EXTRA_COLUMNS
+from search.results.point_columns import format_lr, own_parts
+from search.study.space import point_of
 
 FILE_ROLES = {
     "README.md": "this model card",
@@ -169,8 +172,9 @@ def leaderboard_table(document: dict[str, Any], board: Board, sources: dict[int,
     frame = finished_trials(board)
     models = frame["model"].nunique() > 1
     seeds = frame["seed"].nunique() > 1
+    extras = [column for column in EXTRA_COLUMNS if column in frame]  # where the study has them
     headers = ["trial", "search", *(["model"] if models else []), "rank", "alpha", "dropout",
-               *(["seed"] if seeds else []), "val acc", "val 95% CI", "test acc",
+               *extras, *(["seed"] if seeds else []), "val acc", "val 95% CI", "test acc",
                "test 95% CI", "trainable", "note"]
     rows = []
     for _, row in frame.iterrows():
@@ -179,6 +183,7 @@ def leaderboard_table(document: dict[str, Any], board: Board, sources: dict[int,
             row["number"], "**baseline**" if row["baseline"] else source,
             *([row["model"]] if models else []),
             shown(row["rank"]), shown(row["alpha"], "{:g}"), shown(row["dropout"], "{:.3g}"),
+            *(extra_cell(column, row[column]) for column in extras),
             *([shown(row["seed"])] if seeds else []),
             shown(row["val_acc"], "{:.4f}"), format_interval(row.get("val_ci")),
             shown(row["test_acc"], "{:.4f}"), format_interval(row.get("test_ci")),
@@ -286,8 +291,11 @@ def describe_selection(document: dict[str, Any]) -> str:
 
 
 def configuration(document: dict[str, Any]) -> str:
+    """"rank 8, alpha 8, dropout 0.1", and what the exported point sets beside them (its lr,
+    its layers, rsLoRA or DoRA: `search.results.point_columns.own_parts`)."""
     params = document["params"]
-    return f"rank {params['rank']}, alpha {params['alpha']:g}, dropout {params['dropout']:g}"
+    return ", ".join([f"rank {params['rank']}, alpha {params['alpha']:g}, "
+                      f"dropout {params['dropout']:g}", *own_parts(point_of(params))])
 
 
 def resizing(spec: dict[str, Any]) -> str:
@@ -349,6 +357,12 @@ def ci(row: pd.Series | None, column: str) -> str:
     if row is None or not isinstance(row.get(column), list):
         return ""
     return f"(95% interval {format_interval(row[column])})"
+
+
+def extra_cell(column: str, value: Any) -> str:
+    if value is None or pd.isna(value):
+        return "-"
+    return format_lr(value) if column == "lr" else str(value)
 
 
 def shown(value: Any, pattern: str = "{}") -> str:

@@ -39,14 +39,17 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial
 
+from objectives.spec import LoraParams
 from search.results import markdown, note_store
 from search.results.intervals import format_interval
 from search.results.leaderboard import STATE_ORDER, Board, configuration_frame, render, study_board
+from search.results.point_columns import format_lr, own_parts
 from search.results.verdict import Verdict, VerdictCache
 from search.study.contained_store import is_artifact_id
 from search.study.enqueue_lock import study_lock, try_study_lock
 from search.study.optuna_private import study_id, study_storage, trial_id
 from search.study.study_record import LEADERBOARD_CHART, LEADERBOARD_CSV, StudyRecord
+from search.study.trials import trial_point
 
 CHART_FILE = "accuracy_vs_params.png"
 CSV_FILE = "leaderboard.csv"
@@ -89,10 +92,15 @@ STANDING = ("Where it stands among the others (tied with the best, recommended) 
             "study's Note page: the leaderboard.")
 
 
-def describe_row(row: dict[str, Any]) -> str:
+def describe_row(row: dict[str, Any], point: LoraParams | None = None) -> str:
+    """What the trial of `row` is; with its `point`, what the point sets itself beside rank,
+    alpha and dropout (lr, layers, variant: a trial's note says nothing that depends on the
+    other trials, `search.results.point_columns.own_parts`)."""
     if row["baseline"]:
         return f"baseline {row['model']} (head only)"
-    return (f"LoRA r={row['rank']} alpha={row['alpha']:g} dropout={row['dropout']:g} on "
+    extra = "".join(f" {part.replace(' ', '=', 1) if ' ' in part else part}"
+                    for part in own_parts(point))
+    return (f"LoRA r={row['rank']} alpha={row['alpha']:g} dropout={row['dropout']:g}{extra} on "
             f"{row['model']}")
 
 
@@ -100,9 +108,10 @@ def present(value: Any) -> bool:
     return value is not None and not pd.isna(value)
 
 
-def trial_line(row: dict[str, Any], epochs: int | None, pruner: str | None) -> str:
+def trial_line(row: dict[str, Any], epochs: int | None, pruner: str | None,
+               point: LoraParams | None = None) -> str:
     """One line: what the trial is and how it ended."""
-    what = f"**{describe_row(row)}**"
+    what = f"**{describe_row(row, point)}**"
     note = f"; {row['note']}" if row["note"] else ""
     if row["state"] == "COMPLETE":
         known = {key: row.get(key) for key in ("val_acc", "test_acc", "trainable_pct",
@@ -124,29 +133,35 @@ def trial_line(row: dict[str, Any], epochs: int | None, pruner: str | None) -> s
     return f"{what}: failed: {row['note'] or 'no error recorded'}."
 
 
-def trial_notes(study: optuna.Study, frame: pd.DataFrame) -> dict[int, str]:
+def trial_notes(study: optuna.Study, frame: pd.DataFrame,
+                points: dict[int, LoraParams | None] | None = None) -> dict[int, str]:
     """Each finished trial's note by trial number: what it is and how it ended, nothing that
-    another trial's end would change."""
+    another trial's end would change. `points`: each trial's LoRA point by number, for what
+    it sets beside rank, alpha and dropout."""
     record = StudyRecord(study)
     epochs, pruner = record.spec_epochs, record.tpe_pruner
+    points = points or {}
     notes = {}
     for row in frame.to_dict("records"):
         if row["state"] not in FINISHED:
             continue
         parts = [baseline_note(row["model"])] if row["baseline"] else []
-        parts += [trial_line(row, epochs, pruner), STANDING]
+        parts += [trial_line(row, epochs, pruner, points.get(row["number"])), STANDING]
         notes[row["number"]] = "\n\n".join(parts)
     return notes
 
 
 NOTE_COLUMNS = {"number": "#", "state": "state", "method": "method", "model": "model",
-                "rank": "rank", "alpha": "alpha", "dropout": "dropout", "seed": "seed",
+                "rank": "rank", "alpha": "alpha", "dropout": "dropout", "lr": "lr",
+                "targets": "targets", "scaling": "scaling", "seed": "seed",
                 "epochs": "epochs", "val_acc": "val_acc", "val_ci": "val 95%",
                 "test_acc": "test_acc", "test_ci": "test 95%",
                 "trainable_params": "trainable", "train_seconds": "seconds",
                 "tied": "tied", "recommended": "recommended", "note": "note"}
+# lr, targets, scaling: only where the board has them (`search.results.point_columns`).
 CONFIGURATION_COLUMNS = {"baseline": "baseline", "rank": "rank", "alpha": "alpha",
-                         "dropout": "dropout", "seeds": "seeds", "val_acc": "val_acc",
+                         "dropout": "dropout", "lr": "lr", "targets": "targets",
+                         "scaling": "scaling", "seeds": "seeds", "val_acc": "val_acc",
                          "val_sd": "val sd", "val_ci": "val 95%", "test_acc": "test_acc",
                          "test_ci": "test 95%", "tied": "tied", "recommended": "recommended",
                          "trainable_params": "trainable", "trials": "trials"}
@@ -170,6 +185,8 @@ def markdown_cell(column: str, value: Any) -> str:
         return f"{value:.4f}"
     if column == "alpha":
         return f"{value:g}"
+    if column == "lr":
+        return format_lr(value)
     if column == "dropout":
         return f"{value:.3g}"
     if column == "train_seconds":
@@ -213,7 +230,7 @@ def tied_line(verdict: Verdict) -> str | None:
     tied = [c for c in verdict.configurations if not c.baseline and verdict.tied(c)]
     if not tied:
         return None
-    named = [f"{c.describe()} (trial{'s' if len(c.numbers) > 1 else ''} "
+    named = [f"{verdict.describe(c)} (trial{'s' if len(c.numbers) > 1 else ''} "
              f"{', '.join(map(str, c.numbers))})" for c in tied[:NAMED_TIED]]
     more = (f"; and {len(tied) - NAMED_TIED} more (the CSV's `tied` column)"
             if len(tied) > NAMED_TIED else "")
@@ -222,7 +239,8 @@ def tied_line(verdict: Verdict) -> str | None:
 
 def recommended_line(verdict: Verdict) -> str:
     chosen = verdict.recommended
-    return (f"**Recommended**: {chosen.describe()}, trial{'s' if len(chosen.numbers) > 1 else ''}"
+    return (f"**Recommended**: {verdict.describe(chosen)}, "
+            f"trial{'s' if len(chosen.numbers) > 1 else ''}"
             f" {', '.join(map(str, chosen.numbers))} ({chosen.trainable_params:,} trainable "
             "parameters, the fewest among those tied with the best; `search export --pick "
             "recommended`)")
@@ -369,7 +387,9 @@ def write_trial_notes(study: optuna.Study, trials: list[FrozenTrial], frame: pd.
                       memory: DashboardMemory) -> int:
     """Write the finished trials' notes whose text is not what is stored; how many."""
     trial_ids = {t.number: trial_id(t) for t in trials}
-    texts = {trial_ids[number]: text for number, text in trial_notes(study, frame).items()}
+    points = {t.number: trial_point(t) for t in trials}
+    texts = {trial_ids[number]: text
+             for number, text in trial_notes(study, frame, points).items()}
     failed = [trial_ids[n] for n in frame.loc[frame["state"] == "FAIL", "number"]]
     recall_notes(study, memory, [trial_id for trial_id in texts if trial_id not in memory.notes],
                  failed)

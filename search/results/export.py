@@ -1,9 +1,17 @@
 """Export: the best (or the recommended) trial's params, value, metrics and spec, why it was
 picked, optionally with its weights: a model folder with its model card, which works on any
-host and uploads to the Hugging Face hub as it is."""
+host and uploads to the Hugging Face hub as it is.
+
+The document's `spec` is what the trial trained: the study's spec with the trial's replicate
+seed (or a baseline's model), and the point's own learning rate and adapted layers where it
+sets them (`objectives.spec.trial_lr`, `trial_spec`); its `params` say the rest (rank, alpha,
+dropout, and `scaling` for rsLoRA or DoRA: absent, plain LoRA). Those two rebuild the trial.
+A study made before points had a learning rate or layers of their own exports what it
+always did."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import tempfile
 from pathlib import Path, PurePath
@@ -12,6 +20,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from objectives.spec import TrainSpec, trial_lr, trial_spec
 from search.study.names import quoted
 from search.study.open_study import StudyError
 from search.study.space import params_of
@@ -54,13 +63,13 @@ def recommended_trial(study: optuna.Study) -> tuple[FrozenTrial, dict[str, Any]]
         "why": "the fewest trainable parameters among the LoRA configurations tied with the best "
                "(paired test on the validation images, Holm-corrected, 0.05); its replicate "
                "of highest validation accuracy",
-        "configuration": chosen.describe(),
+        "configuration": verdict.describe(chosen),
         "seeds": len(chosen.trials),
         "trials": chosen.numbers,
         "val_acc_mean": float(chosen.val_accs.mean()),
         "val_ci": [low, high],
-        "best": verdict.best.describe(),
-        "tied": [c.describe() for c in verdict.configurations
+        "best": verdict.describe(verdict.best),
+        "tied": [verdict.describe(c) for c in verdict.configurations
                  if verdict.tied(c) and not c.baseline],
         "verdict": closing_lines(verdict),
     }
@@ -82,6 +91,15 @@ def completed_trial(study: optuna.Study, number: int) -> FrozenTrial:
     return trial
 
 
+def trained_spec(spec: TrainSpec, trial: FrozenTrial) -> TrainSpec:
+    """What `trial` of a study of `spec` trained: its replicate's (or baseline's) spec with
+    its point's learning rate and layers."""
+    point = trial_point(trial)
+    spec = trial_spec(trial_train_spec(spec, trial), point)
+    lr = trial_lr(spec, point)
+    return spec if lr == spec.lr else dataclasses.replace(spec, lr=lr)
+
+
 def export_document(study: optuna.Study, trial: FrozenTrial,
                     selection: dict[str, Any] | None = None) -> dict[str, Any]:
     point = trial_point(trial)
@@ -97,7 +115,7 @@ def export_document(study: optuna.Study, trial: FrozenTrial,
         "metrics": {key: trial.user_attrs[key] for key in METRIC_KEYS if key in trial.user_attrs},
         "model": trial_model(trial, spec.model),
         "method": trial_method(trial),
-        "spec": trial_train_spec(spec, trial).to_dict(),
+        "spec": trained_spec(spec, trial).to_dict(),
         "classes": record.classes,
     }
 
@@ -153,7 +171,7 @@ def export_weights(study: optuna.Study, trial: FrozenTrial, store: Any, folder: 
     if artifact_id is None:
         raise StudyError(f"trial {trial.number} has no stored weights")
     record = StudyRecord(study)
-    classes, spec = record.classes, trial_train_spec(record.train_spec, trial)
+    classes, spec = record.classes, trained_spec(record.train_spec, trial)
     with tempfile.TemporaryDirectory() as temp:
         weights = Path(temp) / "weights.safetensors"
         try:

@@ -14,6 +14,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search.results import significance
 from search.results.intervals import format_interval
+from search.results.point_columns import COLUMNS as EXTRA_COLUMNS
+from search.results.point_columns import format_lr, point_columns, word
 from search.results.verdict import NoVerdict, Verdict, VerdictCache, assess, closing_lines
 from search.study.study_record import StudyRecord
 from search.study.trials import (
@@ -45,7 +47,9 @@ FORMATS = ("table", "json", "csv")
 
 def leaderboard(study: optuna.Study, trials: list[FrozenTrial] | None = None) -> pd.DataFrame:
     """One row per trial: complete, then pruned trials by validation accuracy (a pruned
-    trial's at the epoch it reached, `epochs`), then the rest by number.
+    trial's at the epoch it reached, `epochs`), then the rest by number. After dropout, the
+    columns lr, targets and scaling where the study's points set them
+    (`search.results.point_columns`).
 
     Only a complete trial shows test metrics. Any other shows what it reached itself: its
     epochs and the validation accuracy of its last one (a retry inherits its dead trial's
@@ -55,9 +59,11 @@ def leaderboard(study: optuna.Study, trials: list[FrozenTrial] | None = None) ->
     retries = retried_as(trials)
     gave_up = {t.number for t in gave_up_points(study, study_max_retries(study), trials)}
     # The stored dict, not a validated spec: a leaderboard must show on any host.
-    study_model = StudyRecord(study).spec_model
-    for trial in trials:
-        point = trial_point(trial)
+    stored_spec = StudyRecord(study).stored_spec
+    study_model = stored_spec.get("model")
+    points = [trial_point(trial) for trial in trials]
+    extra = point_columns(points, stored_spec)
+    for trial, point in zip(trials, points, strict=True):
         attrs = trial.user_attrs
         complete = trial.state == TrialState.COMPLETE
         rows.append({
@@ -69,13 +75,14 @@ def leaderboard(study: optuna.Study, trials: list[FrozenTrial] | None = None) ->
             "rank": point.rank if point else None,
             "alpha": point.alpha if point else None,
             "dropout": point.dropout if point else None,
+            **extra.values(point),
             "seed": attrs.get("seed"),
             "epochs": attrs.get("epochs_done"),
             "val_acc": trial.value if complete else reached_val_acc(trial),
             **{key: attrs.get(key) if complete else None for key in METRICS},
             "note": trial_note(trial, retries, trial.number in gave_up),
         })
-    frame = pd.DataFrame(rows, columns=COLUMNS).astype(
+    frame = pd.DataFrame(rows, columns=extra.with_columns(COLUMNS)).astype(
         {"rank": "Int64", "seed": "Int64", "epochs": "Int64", "trainable_params": "Int64"})
     order = frame["state"].map(STATE_ORDER)
     frame = frame.assign(_order=order).sort_values(
@@ -170,7 +177,8 @@ def configuration_frame(verdict: Verdict) -> pd.DataFrame:
             "model": c.model, "method": "head" if c.baseline else "lora",
             "baseline": c.baseline,
             "rank": point.rank if point else None, "alpha": point.alpha if point else None,
-            "dropout": point.dropout if point else None, "seeds": len(c.trials),
+            "dropout": point.dropout if point else None,
+            **verdict.columns.values(point), "seeds": len(c.trials),
             "val_acc": float(c.val_accs.mean()), "val_sd": standard_deviation(c.val_accs),
             "val_ci": rounded(verdict.val_ci[c.key]),
             "test_acc": float(tests.mean()) if tests is not None else None,
@@ -178,7 +186,7 @@ def configuration_frame(verdict: Verdict) -> pd.DataFrame:
             "test_ci": rounded(verdict.test_ci[c.key]) if c.key in verdict.test_ci else None,
             "tied": verdict.tied(c), "recommended": c is verdict.recommended,
             "trainable_params": c.trainable_params, "trials": c.numbers})
-    return pd.DataFrame(rows, columns=CONFIGURATION_COLUMNS).astype(
+    return pd.DataFrame(rows, columns=verdict.columns.with_columns(CONFIGURATION_COLUMNS)).astype(
         {"rank": "Int64", "trainable_params": "Int64"})
 
 
@@ -235,13 +243,18 @@ def best_versus_baseline(frame: pd.DataFrame) -> str:
         return "no LoRA trial has completed yet"
     best = lora.iloc[0]
     line = (f"best LoRA: trial {best['number']} (rank {best['rank']}, alpha {best['alpha']:g}, "
-            f"dropout {best['dropout']:.3g}) val_acc {best['val_acc']:.4f}, "
+            f"dropout {best['dropout']:.3g}{extra_words(best)}) val_acc {best['val_acc']:.4f}, "
             f"test_acc {best['test_acc']:.4f}")
     several = baseline["model"].nunique() > 1
     for _, base in baseline.iterrows():
         name = f"baseline {base['model']}" if several else "baseline"
         line += f"; {name} val_acc {base['val_acc']:.4f}, test_acc {base['test_acc']:.4f}"
     return line
+
+
+def extra_words(row: pd.Series) -> str:
+    """", lr 0.001, targets all, rsLoRA": the row's extra columns, where the board has them."""
+    return "".join(f", {word(column, row[column])}" for column in EXTRA_COLUMNS if column in row)
 
 
 TABLE_FORMATS = {"alpha": "{:g}", "dropout": "{:.3g}", "val_acc": "{:.4f}", "test_acc": "{:.4f}",
@@ -261,6 +274,11 @@ def render(frame: pd.DataFrame, fmt: str) -> str:
         if column in frame:
             shown[column] = frame[column].map(
                 lambda x, p=pattern: "-" if pd.isna(x) else p.format(x))
+    if "lr" in frame:
+        shown["lr"] = frame["lr"].map(lambda x: "-" if pd.isna(x) else format_lr(x))
+    for column in ("targets", "scaling"):
+        if column in frame:
+            shown[column] = frame[column].map(lambda x: "-" if pd.isna(x) else x)
     for column in ("rank", "seed", "seeds", "epochs", "trainable_params"):
         if column in frame:
             shown[column] = frame[column].map(lambda x: "-" if pd.isna(x) else str(x))

@@ -5,7 +5,9 @@
                                validation accuracy and, below those, every baseline and the
                                recommended trial(s), and says that report.csv has them all
     report.csv                 one row per completed trial, best validation accuracy first:
-                               method, model, rank, alpha, dropout, val_acc, test_acc, f1,
+                               method, model, rank, alpha, dropout (then lr, targets and
+                               scaling where the study's points set them,
+                               `search.results.point_columns`), val_acc, test_acc, f1,
                                auc_micro, auc_macro, trainable_pct, trainable_params, and with
                                the study's verdict val_ci, test_ci (95% Wilson), tied,
                                recommended (`search.results.verdict`)
@@ -44,6 +46,8 @@ from search.results import markdown
 from search.results.figures import new_figure, save_figure
 from search.results.intervals import format_interval
 from search.results.leaderboard import Board, configuration_frame, leaderboard, with_verdict
+from search.results.point_columns import COLUMNS as EXTRA_COLUMNS
+from search.results.point_columns import format_lr, word
 from search.results.verdict import NoVerdict, Verdict, assess, closing_lines
 from search.study.names import quoted
 from search.study.open_study import StudyError
@@ -75,7 +79,9 @@ def report_table(study: optuna.Study, board: Board | None = None
         frame = leaderboard(study, trials)
     if not (frame["state"] == "COMPLETE").any():
         raise StudyError(f"study {quoted(study.study_name)} has no completed trial to report")
-    columns = COLUMNS
+    # The leaderboard's extra columns (lr, targets, scaling), where the study has them.
+    columns = [*COLUMNS[:COLUMNS.index("dropout") + 1],
+               *(c for c in EXTRA_COLUMNS if c in frame), *COLUMNS[COLUMNS.index("dropout") + 1:]]
     try:
         if board is not None and board.verdict is not None:
             verdict: Verdict | str = board.verdict
@@ -83,13 +89,14 @@ def report_table(study: optuna.Study, board: Board | None = None
             verdict = assess(study, trials)
         if "tied" not in frame:
             frame = with_verdict(frame, verdict)
-        columns = [*COLUMNS, *VERDICT_COLUMNS]
+        columns = [*columns, *VERDICT_COLUMNS]
     except NoVerdict as why:
         verdict = str(why)
     frame = frame[frame["state"] == "COMPLETE"]
     spec = StudyRecord(study).train_spec
-    method = frame["baseline"].map({True: "baseline (head only)",
-                                    False: f"LoRA on {spec.targets}"})
+    # Points on other layers than the spec's: the targets column says which, row by row.
+    lora = "LoRA" if "targets" in frame else f"LoRA on {spec.targets}"
+    method = frame["baseline"].map({True: "baseline (head only)", False: lora})
     table = frame.assign(trial=frame["number"], method=method)[columns].reset_index(drop=True)
     return table, verdict
 
@@ -148,7 +155,15 @@ def error_bars(table: pd.DataFrame, column: str) -> list[list[float]] | None:
 def label(row: pd.Series) -> str:
     if pd.isna(row["rank"]):
         return f"#{row['trial']} {row['model']} head"
-    return f"#{row['trial']} r{row['rank']} a{row['alpha']:g} d{row['dropout']:.2g}"
+    return (f"#{row['trial']} r{row['rank']} a{row['alpha']:g} d{row['dropout']:.2g}"
+            + "".join(f" {short_word(c, row[c])}" for c in EXTRA_COLUMNS if c in row))
+
+
+def short_word(column: str, value) -> str:
+    """An extra column in a chart's label: lr0.001, all, rsLoRA."""
+    if column == "lr":
+        return f"lr{format_lr(value)}"
+    return word(column, value).removeprefix("targets ")
 
 
 # Every score here is in [0, 1]: its axis runs from 0 to 1, so bar lengths and distances
@@ -333,7 +348,8 @@ def name_labels(table: pd.DataFrame, roles: dict[int, list[str]]) -> list[tuple[
     for index, role in roles.items():
         row = table.iloc[index]
         key = (tuple(role), *(None if pd.isna(row[c]) else row[c]
-                              for c in ("model", "rank", "alpha", "dropout")))
+                              for c in ("model", "rank", "alpha", "dropout", *EXTRA_COLUMNS)
+                              if c in row))
         groups.setdefault(key, []).append(index)
     texts = []
     for key, indices in groups.items():
@@ -503,6 +519,8 @@ def markdown_table(table: pd.DataFrame) -> str:
             return "yes" if value else ""
         if value is None or pd.isna(value):
             return "-"
+        if column == "lr":
+            return format_lr(value)
         return FORMATS.get(column, "{}").format(value)
 
     return markdown.table(list(table.columns),
@@ -532,7 +550,7 @@ def verdict_text(verdict: Verdict | str) -> list[str]:
     if isinstance(verdict, str):
         return [f"No tie test or intervals: {verdict.removeprefix('no tie test: ')}."]
     chosen = verdict.recommended
-    lines = [f"**Recommended: {chosen.describe()}** ({chosen.trainable_params:,} trainable "
+    lines = [f"**Recommended: {verdict.describe(chosen)}** ({chosen.trainable_params:,} trainable "
              f"parameters; {numbered('trial', chosen.numbers)}). Intervals are 95% "
              "Wilson intervals per trial; *tied* means a paired test on the validation images "
              "could not tell the trial's configuration from the best's (Holm-corrected, 0.05).",

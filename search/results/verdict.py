@@ -42,6 +42,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search.results import significance
 from search.results.bootstrap import ExampleResampling, percentile_interval
+from search.results.point_columns import PointColumns, study_columns
 from search.study.outcomes import decode_bits, encoded_outcomes, stored_outcomes
 from search.study.study_record import StudyRecord
 from search.study.trials import configuration_key, is_baseline, trial_model, trial_point
@@ -81,11 +82,16 @@ class Configuration:
     def test_accs(self) -> np.ndarray | None:
         return self.test.mean(axis=1) if self.test is not None else None
 
-    def describe(self) -> str:
+    def describe(self, columns: PointColumns | None = None) -> str:
+        """"rank 8, alpha 8, dropout 0.1", then the study's extra columns (`columns`: lr,
+        targets, variant, where the study's points set them, `search.results.point_columns`):
+        "..., lr 0.001, targets all, rsLoRA"."""
         point = self.point
         if point is None:
             return f"baseline {self.model} (head only)"
-        return f"rank {point.rank}, alpha {point.alpha:g}, dropout {point.dropout:g}"
+        extra = columns.parts(point) if columns is not None else []
+        return ", ".join([f"rank {point.rank}, alpha {point.alpha:g}, dropout {point.dropout:g}",
+                          *extra])
 
 
 @dataclass(frozen=True)
@@ -98,6 +104,8 @@ class Verdict:
     test_ci: dict[tuple, tuple[float, float]]  # configurations with test outcomes
     test_pvalue: float | None  # best vs recommended on the test set; None: the same one
     left_out: str = ""  # why some complete trials take no part, if any
+    # The extra columns the study's results show (`search.results.point_columns`).
+    columns: PointColumns = PointColumns()
 
     @property
     def seeds(self) -> int:
@@ -105,6 +113,10 @@ class Verdict:
 
     def tied(self, configuration: Configuration) -> bool:
         return self.ties[configuration.key].tied
+
+    def describe(self, configuration: Configuration) -> str:
+        """`configuration` in words, with the study's extra columns."""
+        return configuration.describe(self.columns)
 
 
 class VerdictCache:
@@ -225,7 +237,7 @@ def assess(study: optuna.Study, trials: Sequence[FrozenTrial] | None = None,
         val_ci=intervals({c.key: c.val for c in configurations}, cache, "val"),
         test_ci=intervals({c.key: c.test for c in configurations if c.test is not None},
                           cache, "test"),
-        test_pvalue=test_pvalue, left_out=left_out)
+        test_pvalue=test_pvalue, left_out=left_out, columns=study_columns(study, trials))
 
 
 def intervals(outcomes: dict[tuple, np.ndarray], cache: VerdictCache, split: str
@@ -273,9 +285,11 @@ def closing_lines(verdict: Verdict) -> list[str]:
                 f"baselines are tied with the best ({test}, Holm, p >= {significance.ALPHA:g})"]
     if recommended is not best and best.trainable_params:
         cost = (f", {recommended.trainable_params / best.trainable_params:.2f}x the best's")
-    parts.append(f"recommended: {recommended.describe()} ({recommended.trainable_params:,} "
-                 f"trainable parameters{cost})" if recommended is not best else
-                 f"recommended: the best, {best.describe()} (no tied configuration is smaller)")
+    parts.append(f"recommended: {verdict.describe(recommended)} "
+                 f"({recommended.trainable_params:,} trainable parameters{cost})"
+                 if recommended is not best else
+                 f"recommended: the best, {verdict.describe(best)} (no tied configuration is "
+                 "smaller)")
     for baseline in (c for c in verdict.configurations if c.baseline):
         gap = 100 * (best.val_accs.mean() - baseline.val_accs.mean())
         name = "baseline" if baseline.model == best.model else f"baseline {baseline.model}"

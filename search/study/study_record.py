@@ -111,9 +111,14 @@ class StudyRecord:
         """The spec's epochs as stored (None without any)."""
         return self._spec_field("epochs")
 
-    def _spec_field(self, name: str) -> Any:
+    @property
+    def stored_spec(self) -> dict[str, Any]:
+        """The spec's dict as stored, unchecked ({} without one): results show on any host."""
         values = self._read().get(TRAIN_SPEC)
-        return values.get(name) if isinstance(values, dict) else None
+        return values if isinstance(values, dict) else {}
+
+    def _spec_field(self, name: str) -> Any:
+        return self.stored_spec.get(name)
 
     # What is searched
 
