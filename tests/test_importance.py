@@ -23,6 +23,7 @@ from objectives.spec import TARGET_SETS, LoraParams
 from search.results import importance
 from search.results.dashboard_notes import leaderboard_note
 from search.results.importance import (
+    MAX_DEPTH,
     N_TREES,
     SEED,
     importance_lines,
@@ -116,8 +117,8 @@ def test_shares_are_optunas_fanova_of_the_effective_params():
     study = new_study([baseline_trial(0.5), *trials])
     reference = optuna.create_study(direction="maximize")
     reference.add_trials(direct)
-    expected = FanovaImportanceEvaluator(n_trees=N_TREES, seed=SEED).evaluate(
-        reference, params=["rank", "lr", "targets", "scaling"])
+    evaluator = FanovaImportanceEvaluator(n_trees=N_TREES, max_depth=MAX_DEPTH, seed=SEED)
+    expected = evaluator.evaluate(reference, params=["rank", "lr", "targets", "scaling"])
 
     result = study_importances(study)
     assert result.enough and result.trials == 24 and result.used == 24  # the baseline: no

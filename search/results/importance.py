@@ -31,12 +31,18 @@ noise); only one param varies (it explains all the forest can, trivially); none 
 observation has the same accuracy. No complete LoRA trial, or one: no line at all, the board
 says so already.
 
-Cost: fANOVA walks every leaf of every tree in Python, about 1.7 s for 1,000 trials of a TPE
-search (continuous dropout: a leaf per trial) with Optuna's 64 trees on a 2-core machine, 4.7 s
-for 5,000. A worker refreshes the study's note after every trial, so the forest has N_TREES
-trees and sees at most MAX_OBSERVATIONS observations: larger studies are subsampled by a fixed
-hash of the trial number (the same trials every time, and one more trial changes at most one of
-them), and the line says so. `benchmarks/importance_scale.py` measures it.
+Cost: fANOVA walks every leaf of every tree in Python. Trees of Optuna's default depth (64)
+grow a leaf per trial where dropout and learning rate are drawn from intervals, as TPE draws
+them: 32 such trees took 5.9 s for 1,000 trials and 103 s for 5,000 (a shared 2-core machine),
+and a worker refreshes the study's note after every trial. So the forest has N_TREES trees of
+at most MAX_DEPTH levels (2^8 leaves each, whatever the study's size) and is fit to at most
+MAX_OBSERVATIONS trials: a larger study is subsampled by a fixed hash of the trial number (the
+same trials every time; one more trial changes at most one of them), and the line says so.
+About 1 s for a TPE study of 1,000 or 5,000 trials, 0.4 s for a grid's
+(`benchmarks/importance_scale.py`, BENCHMARKS.md). Shallower trees fit less of the noise
+between neighbouring trials, so the shares they give the main effects are, if anything, larger:
+on the benchmark's TPE study the layers' 0.72 at depth 64 was 0.80 at depth 8, the learning
+rate's 0.10 and 0.11.
 """
 
 from __future__ import annotations
@@ -61,9 +67,10 @@ LOG = logging.getLogger(__name__)
 
 PARAMS = ("rank", "alpha", "dropout", "lr", "targets", "scaling")  # in the order listed
 SEED = 0  # the forest's: the same trials give the same shares on every host and refresh
-# Optuna's default is 64; on a synthetic study of 200-5,000 trials 32 moved no share by more
-# than 0.01 and cost half as much.
+# Optuna's defaults are 64 trees of depth 64; on the benchmark's studies 32 trees moved no
+# share by more than 0.01 at half the cost, and depth 8 bounds the leaves fANOVA walks.
 N_TREES = 32
+MAX_DEPTH = 8
 MAX_OBSERVATIONS = 1_000
 MIN_TRIALS = 10
 MIN_PER_PARAM = 5
@@ -175,7 +182,7 @@ def fanova(found: Sequence[Observation], varying: Sequence[str]) -> dict[str, fl
     from optuna.importance import FanovaImportanceEvaluator
 
     study = throwaway_study(found, varying)
-    evaluator = FanovaImportanceEvaluator(n_trees=N_TREES, seed=SEED)
+    evaluator = FanovaImportanceEvaluator(n_trees=N_TREES, max_depth=MAX_DEPTH, seed=SEED)
     shares = evaluator.evaluate(study, params=list(varying))
     return {name: float(value) for name, value in shares.items()}
 
