@@ -341,3 +341,22 @@ def test_the_peft_quick_start_splits_qkv_with_the_code_training_uses():
     assert "split_qkv(backbone)" in code and "torch.manual_seed(3)" in code
     fused_only = peft_code({**document, "spec": TrainSpec(targets="qkv").to_dict()}, {})
     assert "SplitQKV" not in fused_only and "split_qkv" not in fused_only
+
+
+@pytest.mark.parametrize("use_rslora, use_dora, scaling, variant", [
+    (False, False, "| scaling alpha / r | 2 |", None),
+    (True, False, "| scaling alpha / sqrt(r) (rsLoRA) | 4 |", "rsLoRA"),
+    (False, True, "| scaling alpha / r | 2 |", "DoRA")])
+def test_the_card_says_how_the_exported_adapters_scale(use_rslora, use_dora, scaling, variant):
+    from objectives.spec import TrainSpec
+    from search.results.card_sections import configuration, hyperparameters
+
+    adapter = {"r": 4, "lora_alpha": 8, "lora_dropout": 0.1, "bias": "none",
+               "modules_to_save": ["head"], "use_rslora": use_rslora, "use_dora": use_dora}
+    document = {"spec": TrainSpec().to_dict(),
+                "params": {"rank": 4, "alpha": 8.0, "dropout": 0.1,
+                           **({"scaling": variant.lower()} if variant else {})}}
+    text = hyperparameters(document, adapter)
+    assert scaling in text and ("| variant | DoRA:" in text) == use_dora
+    assert configuration(document) == "rank 4, alpha 8, dropout 0.1" + (
+        f", {variant}" if variant else "")

@@ -118,6 +118,19 @@ def architecture(document: dict[str, Any], adapter: dict[str, Any] | None) -> st
     return "\n".join(lines)
 
 
+DORA = ("DoRA: each adapted weight's magnitude trained apart from its direction, the adapters "
+        "updating the direction")
+
+
+def scaling_row(adapter: dict[str, Any]) -> tuple[str, str]:
+    """How the adapters' update B A is scaled, as peft's adapter_config.json says it trained:
+    alpha / sqrt(r) with rsLoRA (`use_rslora`), else alpha / r (LoRA's, and DoRA's)."""
+    rank, alpha = adapter["r"], adapter["lora_alpha"]
+    if adapter.get("use_rslora"):
+        return "scaling alpha / sqrt(r) (rsLoRA)", f"{alpha / math.sqrt(rank):g}"
+    return "scaling alpha / r", f"{alpha / rank:g}"
+
+
 def hyperparameters(document: dict[str, Any], adapter: dict[str, Any] | None) -> str:
     """The LoRA (with an adapter), training and data tables, each under its heading."""
     spec, augment = document["spec"], document["spec"]["augment"]
@@ -125,7 +138,8 @@ def hyperparameters(document: dict[str, Any], adapter: dict[str, Any] | None) ->
     if adapter:
         rank, alpha = adapter["r"], adapter["lora_alpha"]
         parts += ["### LoRA", table(["", ""], [
-            ("rank r", rank), ("alpha", f"{alpha:g}"), ("scaling alpha / r", f"{alpha / rank:g}"),
+            ("rank r", rank), ("alpha", f"{alpha:g}"), scaling_row(adapter),
+            *([("variant", DORA)] if adapter.get("use_dora") else []),
             ("dropout", f"{adapter['lora_dropout']:g}"), ("target modules", spec["targets"]),
             ("bias", adapter["bias"]),
             ("also trained", ", ".join(adapter.get("modules_to_save") or []) or "-")])]

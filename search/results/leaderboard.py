@@ -1,6 +1,7 @@
 """The leaderboard: every trial of a study, best first, as a pandas DataFrame; or, for a study
 with seeds, one row per configuration (its replicates grouped). With the study's verdict
-(`search.results.verdict`) the rows say which are tied with the best and which is recommended.
+(`search.results.verdict`) the rows say which are tied with the best and which is recommended;
+the lines that close the table end with what mattered (`search.results.importance`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
 from search.results import significance
+from search.results.importance import Importances, importance_lines, study_importances
 from search.results.intervals import format_interval
 from search.results.point_columns import COLUMNS as EXTRA_COLUMNS
 from search.results.point_columns import format_lr, point_columns, word
@@ -99,6 +101,7 @@ class Board:
     lines: list[str]
     by: str  # "trial" or "configuration"
     verdict: Verdict | None = None  # None: the study has none (`lines` says why)
+    importances: Importances | None = None  # what mattered; its line is among `lines`
 
 
 def study_board(study: optuna.Study, by: str = "auto", cache: VerdictCache | None = None,
@@ -109,21 +112,23 @@ def study_board(study: optuna.Study, by: str = "auto", cache: VerdictCache | Non
     caller has read them (`search.study.trial_reader`)."""
     trials = study.get_trials(deepcopy=False) if trials is None else trials
     frame = leaderboard(study, trials)
+    # From the trials' values alone: a study whose trials carry no outcomes has it too.
+    mattered = study_importances(study, trials)
     try:
         verdict = assess(study, trials, cache)
     except NoVerdict as why:
         complete = (frame["state"] == "COMPLETE").any()
-        return Board(frame, [best_versus_baseline(frame), *([str(why)] if complete else [])],
-                     "trial")
+        return Board(frame, [best_versus_baseline(frame), *([str(why)] if complete else []),
+                             *importance_lines(mattered)], "trial", importances=mattered)
     if by == "auto":
         by = "configuration" if verdict.seeds > 1 else "trial"
-    lines = closing_lines(verdict)
+    lines = [*closing_lines(verdict), *importance_lines(mattered)]
     if by == "configuration":
         unfinished = int((frame["state"] != "COMPLETE").sum())
         if unfinished:
             lines.append(f"{unfinished} trial(s) not complete: `--by trial` lists every trial")
-        return Board(configuration_frame(verdict), lines, by, verdict)
-    return Board(with_verdict(frame, verdict), lines, by, verdict)
+        return Board(configuration_frame(verdict), lines, by, verdict, mattered)
+    return Board(with_verdict(frame, verdict), lines, by, verdict, mattered)
 
 
 def with_verdict(frame: pd.DataFrame, verdict: Verdict) -> pd.DataFrame:

@@ -1,6 +1,7 @@
 """`search report`: the study-level comparison the paper shows, as files in one folder.
 
-    report.md                  the table below, the verdict, and the pictures; past
+    report.md                  the table below, the verdict, what mattered
+                               (`search.results.importance`), and the pictures; past
                                MAX_TABLE_ROWS trials, the table holds the best of them by
                                validation accuracy and, below those, every baseline and the
                                recommended trial(s), and says that report.csv has them all
@@ -44,6 +45,7 @@ from optuna.artifacts.exceptions import ArtifactNotFound
 
 from search.results import markdown
 from search.results.figures import new_figure, save_figure
+from search.results.importance import importance_lines, study_importances
 from search.results.intervals import format_interval
 from search.results.leaderboard import Board, configuration_frame, leaderboard, with_verdict
 from search.results.point_columns import COLUMNS as EXTRA_COLUMNS
@@ -65,17 +67,17 @@ MAX_BARS = 30  # metrics.png: the best this many trials
 LABEL_EVERY_TRIAL = 50  # accuracy_vs_params.png labels every trial up to this many
 
 
-def report_table(study: optuna.Study, board: Board | None = None
+def report_table(study: optuna.Study, board: Board | None = None,
+                 trials: list[optuna.trial.FrozenTrial] | None = None
                  ) -> tuple[pd.DataFrame, Verdict | str]:
     """The completed trials, best first, with what each one is; and the study's verdict, or
     why it has none (then the table has no interval or tie columns). `board`: the study's
     `study_board`, when the caller has it (a dashboard refresh), so that its verdict is not
-    computed a second time."""
-    trials = None
+    computed a second time; `trials`, the study's trials when the caller has read them."""
     if board is not None and board.by == "trial":
         frame = board.frame
     else:
-        trials = all_trials(study)
+        trials = all_trials(study) if trials is None else trials
         frame = leaderboard(study, trials)
     if not (frame["state"] == "COMPLETE").any():
         raise StudyError(f"study {quoted(study.study_name)} has no completed trial to report")
@@ -545,10 +547,13 @@ def numbered(noun: str, numbers: list[int]) -> str:
     return f"{noun}{'' if len(numbers) == 1 else 's'} {', '.join(map(str, numbers))}"
 
 
-def verdict_text(verdict: Verdict | str) -> list[str]:
-    """The report's answer: tied set, recommendation, baseline gap, test-set check."""
+def verdict_text(verdict: Verdict | str, mattered: list[str] | None = None) -> list[str]:
+    """The report's answer: tied set, recommendation, baseline gap, test-set check; then
+    `mattered`, the lines of what mattered (`search.results.importance.importance_lines`)."""
+    mattered = [f"- {line}" for line in mattered or []]
     if isinstance(verdict, str):
-        return [f"No tie test or intervals: {verdict.removeprefix('no tie test: ')}."]
+        return [f"No tie test or intervals: {verdict.removeprefix('no tie test: ')}.",
+                *([""] if mattered else []), *mattered]
     chosen = verdict.recommended
     lines = [f"**Recommended: {verdict.describe(chosen)}** ({chosen.trainable_params:,} trainable "
              f"parameters; {numbered('trial', chosen.numbers)}). Intervals are 95% "
@@ -556,6 +561,7 @@ def verdict_text(verdict: Verdict | str) -> list[str]:
              "could not tell the trial's configuration from the best's (Holm-corrected, 0.05).",
              ""]
     lines += [f"- {line}" for line in closing_lines(verdict)]
+    lines += mattered
     if verdict.seeds > 1:
         configurations = (configuration_frame(verdict).drop(columns=["model", "method"])
                           .assign(trials=lambda f: f["trials"].map(
@@ -570,7 +576,9 @@ def verdict_text(verdict: Verdict | str) -> list[str]:
 def write_report(study: optuna.Study, store: optuna.artifacts.FileSystemArtifactStore,
                  folder: Path) -> list[str]:
     """Write every file of the report into `folder`; their names."""
-    table, verdict = report_table(study)
+    trials = all_trials(study)
+    table, verdict = report_table(study, trials=trials)
+    mattered = importance_lines(study_importances(study, trials))
     folder.mkdir(parents=True, exist_ok=True)
     title = f"study {study.study_name}"
     table.to_csv(folder / "report.csv", index=False)
@@ -586,7 +594,7 @@ def write_report(study: optuna.Study, store: optuna.artifacts.FileSystemArtifact
             f"{len(table):,} completed {'trial' if len(table) == 1 else 'trials'}, best "
             "validation accuracy first. Best: trial "
             f"{best['trial']} ({best['method']}), val acc {best['val_acc']:.4f}, test acc "
-            f"{best['test_acc']:.4f}.", "", *verdict_text(verdict), "",
+            f"{best['test_acc']:.4f}.", "", *verdict_text(verdict, mattered), "",
             *bounded_table(table, "trial", "report.csv has every trial"), "",
             "![metrics per trial](metrics.png)", "",
             "![accuracy against trainable parameters](accuracy_vs_params.png)", ""]
