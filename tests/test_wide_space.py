@@ -8,8 +8,17 @@ import pytest
 
 from objectives.packed_model import pack_groups
 from objectives.spec import TARGET_SETS, LoraParams, TrainSpec
-from search.study.space import (GridSpace, SearchedSpace, SpaceError, TpeSearch, TpeSpace,
-                                params_of, point_key, point_of, space_disagreements)
+from search.study.space import (
+    GridSpace,
+    SearchedSpace,
+    SpaceError,
+    TpeSearch,
+    TpeSpace,
+    params_of,
+    point_key,
+    point_of,
+    space_disagreements,
+)
 from search.study.study_spec import parse_spec
 from search.study.tpe_search import settle_search
 from search.worker.trial_run import suggest_point

@@ -14,8 +14,16 @@ from typing import NoReturn
 
 from search.study.heartbeat_settings import HEARTBEAT_FLAGS
 from search.study.replicates import MAX_SEEDS
-from search.study.space import (PRUNERS, TARGET_SETS, VARIANTS, SpaceError, check_alpha,
-                                check_dropout, check_lr, check_rank)
+from search.study.space import (
+    PRUNERS,
+    TARGET_SETS,
+    VARIANTS,
+    SpaceError,
+    check_alpha,
+    check_dropout,
+    check_lr,
+    check_rank,
+)
 from search.study.storage import DEFAULT_STORAGE, STORAGE_VARIABLE
 
 EXIT_USAGE = 2
