@@ -75,7 +75,8 @@ def spec_from_flags(args: argparse.Namespace, local: dict[str, Any]) -> StudySpe
     spec = load_spec(args.spec)
     overrides = {key: getattr(args, flag) for key, flag in TRAIN_FLAGS.items()}
     return with_overrides(spec, name=args.study, heartbeat=heartbeat_flags(args),
-                          seeds=args.seeds, **overrides, **local)
+                          seeds=args.seeds, max_seeds=getattr(args, "max_seeds", None),
+                          margin=getattr(args, "margin", None), **overrides, **local)
 
 
 def spec_given(args: argparse.Namespace) -> bool:
@@ -116,7 +117,12 @@ def set_up_study(args: argparse.Namespace, spec: StudySpec,
                        create=NewStudy(spec.train, artifacts, spec_given(args)))
     record = StudyRecord(study)
     record.store_baselines(spec.baselines, replace=args.spec is not None)
-    record.store_seeds(spec.seeds or 1, replace=spec.seeds is not None)
+    if spec.races:  # round 1 is one seed; workers queue the rest (`search.worker.race_rounds`)
+        record.store_seeds(1, replace=True)
+        record.store_race(spec.race_settings, replace=True)
+    else:
+        record.store_seeds(spec.seeds or 1, replace=spec.seeds is not None)
+        record.store_race(None, replace=spec.seeds is not None)
     record.store_heartbeat(spec.heartbeat, replace=args.spec is not None or any(
         v is not None for v in heartbeat_flags(args).values()))
     return study
@@ -193,7 +199,7 @@ def planned_rows(spec: StudySpec, trials: list[tuple[TrainSpec, LoraParams | Non
     check_rank_fits_model(spec.train, num_classes, largest_rank)
     check_target_sets(spec.train, target_sets, largest_rank, num_classes)
     plan = []
-    seeds = spec.seeds or 1
+    seeds = 1 if spec.races else spec.seeds or 1
     for replicate, (train, point) in itertools.product(range(seeds), trials):
         count = planned_parameters(train, num_classes, point)
         seed = {"seed": train.seed + replicate} if seeds > 1 else {}
@@ -308,7 +314,14 @@ def grid(args: argparse.Namespace, local: dict[str, Any]) -> int:
     workers, gpus = local_worker_plan(args)
     spec = with_overrides(spec, grid=grid_from_flags(args, spec))
     if args.dry_run:
-        print_plan(planned_trials(spec), args.format)
+        plan = planned_trials(spec)
+        print_plan(plan, args.format)
+        if spec.races:
+            LOG.info(f"race: round 1 queues these {plural(len(plan), 'trial')} (one seed "
+                     f"each); a race costs at most {len(plan) * spec.max_seeds} trials "
+                     f"({spec.max_seeds} seeds each), fewer as configurations are told apart "
+                     f"from the best or the survivors are equivalent within "
+                     f"{spec.margin:g} pp")
         return 0
     data = check_before_queueing(args, spec, local, max(spec.grid.ranks), spec.grid.target_sets)
     storage = open_storage(args.storage)
@@ -381,10 +394,24 @@ def print_tpe_plan(plan: dict[str, Any], fmt: str) -> None:
     print_plan(tpe["by_rank"], fmt)
 
 
+def refuse_a_tpe_race(args: argparse.Namespace, spec: StudySpec) -> None:
+    """A race needs its configurations fixed before round 1: TPE adds new ones after every
+    trial, each of which would restart the race's round 1 (replayed from all of them)."""
+    why = ("a race (--seeds auto) needs a fixed set of configurations, and TPE samples new "
+           "ones; give --seeds N, or race a grid")
+    if spec.races:
+        raise StudyError(why)
+    study = study_if_exists(args.storage, spec.name)
+    if study is not None and StudyRecord(study).race is not None and args.seeds is None:
+        raise StudyError(f"study {quoted(spec.name)} races its seeds: {why} in a study of its "
+                         "own (--study NAME)")
+
+
 def tpe_search(args: argparse.Namespace, local: dict[str, Any]) -> int:
     spec = spec_from_flags(args, local)
     workers, gpus = local_worker_plan(args)
     asked, given = tpe_from_flags(args, spec)
+    refuse_a_tpe_race(args, spec)
     if args.dry_run:
         print_tpe_plan(tpe_plan(args, spec, asked, given), args.format)
         return 0

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from search.study.heartbeat_settings import HEARTBEAT_FLAGS
-from search.study.replicates import MAX_SEEDS
+from search.study.replicates import MAX_MARGIN_PP, MAX_SEEDS
 from search.study.space import (
     PRUNERS,
     TARGET_SETS,
@@ -74,12 +74,35 @@ def pack_setting(text: str) -> int | str:
                                          ) from None
 
 
-def seed_count(text: str) -> int:
-    """--seeds: how many seeds train each configuration, 1 to MAX_SEEDS."""
-    count = positive_int(text)
+def seed_count(text: str) -> int | str:
+    """--seeds: how many seeds train each configuration, 1 to MAX_SEEDS, or `auto` (race)."""
+    if text == "auto":
+        return text
+    try:
+        count = positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"must be 'auto' or a positive integer, got {text!r}"
+                                         ) from None
     if count > MAX_SEEDS:
         raise argparse.ArgumentTypeError(f"must be at most {MAX_SEEDS}, got {count}")
     return count
+
+
+def seed_count_only(text: str) -> int:
+    """--max-seeds: 1 to MAX_SEEDS."""
+    count = seed_count(text)
+    if count == "auto":
+        raise argparse.ArgumentTypeError("must be a positive integer, got 'auto'")
+    return count
+
+
+def margin_pp(text: str) -> float:
+    """--margin: percentage points above 0, at most MAX_MARGIN_PP."""
+    value = positive_float(text)
+    if value > MAX_MARGIN_PP:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_MARGIN_PP:g} percentage "
+                                         f"points, got {text}")
+    return value
 
 
 def positive_float(text: str) -> float:
@@ -180,12 +203,14 @@ def add_study_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=non_negative_int, metavar="N",
                         help="local worker processes (default: one per visible GPU, else 1; "
                              "0 only creates the study and queues the trials)")
-    parser.add_argument("--seeds", type=seed_count, metavar="N",
+    parser.add_argument("--seeds", type=seed_count, metavar="N|auto",
                         help="train every configuration (baselines included) with N seeds: "
                              "seed, seed+1, ... change initialisation, dropout and data order, "
                              "never the splits. The leaderboard then groups them: mean, sd, "
                              "interval, tie test over seeds x examples (default from the "
-                             f"spec: 1; at most {MAX_SEEDS}; stored in the study)")
+                             f"spec: 1; at most {MAX_SEEDS}; stored in the study). auto "
+                             "(grid only): race, one seed a round for the configurations "
+                             "not yet told apart from the best (see --max-seeds, --margin)")
 
 
 def add_worker_flags(parser: argparse.ArgumentParser, stored: bool) -> None:
@@ -306,6 +331,14 @@ def build_parser() -> ArgumentParser:
                       metavar="LR", help="learning rates, each point trained with each "
                                          "(default: the spec's lr alone)")
     add_layers_and_variants(grid, "in the grid")
+    grid.add_argument("--max-seeds", type=seed_count_only, metavar="N",
+                      help=f"with --seeds auto: the most seeds a configuration gets, 1 to "
+                           f"{MAX_SEEDS} (default from the spec: 10)")
+    grid.add_argument("--margin", type=margin_pp, metavar="PP",
+                      help="with --seeds auto: the race ends when the survivors are "
+                           "equivalent within this many percentage points of validation "
+                           "accuracy (90%% interval of each one's paired difference with the "
+                           "best inside +/- PP; default from the spec: 0.5)")
     grid.add_argument("--dry-run", action="store_true",
                       help="print the planned trials with their parameter counts; "
                            "touches no database, downloads and trains nothing")

@@ -18,6 +18,8 @@ from search.results.importance import Importances, importance_lines, study_impor
 from search.results.intervals import format_interval
 from search.results.point_columns import COLUMNS as EXTRA_COLUMNS
 from search.results.point_columns import format_lr, point_columns, word
+from search.results.race import RaceInputs, study_race
+from search.results.race_rules import RaceState
 from search.results.verdict import NoVerdict, Verdict, VerdictCache, assess, closing_lines
 from search.study.study_record import StudyRecord
 from search.study.trials import (
@@ -122,13 +124,56 @@ def study_board(study: optuna.Study, by: str = "auto", cache: VerdictCache | Non
                              *importance_lines(mattered)], "trial", importances=mattered)
     if by == "auto":
         by = "configuration" if verdict.seeds > 1 else "trial"
-    lines = [*closing_lines(verdict), *importance_lines(mattered)]
+    race = study_race(study, trials, cache)
+    lines = [*closing_lines(verdict), *race_lines(race, verdict), *importance_lines(mattered)]
     if by == "configuration":
         unfinished = int((frame["state"] != "COMPLETE").sum())
         if unfinished:
             lines.append(f"{unfinished} trial(s) not complete: `--by trial` lists every trial")
-        return Board(configuration_frame(verdict), lines, by, verdict, mattered)
+        return Board(with_race(configuration_frame(verdict), verdict, race), lines, by,
+                     verdict, mattered)
     return Board(with_verdict(frame, verdict), lines, by, verdict, mattered)
+
+
+def race_lines(race: tuple[RaceState, RaceInputs] | None, verdict: Verdict) -> list[str]:
+    """Where a racing study stands: why its race ended (or the round under way), the trials
+    it used and what fixed seeds at its depth would have used; the configurations it lost."""
+    if race is None:
+        return []
+    state, inputs = race
+    by_key = {c.key: c for c in verdict.configurations}
+
+    def name(key) -> str:
+        return verdict.describe(by_key[key]) if key in by_key else repr(key)
+
+    lines = [f"race: {line}" for line in state.describe(name)]
+    if inputs.left:
+        lines.append(f"race: {len(inputs.left)} configuration(s) left it, given up after a "
+                     f"failed trial: {'; '.join(name(key) for key in inputs.left)}")
+    return lines
+
+
+def with_race(frame: pd.DataFrame, verdict: Verdict,
+              race: tuple[RaceState, RaceInputs] | None) -> pd.DataFrame:
+    """The per-configuration rows with the round each left the race in ("dropped after 2
+    seeds"), or "racing" / "survived" (a race that has ended); unchanged without a race."""
+    if race is None:
+        return frame
+    state, inputs = race
+    dropped = {key: drop.round for decision in state.rounds
+               for key, drop in decision.dropped.items()}
+    left = set(inputs.left)
+    words = []
+    for c in verdict.configurations:
+        if c.key in dropped:
+            words.append(f"dropped after {dropped[c.key]}")
+        elif c.key in left:
+            words.append("given up")
+        else:
+            words.append("survived" if state.finished else "racing")
+    out = frame.copy()
+    out.insert(out.columns.get_loc("seeds") + 1, "race", words)
+    return out
 
 
 def with_verdict(frame: pd.DataFrame, verdict: Verdict) -> pd.DataFrame:

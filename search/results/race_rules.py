@@ -90,13 +90,13 @@ import numpy as np
 
 from search.results import significance
 from search.results.bootstrap import ExampleResampling, row_key
-from search.study.replicates import MAX_SEEDS
+from search.study.replicates import MAX_MARGIN_PP, MAX_SEEDS
 
 __all__ = ["MAX_MARGIN", "Drop", "RaceSettings", "RaceState", "RoundDecision", "StopReason",
            "decide_round", "equivalence_intervals", "fixed_seed_trials", "replay"]
 
 
-MAX_MARGIN = 0.1
+MAX_MARGIN = MAX_MARGIN_PP / 100
 """Largest margin accepted, 10 pp: no one calls configurations 10 points apart equivalent,
 and a bound below 0.5 catches the margin given in percentage points where a fraction is
 meant (0.5 for 0.5 pp would end every race in round 1)."""

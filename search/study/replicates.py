@@ -24,6 +24,10 @@ if TYPE_CHECKING:  # the command line reads MAX_SEEDS before it imports optuna
 
 ATTR = "replicate"
 MAX_SEEDS = 20
+# A race's equivalence margin, in percentage points (`search.results.race_rules.MAX_MARGIN`
+# as a fraction): no one calls configurations 10 points apart equivalent.
+MAX_MARGIN_PP = 10.0
+AUTO = "auto"  # seeds = "auto": race (`search.results.race`)
 
 
 def replicate_of(trial: FrozenTrial) -> int:

@@ -14,6 +14,8 @@ storage URL and the study name. Its keys, each read and written only through `St
     baselines        the no-LoRA reference trials (`search.study.baselines`)
     heartbeat        how workers tell a dead worker's trial (`search.study.heartbeat_settings`)
     seeds            how many replicates of each configuration (`search.study.replicates`)
+    race             a race's settings, {"max_seeds": N, "margin": fraction}, when seeds are
+                     raced (`--seeds auto`, `search.results.race`); absent or null: fixed seeds
     classes          the class names in label order, stored by the first worker
     leaderboard_chart, leaderboard_csv
                      artifact ids of the study note's chart and full leaderboard
@@ -56,6 +58,7 @@ ARTIFACTS_TOKEN = "artifacts_token"
 BASELINES = "baselines"
 HEARTBEAT = "heartbeat"
 SEEDS = "seeds"
+RACE = "race"
 CLASSES = "classes"
 LEADERBOARD_CHART = "leaderboard_chart"
 LEADERBOARD_CSV = "leaderboard_csv"
@@ -249,6 +252,21 @@ class StudyRecord:
 
     def store_seeds(self, seeds: int, replace: bool) -> None:
         self._store_setting(SEEDS, seeds, replace)
+
+    @property
+    def race(self) -> dict[str, Any] | None:
+        """The race's settings as stored ({"max_seeds", "margin"}), None when the study's
+        seeds are fixed; `search.results.race.race_settings` makes them typed."""
+        value = self._read().get(RACE)
+        if value is None:
+            return None
+        if not isinstance(value, dict) or set(value) != {"max_seeds", "margin"}:
+            raise self._unreadable("race", f"not max_seeds and margin: {value!r}")
+        return dict(value)
+
+    def store_race(self, settings: dict[str, Any] | None, replace: bool) -> None:
+        """Race with `settings` (None: fixed seeds)."""
+        self._store_setting(RACE, settings, replace)
 
     def _store_setting(self, key: str, value: Any, replace: bool) -> None:
         if replace or key not in self._read():

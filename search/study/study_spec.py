@@ -4,7 +4,9 @@ A spec file has these tables:
 
     [study]   name = "...", baselines = [...], seeds = N    the default study name; extra no-LoRA
               reference trials, e.g. ["head", "resnet50:head"] (see `search.study.baselines`);
-              how many seeds train every configuration (default 1; `search.study.replicates`)
+              how many seeds train every configuration (default 1; `search.study.replicates`),
+              or seeds = "auto" with max_seeds = N, margin = PP: race them
+              (`search.results.race`)
     [grid]    ranks = [...], alphas = [...], dropouts = [...], and optionally lrs = [...],
               target_sets = ["qkv", "all", ...], scalings = ["lora", "rslora", "dora"]
     [optuna]  trials, ranks, alphas, dropout_range = [lo, hi], seed, pruner, startup_trials,
@@ -29,7 +31,7 @@ from typing import Any
 from objectives.spec import VIT_TARGETS, SpecError, TrainSpec
 from search.study.baselines import DEFAULT_BASELINES, Baseline, BaselineError, parse_baselines
 from search.study.heartbeat_settings import HeartbeatError, HeartbeatSettings
-from search.study.replicates import MAX_SEEDS
+from search.study.replicates import AUTO, MAX_MARGIN_PP, MAX_SEEDS
 from search.study.space import GridSpace, SpaceError, TpeSearch
 
 STUDIES_DIR = Path(__file__).resolve().parents[2] / "studies"
@@ -66,9 +68,28 @@ class StudySpec:
                 "head-only baseline is always included",
         "default": '["head"]'})
     # None: not chosen (a study keeps its own; a new one has 1).
-    seeds: int | None = dataclasses.field(default=None, metadata={
-        "help": f"how many seeds train every configuration, 1 to {MAX_SEEDS}",
+    seeds: int | str | None = dataclasses.field(default=None, metadata={
+        "help": f"how many seeds train every configuration, 1 to {MAX_SEEDS}; \"auto\": race "
+                "them, one seed a round for the configurations not yet told apart from the "
+                "best (`search grid` only)",
         "default": "1 (a study keeps its own)"})
+    max_seeds: int = dataclasses.field(default=10, metadata={
+        "help": f"with seeds = \"auto\": the most seeds a configuration gets, 1 to "
+                f"{MAX_SEEDS}"})
+    margin: float = dataclasses.field(default=0.5, metadata={
+        "help": "with seeds = \"auto\": the race ends when the survivors are equivalent "
+                "within this many percentage points of validation accuracy, above 0 and at "
+                f"most {MAX_MARGIN_PP:g}"})
+
+    @property
+    def races(self) -> bool:
+        return self.seeds == AUTO
+
+    @property
+    def race_settings(self) -> dict[str, float | int] | None:
+        """The race's settings as a study stores them (`StudyRecord.race`); None: fixed."""
+        return {"max_seeds": self.max_seeds, "margin": self.margin / 100} if self.races \
+            else None
 
 
 def load_spec(path: str | Path | None = None) -> StudySpec:
@@ -98,14 +119,17 @@ def parse_spec(document: dict[str, Any], source: str, default_name: str) -> Stud
     name = study.pop("name", default_name)
     listed_baselines = study.pop("baselines", ["head"])
     seeds = study.pop("seeds", None)
+    max_seeds = study.pop("max_seeds", 10)
+    margin = study.pop("margin", 0.5)
     if study:
         raise SpecError(f"{source}: unknown key(s) in [study]: {sorted(study)}")
     if not isinstance(name, str) or not name.strip():
         raise SpecError(f"{source}: study.name must be a non-empty string")
-    if seeds is not None and (isinstance(seeds, bool) or not isinstance(seeds, int)
-                              or not 1 <= seeds <= MAX_SEEDS):
-        raise SpecError(f"{source}: study.seeds must be an integer from 1 to {MAX_SEEDS}, "
-                        f"got {seeds!r}")
+    if seeds is not None and seeds != AUTO and (
+            isinstance(seeds, bool) or not isinstance(seeds, int) or not 1 <= seeds <= MAX_SEEDS):
+        raise SpecError(f"{source}: study.seeds must be an integer from 1 to {MAX_SEEDS} or "
+                        f"\"auto\", got {seeds!r}")
+    check_race(max_seeds, margin, source)
     train = train_spec_from_dict(document.get("train", {}), source)
     spec_folder = Path(source).parent if Path(source).is_file() else None
     try:
@@ -130,7 +154,19 @@ def parse_spec(document: dict[str, Any], source: str, default_name: str) -> Stud
     except HeartbeatError as error:
         raise SpecError(f"{source}: {error}") from None
     return StudySpec(name=name, train=train, grid=grid, tpe=tpe, heartbeat=heartbeat,
-                     baselines=baselines, seeds=seeds)
+                     baselines=baselines, seeds=seeds, max_seeds=max_seeds,
+                     margin=float(margin))
+
+
+def check_race(max_seeds: Any, margin: Any, source: str) -> None:
+    if isinstance(max_seeds, bool) or not isinstance(max_seeds, int) \
+            or not 1 <= max_seeds <= MAX_SEEDS:
+        raise SpecError(f"{source}: study.max_seeds must be an integer from 1 to {MAX_SEEDS}, "
+                        f"got {max_seeds!r}")
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)) \
+            or not 0 < margin <= MAX_MARGIN_PP:
+        raise SpecError(f"{source}: study.margin must be a number of percentage points above "
+                        f"0 and at most {MAX_MARGIN_PP:g}, got {margin!r}")
 
 
 def train_spec_from_dict(values: dict[str, Any], source: str) -> TrainSpec:
@@ -220,7 +256,9 @@ def check_weights_folder(spec: TrainSpec, source: str) -> None:
 
 
 def with_overrides(spec: StudySpec, name: str | None = None, grid: GridSpace | None = None,
-                   heartbeat: dict[str, int | None] | None = None, seeds: int | None = None,
+                   heartbeat: dict[str, int | None] | None = None,
+                   seeds: int | str | None = None, max_seeds: int | None = None,
+                   margin: float | None = None,
                    **train_overrides: Any) -> StudySpec:
     """The spec with single fields replaced by command-line values (None = not given)."""
     given = {key: value for key, value in train_overrides.items() if value is not None}
@@ -233,7 +271,8 @@ def with_overrides(spec: StudySpec, name: str | None = None, grid: GridSpace | N
     except HeartbeatError as error:
         raise SpecError(f"command line: {error}") from None
     return StudySpec(name=name or spec.name, train=train, grid=grid or spec.grid, tpe=spec.tpe,
-                     heartbeat=beats, baselines=spec.baselines, seeds=seeds or spec.seeds)
+                     heartbeat=beats, baselines=spec.baselines, seeds=seeds or spec.seeds,
+                     max_seeds=max_seeds or spec.max_seeds, margin=margin or spec.margin)
 
 
 def describe_differences(stored: TrainSpec, asked: TrainSpec) -> list[str]:

@@ -25,7 +25,9 @@ from objectives.data import load_splits
 from objectives.train import use_threads
 from objectives.user_error import first_line
 from search.results.dashboard_notes import DashboardMemory, after_finishing, refresh_if_dirty
+from search.results.verdict import VerdictCache
 from search.study.artifacts import artifact_store, artifacts_folder
+from search.study.enqueue_lock import enqueue_lock
 from search.study.heartbeat_settings import HeartbeatSettings
 from search.study.names import quoted
 from search.study.open_study import open_study
@@ -41,6 +43,7 @@ from search.worker.heartbeat import Heartbeat
 from search.worker.options import WorkerOptions
 from search.worker.pack_plan import PackPlanner, describe_pack
 from search.worker.pack_run import run_claimed_pack
+from search.worker.race_rounds import queue_next_round
 from search.worker.sampler import searching_study
 from search.worker.signals import StopSignals
 from search.worker.trial_queue import MAX_POLL_SECONDS, claim_waiting, next_trial
@@ -127,13 +130,16 @@ def run_worker(options: WorkerOptions) -> WorkerReport:
     journal = Journal(options.journal)
     before = {key: trial.number for key, trial in given_up(study, max_retries).items()}
     memory = DashboardMemory()  # one for the worker's life: refreshes redo only what changed
+    race_cache = VerdictCache(threads=1)  # a race's outcomes, decoded once for the worker's life
     with stop:
         try:
             claim_and_run(worker, report, journal,
                           PackPlanner(options.pack_setting, worker.spec, worker.data, study,
                                       options.queue_share),
                           lambda: refresh_leaderboard(after_finishing, study, store,
-                                                      options.storage_url, memory))
+                                                      options.storage_url, memory),
+                          lambda: queue_next_round(study, lambda: enqueue_lock(
+                              worker.storage, options.storage_url, study.study_name), race_cache))
             if not stop.requested and report.environment is None:  # the queue is empty
                 refresh_leaderboard(refresh_if_dirty, study, store, options.storage_url, memory)
         except StorageOutage as error:  # nothing can be written: report and stop
@@ -174,15 +180,23 @@ def open_worker(options: WorkerOptions, stop: StopSignals) -> WorkerContext:
 
 
 def claim_and_run(worker: WorkerContext, report: WorkerReport, journal: Journal,
-                  planner: PackPlanner, after_finishing: Callable[[], None] = lambda: None
-                  ) -> None:
+                  planner: PackPlanner, after_finishing: Callable[[], None] = lambda: None,
+                  next_round: Callable[[], int] = lambda: 0) -> None:
     """Claim and run trials (one, or a pack of those that can share it) until none is left,
     a stop is asked or the environment fails; `after_finishing` runs after each trial or
-    pack that finished."""
+    pack that finished. `next_round` queues a race's next round when it is due (how many
+    trials it queued): before each claim, and once more when nothing is left, since the
+    worker that finished a round may have died before queueing its successor."""
     storage, study, heartbeat = worker.storage, worker.study, worker.heartbeat
-    while (trial := next_trial(storage, study, min(heartbeat.interval, MAX_POLL_SECONDS),
-                               lambda: worker.stop.requested, announce_wait(heartbeat),
-                               store=worker.store)) is not None:
+    while True:
+        next_round()
+        trial = next_trial(storage, study, min(heartbeat.interval, MAX_POLL_SECONDS),
+                           lambda: worker.stop.requested, announce_wait(heartbeat),
+                           store=worker.store)
+        if trial is None:
+            if worker.stop.requested or not next_round():
+                return
+            continue
         trials = [trial]
         limit, cap = planner.limit_and_cap(trial)
         if cap is not None:
