@@ -72,8 +72,8 @@ def test_seeds_come_from_the_spec_unless_given(command, tmp_path):
     assert seeds("--spec", DEMO, "--seeds", "2") == 2
 
 
-@pytest.mark.parametrize("value, message", [("0", "must be a positive integer, got '0'"),
-                                            ("x", "must be a positive integer, got 'x'"),
+@pytest.mark.parametrize("value, message", [("0", "must be 'auto' or a positive integer, got '0'"),
+                                            ("x", "must be 'auto' or a positive integer, got 'x'"),
                                             ("21", "must be at most 20, got 21")])
 def test_a_bad_seed_count_exits_2_with_one_line(value, message, capsys):
     with pytest.raises(SystemExit) as stop:

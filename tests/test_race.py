@@ -171,3 +171,12 @@ def test_a_race_survives_a_worker_that_died_between_rounds(tmp_path, capsys, mon
     assert state.finished and state.rounds[-1].round == 2
     seeds = [replicate_of(t) for t in study.get_trials(deepcopy=False)]
     assert seeds.count(1) == len(state.rounds[0].survivors)
+
+
+def test_a_spec_races_with_seeds_auto_and_stores_its_settings_as_a_fraction(tmp_path):
+    from search.study.study_spec import parse_spec
+    spec = parse_spec({"study": {"seeds": "auto", "max_seeds": 6, "margin": 1.5}},
+                      "spec.toml", "s")
+    assert spec.races and spec.race_settings == {"max_seeds": 6, "margin": 0.015}
+    fixed = parse_spec({"study": {"seeds": 3}}, "spec.toml", "s")
+    assert not fixed.races and fixed.race_settings is None

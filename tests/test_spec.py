@@ -71,9 +71,15 @@ def test_overrides_replace_single_fields():
     ("[optuna]\ndropout_range = [0.3, 0.1]\n", "optuna: dropout range must have LO < HI"),
     ("[optuna]\npruner = 'asha'\n", "optuna: pruner must be one of"),
     ("[optuna]\nsampler = 'cmaes'\n", "optuna: unknown key(s) ['sampler']"),
-    ("[study]\nseeds = 0\n", "study.seeds must be an integer from 1 to 20, got 0"),
-    ("[study]\nseeds = 2.5\n", "study.seeds must be an integer from 1 to 20, got 2.5"),
-    ("[study]\nseeds = true\n", "study.seeds must be an integer from 1 to 20, got True"),
+    ("[study]\nseeds = 0\n", 'study.seeds must be an integer from 1 to 20 or "auto", got 0'),
+    ("[study]\nseeds = 2.5\n", 'study.seeds must be an integer from 1 to 20 or "auto", got 2.5'),
+    ("[study]\nseeds = true\n", 'study.seeds must be an integer from 1 to 20 or "auto", got '
+                                 "True"),
+    ("[study]\nseeds = 'often'\n", 'study.seeds must be an integer from 1 to 20 or "auto"'),
+    ("[study]\nseeds = 'auto'\nmax_seeds = 30\n", "study.max_seeds must be an integer from 1 "
+                                                  "to 20"),
+    ("[study]\nseeds = 'auto'\nmargin = 0\n", "study.margin must be a number of percentage "
+                                               "points above 0"),
 ])
 def test_malformed_specs_are_one_clear_error(tmp_path, text, message):
     path = tmp_path / "bad.toml"
