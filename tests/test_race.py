@@ -180,3 +180,27 @@ def test_a_spec_races_with_seeds_auto_and_stores_its_settings_as_a_fraction(tmp_
     assert spec.races and spec.race_settings == {"max_seeds": 6, "margin": 0.015}
     fixed = parse_spec({"study": {"seeds": 3}}, "spec.toml", "s")
     assert not fixed.races and fixed.race_settings is None
+
+
+def test_the_report_note_and_export_show_the_rounds(tmp_path):
+    from search.results.dashboard_notes import leaderboard_note
+    from search.results.export import race_selection
+    from search.results.report import verdict_text
+    from search.results.verdict import assess
+
+    study = racing_study(tmp_path)
+    round_one(study)
+    for replicate in (1, 2):
+        add_trial(study, range(2), rank=8, params=4000, replicate=replicate)
+        add_trial(study, range(3), rank=2, params=1000, replicate=replicate)
+    verdict = assess(study)
+    report = "\n".join(verdict_text(verdict, [], study_race(study)))
+    assert "race: seed cap reached after 3 seeds" in report and "dropped after 1" in report
+    note = leaderboard_note(study, study_board(study, by="trial"), None, None)
+    assert "race: the race used 8 trials" in note and "dropped after 1" in note
+    selection = race_selection(study, verdict)["race"]
+    assert selection["lines"][0].startswith("race: seed cap reached")
+    assert sorted((c["seeds"], c["dropped_after"]) for c in selection["configurations"]) == [
+        (1, 1), (1, 1), (3, None), (3, None)]
+    StudyRecord(study).store_race(None, replace=True)  # fixed seeds: no race to record
+    assert race_selection(study, verdict) == {}

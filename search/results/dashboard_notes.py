@@ -42,7 +42,7 @@ from optuna.trial import FrozenTrial
 from objectives.spec import LoraParams
 from search.results import markdown, note_store
 from search.results.intervals import format_interval
-from search.results.leaderboard import STATE_ORDER, Board, configuration_frame, render, study_board
+from search.results.leaderboard import STATE_ORDER, Board, configuration_table, render, study_board
 from search.results.point_columns import format_lr, own_parts
 from search.results.verdict import Verdict, VerdictCache
 from search.study.contained_store import is_artifact_id
@@ -161,8 +161,9 @@ NOTE_COLUMNS = {"number": "#", "state": "state", "method": "method", "model": "m
 # lr, targets, scaling: only where the board has them (`search.results.point_columns`).
 CONFIGURATION_COLUMNS = {"baseline": "baseline", "rank": "rank", "alpha": "alpha",
                          "dropout": "dropout", "lr": "lr", "targets": "targets",
-                         "scaling": "scaling", "seeds": "seeds", "val_acc": "val_acc",
-                         "val_sd": "val sd", "val_ci": "val 95%", "test_acc": "test_acc",
+                         "scaling": "scaling", "seeds": "seeds", "race": "race",
+                         "val_acc": "val_acc", "val_sd": "val sd", "val_ci": "val 95%",
+                         "test_acc": "test_acc",
                          "test_ci": "test 95%", "tied": "tied", "recommended": "recommended",
                          "trainable_params": "trainable", "trials": "trials"}
 
@@ -283,7 +284,8 @@ def note_text(study: optuna.Study, board: Board, chart: str | None, csv: str | N
     text += [*verdict_lines(board), ""]
     verdict = board.verdict
     if verdict is not None and verdict.seeds > 1:
-        configurations = configuration_frame(verdict).drop(columns=["model", "method"])
+        configurations = configuration_table(verdict, board.race).drop(
+            columns=["model", "method"])
         configurations = configurations.assign(trials=configurations["trials"].map(
             lambda t: ", ".join(map(str, t))))
         shown = shown_rows(configurations, top)

@@ -72,7 +72,25 @@ def recommended_trial(study: optuna.Study) -> tuple[FrozenTrial, dict[str, Any]]
         "tied": [verdict.describe(c) for c in verdict.configurations
                  if verdict.tied(c) and not c.baseline],
         "verdict": closing_lines(verdict),
+        **race_selection(study, verdict),
     }
+
+
+def race_selection(study: optuna.Study, verdict) -> dict[str, Any]:
+    """A racing study's race as the export records it: why it ended (or where it stands)
+    and the seeds each configuration got, with the round it was dropped in; {} without."""
+    from search.results.leaderboard import race_lines
+    from search.results.race import study_race
+
+    race = study_race(study)
+    if race is None:
+        return {}
+    state, _ = race
+    dropped = {key: drop.round for decision in state.rounds
+               for key, drop in decision.dropped.items()}
+    return {"race": {"lines": race_lines(race, verdict), "configurations": [
+        {"configuration": verdict.describe(c), "seeds": len(c.trials),
+         "dropped_after": dropped.get(c.key)} for c in verdict.configurations]}}
 
 
 def best_selection() -> dict[str, Any]:

@@ -18,7 +18,7 @@ from search.results.importance import Importances, importance_lines, study_impor
 from search.results.intervals import format_interval
 from search.results.point_columns import COLUMNS as EXTRA_COLUMNS
 from search.results.point_columns import format_lr, point_columns, word
-from search.results.race import RaceInputs, study_race
+from search.results.race import RaceInputs, dropped_lora, study_race
 from search.results.race_rules import RaceState
 from search.results.verdict import NoVerdict, Verdict, VerdictCache, assess, closing_lines
 from search.study.study_record import StudyRecord
@@ -104,6 +104,7 @@ class Board:
     by: str  # "trial" or "configuration"
     verdict: Verdict | None = None  # None: the study has none (`lines` says why)
     importances: Importances | None = None  # what mattered; its line is among `lines`
+    race: tuple[RaceState, RaceInputs] | None = None  # a racing study's race; in `lines` too
 
 
 def study_board(study: optuna.Study, by: str = "auto", cache: VerdictCache | None = None,
@@ -116,23 +117,33 @@ def study_board(study: optuna.Study, by: str = "auto", cache: VerdictCache | Non
     frame = leaderboard(study, trials)
     # From the trials' values alone: a study whose trials carry no outcomes has it too.
     mattered = study_importances(study, trials)
+    race = study_race(study, trials, cache)
     try:
-        verdict = assess(study, trials, cache)
+        verdict = assess(study, trials, cache, dropped=dropped_configurations(race))
     except NoVerdict as why:
         complete = (frame["state"] == "COMPLETE").any()
         return Board(frame, [best_versus_baseline(frame), *([str(why)] if complete else []),
                              *importance_lines(mattered)], "trial", importances=mattered)
     if by == "auto":
         by = "configuration" if verdict.seeds > 1 else "trial"
-    race = study_race(study, trials, cache)
     lines = [*closing_lines(verdict), *race_lines(race, verdict), *importance_lines(mattered)]
     if by == "configuration":
         unfinished = int((frame["state"] != "COMPLETE").sum())
         if unfinished:
             lines.append(f"{unfinished} trial(s) not complete: `--by trial` lists every trial")
-        return Board(with_race(configuration_frame(verdict), verdict, race), lines, by,
-                     verdict, mattered)
-    return Board(with_verdict(frame, verdict), lines, by, verdict, mattered)
+        return Board(configuration_table(verdict, race), lines, by, verdict, mattered, race)
+    return Board(with_verdict(frame, verdict), lines, by, verdict, mattered, race)
+
+
+def configuration_table(verdict: Verdict,
+                        race: tuple[RaceState, RaceInputs] | None = None) -> pd.DataFrame:
+    """`configuration_frame`, with each configuration's place in the race where it races."""
+    return with_race(configuration_frame(verdict), verdict, race)
+
+
+def dropped_configurations(race: tuple[RaceState, RaceInputs] | None) -> set:
+    """The LoRA configurations a race dropped (`search.results.race.raced_out`)."""
+    return dropped_lora(*race) if race is not None else set()
 
 
 def race_lines(race: tuple[RaceState, RaceInputs] | None, verdict: Verdict) -> list[str]:

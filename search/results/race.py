@@ -130,3 +130,16 @@ def study_race(study: optuna.Study, trials: Sequence[FrozenTrial] | None = None,
     resampling = cache.resampling("val", examples) if examples else None
     state = replay(inputs.outcomes, inputs.costs, inputs.baselines, settings, resampling)
     return state, inputs
+
+
+def raced_out(study: optuna.Study, trials: Sequence[FrozenTrial],
+              cache: VerdictCache | None = None) -> set[Hashable]:
+    """The LoRA configurations the study's race dropped (none without a race): the verdict
+    keeps them out of its tied set (`search.results.verdict.assess`)."""
+    race = study_race(study, trials, cache)
+    return dropped_lora(race[0], race[1]) if race is not None else set()
+
+
+def dropped_lora(state: RaceState, inputs: RaceInputs) -> set[Hashable]:
+    return {key for decision in state.rounds for key in decision.dropped
+            if key not in inputs.baselines}

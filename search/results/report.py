@@ -47,9 +47,16 @@ from search.results import markdown
 from search.results.figures import new_figure, save_figure
 from search.results.importance import importance_lines, study_importances
 from search.results.intervals import format_interval
-from search.results.leaderboard import Board, configuration_frame, leaderboard, with_verdict
+from search.results.leaderboard import (
+    Board,
+    configuration_table,
+    leaderboard,
+    race_lines,
+    with_verdict,
+)
 from search.results.point_columns import COLUMNS as EXTRA_COLUMNS
 from search.results.point_columns import format_lr, word
+from search.results.race import study_race
 from search.results.verdict import NoVerdict, Verdict, assess, closing_lines
 from search.study.names import quoted
 from search.study.open_study import StudyError
@@ -547,9 +554,11 @@ def numbered(noun: str, numbers: list[int]) -> str:
     return f"{noun}{'' if len(numbers) == 1 else 's'} {', '.join(map(str, numbers))}"
 
 
-def verdict_text(verdict: Verdict | str, mattered: list[str] | None = None) -> list[str]:
-    """The report's answer: tied set, recommendation, baseline gap, test-set check; then
-    `mattered`, the lines of what mattered (`search.results.importance.importance_lines`)."""
+def verdict_text(verdict: Verdict | str, mattered: list[str] | None = None,
+                 race=None) -> list[str]:
+    """The report's answer: tied set, recommendation, baseline gap, test-set check, where a
+    racing study's `race` (`search.results.race.study_race`) stands; then `mattered`, the
+    lines of what mattered (`search.results.importance.importance_lines`)."""
     mattered = [f"- {line}" for line in mattered or []]
     if isinstance(verdict, str):
         return [f"No tie test or intervals: {verdict.removeprefix('no tie test: ')}.",
@@ -560,10 +569,10 @@ def verdict_text(verdict: Verdict | str, mattered: list[str] | None = None) -> l
              "Wilson intervals per trial; *tied* means a paired test on the validation images "
              "could not tell the trial's configuration from the best's (Holm-corrected, 0.05).",
              ""]
-    lines += [f"- {line}" for line in closing_lines(verdict)]
+    lines += [f"- {line}" for line in [*closing_lines(verdict), *race_lines(race, verdict)]]
     lines += mattered
     if verdict.seeds > 1:
-        configurations = (configuration_frame(verdict).drop(columns=["model", "method"])
+        configurations = (configuration_table(verdict, race).drop(columns=["model", "method"])
                           .assign(trials=lambda f: f["trials"].map(
                               lambda t: ", ".join(map(str, t)))))
         lines += ["", "Per configuration over its seeds (mean, sd; intervals over seeds x "
@@ -579,6 +588,7 @@ def write_report(study: optuna.Study, store: optuna.artifacts.FileSystemArtifact
     trials = all_trials(study)
     table, verdict = report_table(study, trials=trials)
     mattered = importance_lines(study_importances(study, trials))
+    race = study_race(study, trials)
     folder.mkdir(parents=True, exist_ok=True)
     title = f"study {study.study_name}"
     table.to_csv(folder / "report.csv", index=False)
@@ -594,7 +604,7 @@ def write_report(study: optuna.Study, store: optuna.artifacts.FileSystemArtifact
             f"{len(table):,} completed {'trial' if len(table) == 1 else 'trials'}, best "
             "validation accuracy first. Best: trial "
             f"{best['trial']} ({best['method']}), val acc {best['val_acc']:.4f}, test acc "
-            f"{best['test_acc']:.4f}.", "", *verdict_text(verdict, mattered), "",
+            f"{best['test_acc']:.4f}.", "", *verdict_text(verdict, mattered, race), "",
             *bounded_table(table, "trial", "report.csv has every trial"), "",
             "![metrics per trial](metrics.png)", "",
             "![accuracy against trainable parameters](accuracy_vs_params.png)", ""]

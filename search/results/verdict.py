@@ -32,7 +32,7 @@ computations over all configurations at once.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence, Set
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -206,22 +206,35 @@ class NoVerdict(Exception):
 
 
 def assess(study: optuna.Study, trials: Sequence[FrozenTrial] | None = None,
-           cache: VerdictCache | None = None) -> Verdict:
+           cache: VerdictCache | None = None, dropped: Set[Hashable] | None = None) -> Verdict:
     """The study's verdict; NoVerdict (its reason) when it cannot have one. `cache` keeps
-    the work for the next call (a worker's refreshes); without one, nothing is kept."""
+    the work for the next call (a worker's refreshes); without one, nothing is kept.
+
+    In a racing study (`search.results.race`) the LoRA configurations its race dropped
+    (`dropped`; None: replayed here) take no part in choosing the best, the tied set and the
+    recommendation: each was told apart from the best at the round it left, and compared
+    now, with fewer seeds than the survivors, the test could call it tied and the verdict
+    would contradict the race. Like a baseline, each keeps its own p-value against the best,
+    never tied."""
     cache = cache or VerdictCache()
     trials = study.get_trials(deepcopy=False) if trials is None else trials
+    if dropped is None:
+        from search.results.race import raced_out  # the race reads outcomes through this module
+
+        dropped = raced_out(study, trials, cache)
     # The stored dict, not a validated spec: a verdict must show on any host.
     study_model = StudyRecord(study).spec_model or ""
     configurations, left_out = complete_configurations(trials, study_model, cache)
-    family = [c for c in configurations if not c.baseline] or configurations
+    family = [c for c in configurations if not c.baseline and c.key not in dropped] \
+        or [c for c in configurations if not c.baseline] or configurations
     best = family[0]
     val = cache.resampling("val", best.val.shape[1])
     ties = significance.ties_with_best({c.key: c.val for c in family}, best.key,
                                        resampling=val)
-    for baseline in (c for c in configurations if c.key not in ties):
-        p = significance.paired_pvalue(best.val, baseline.val, resampling=val)
-        ties[baseline.key] = significance.TieTest(baseline.key, p, p, p >= significance.ALPHA)
+    for other in (c for c in configurations if c.key not in ties):  # baselines, raced out
+        p = significance.paired_pvalue(best.val, other.val, resampling=val)
+        tied = p >= significance.ALPHA and other.key not in dropped
+        ties[other.key] = significance.TieTest(other.key, p, p, tied)
     tied = [c for c in family if ties[c.key].tied]
     by_key = {c.key: c for c in configurations}
     recommended = by_key[significance.recommend(
