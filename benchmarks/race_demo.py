@@ -64,7 +64,7 @@ def read(url: str) -> dict:
             "tied": {c.key for c in lora if verdict.tied(c)},
             "recommended": verdict.recommended.key, "name": verdict.describe(verdict.recommended),
             "dropped": dropped, "all": {c.key for c in verdict.configurations},
-            "reason": race[0].rounds[-1].describe(lambda key: "") if race else "",
+            "reason": race[0].rounds[-1].reason.value if race and race[0].finished else "",
             "depth": race[0].rounds[-1].round if race else None}
 
 
