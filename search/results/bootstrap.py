@@ -49,6 +49,17 @@ def row_key(row: np.ndarray) -> bytes:
     return np.packbits(row).tobytes()
 
 
+def canonical_rows(replicates: np.ndarray) -> np.ndarray:
+    """[S, N] outcomes with the rows in the order of their content. A configuration's
+    resampled seeds are drawn by row index from a generator its rows seed, so the same seeds
+    in another order would draw other rows: the verdict and a race (which sees the seeds
+    round by round, from any host) put them in this one order, and so agree."""
+    if replicates.ndim == 1 or replicates.shape[0] == 1:
+        return replicates
+    keys = [row_key(row) for row in replicates]
+    return replicates[sorted(range(len(keys)), key=keys.__getitem__)]
+
+
 class ExampleResampling:
     """B resamples of the N examples of one split, and, cached by content, every row's number
     of correct answers under each of them and every replicate set's resampled mean.

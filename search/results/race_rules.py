@@ -89,7 +89,7 @@ from numbers import Integral, Real
 import numpy as np
 
 from search.results import significance
-from search.results.bootstrap import ExampleResampling, row_key
+from search.results.bootstrap import ExampleResampling, canonical_rows
 from search.study.replicates import MAX_MARGIN_PP, MAX_SEEDS
 
 __all__ = ["MAX_MARGIN", "Drop", "RaceSettings", "RaceState", "RoundDecision", "StopReason",
@@ -422,11 +422,7 @@ def _seeds(count: int) -> str:
 
 
 def _canonical(values: np.ndarray) -> np.ndarray:
-    """[S, N] outcomes with the rows in the order of their content: a configuration's
-    bootstrap draws are seeded by its rows in order, and which seed a host read first must not
-    change a decision (the seeds of one round are exchangeable)."""
-    array = significance._as_replicates(values)
-    if array.shape[0] == 1:
-        return array
-    keys = [row_key(row) for row in array]
-    return array[sorted(range(len(keys)), key=keys.__getitem__)]
+    """[S, N] outcomes with the rows in the order of their content (`canonical_rows`): which
+    seed a host read first must not change a decision (the seeds of one round are
+    exchangeable)."""
+    return canonical_rows(significance._as_replicates(values))

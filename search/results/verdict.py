@@ -41,7 +41,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from search.results import significance
-from search.results.bootstrap import ExampleResampling, percentile_interval
+from search.results.bootstrap import ExampleResampling, canonical_rows, percentile_interval
 from search.results.point_columns import PointColumns, study_columns
 from search.study.outcomes import decode_bits, encoded_outcomes, stored_outcomes
 from search.study.study_record import StudyRecord
@@ -229,10 +229,12 @@ def assess(study: optuna.Study, trials: Sequence[FrozenTrial] | None = None,
         or [c for c in configurations if not c.baseline] or configurations
     best = family[0]
     val = cache.resampling("val", best.val.shape[1])
-    ties = significance.ties_with_best({c.key: c.val for c in family}, best.key,
-                                       resampling=val)
+    # Seeds in the order of their content (`canonical_rows`): as a race tests them.
+    ties = significance.ties_with_best({c.key: canonical_rows(c.val) for c in family},
+                                       best.key, resampling=val)
     for other in (c for c in configurations if c.key not in ties):  # baselines, raced out
-        p = significance.paired_pvalue(best.val, other.val, resampling=val)
+        p = significance.paired_pvalue(canonical_rows(best.val), canonical_rows(other.val),
+                                       resampling=val)
         tied = p >= significance.ALPHA and other.key not in dropped
         ties[other.key] = significance.TieTest(other.key, p, p, tied)
     tied = [c for c in family if ties[c.key].tied]
