@@ -195,22 +195,17 @@ def members_refusal(spec: TrainSpec, members: list[LoraParams | None]) -> str | 
 def pack_groups(spec: TrainSpec, members: list[LoraParams | None]) -> list[list[int]]:
     """`members`' indices split into groups that may each train as one pack
     (`members_refusal` refuses none of them): a DoRA point alone, the rest by whether they
-    split timm's fused qkv. Groups in order of their first member."""
-    groups: dict[object, list[int]] = {}
+    split timm's fused qkv, the baseline (None, which adapts nothing) with the first of
+    those. Groups in order of their first member."""
+    alone, by_backbone = [], {}
     for index, member in enumerate(members):
         if point_pack_refusal(member) is not None:
-            groups[("alone", index)] = [index]
-        else:  # the baseline (None) packs with either backbone: it adapts nothing
-            key = trial_spec(spec, member).splits_qkv if member is not None else None
-            groups.setdefault(key, []).append(index)
-    merged = list(groups.items())
-    if None in groups and len([k for k in groups if not isinstance(k, tuple)]) > 1:
-        baseline = groups[None]
-        merged = [(k, v) for k, v in merged if k is not None]
-        first_shared = next(i for i, (k, _) in enumerate(merged) if not isinstance(k, tuple))
-        merged[first_shared] = (merged[first_shared][0],
-                                sorted(merged[first_shared][1] + baseline))
-    return sorted((indices for _, indices in merged), key=lambda indices: indices[0])
+            alone.append([index])
+        elif member is not None:
+            by_backbone.setdefault(trial_spec(spec, member).splits_qkv, []).append(index)
+    shared = list(by_backbone.values()) or [[]]
+    shared[0] = sorted(shared[0] + [i for i, member in enumerate(members) if member is None])
+    return sorted((group for group in [*shared, *alone] if group), key=lambda group: group[0])
 
 
 def backbone_spec(spec: TrainSpec, members: list[LoraParams | None]) -> TrainSpec:

@@ -172,10 +172,8 @@ def planned_trials(spec: StudySpec) -> list[dict[str, Any]]:
     """Baselines first, then the grid, each with its parameter counts (no weights loaded);
     with seeds, the whole list once per seed."""
     grid_points = [(spec.train, point) for point in spec.grid.points(spec.train)]
-    searched = {"lr": spec.grid.lrs, "targets": spec.grid.target_sets,
-                "scaling": spec.grid.scalings != ("lora",)}
     return planned_rows(spec, [*baseline_trials(spec), *grid_points], max(spec.grid.ranks),
-                        extras=tuple(name for name, values in searched.items() if values),
+                        extras=tuple(name for name in EXTRA_PARAMS if spec.grid.searches(name)),
                         target_sets=spec.grid.target_sets)
 
 
@@ -190,7 +188,7 @@ def planned_rows(spec: StudySpec, trials: list[tuple[TrainSpec, LoraParams | Non
                  largest_rank: int, extras: tuple[str, ...] = (),
                  target_sets: tuple[str, ...] = ()) -> list[dict[str, Any]]:
     """`trials` (their spec and LoRA point, None for a baseline) with their parameter counts
-    and the `extras` columns of `point_columns`, once per seed; refuses a rank the model's
+    and the `extras` columns of `planned_columns`, once per seed; refuses a rank the model's
     smallest adapted layer (of the spec's targets and of `target_sets`) cannot take."""
     from objectives.data import dataset_num_classes
     from objectives.model import check_rank_fits_model, planned_parameters  # torch, timm, peft
@@ -208,26 +206,21 @@ def planned_rows(spec: StudySpec, trials: list[tuple[TrainSpec, LoraParams | Non
                      "rank": point.rank if point else None,
                      "alpha": point.alpha if point else None,
                      "dropout": point.dropout if point else None,
-                     **{key: value for key, value in point_columns(train, point).items()
+                     **{key: value for key, value in planned_columns(train, point).items()
                         if key in extras},
                      "trainable_params": count.trainable, "total_params": count.total,
                      "trainable_pct": round(count.trainable_pct, 4)})
     return plan
 
 
-def point_columns(train: TrainSpec, point: LoraParams | None) -> dict[str, Any]:
-    """The learning rate, adapted layers and variant a planned trial trains with."""
-    from objectives.spec import trial_lr, trial_spec
-    from search.study.space import SpaceError, target_set_name, variant_of
+def planned_columns(train: TrainSpec, point: LoraParams | None) -> dict[str, Any]:
+    """The learning rate, adapted layers and variant a planned trial trains with, as the
+    leaderboard will show them (`search.results.point_columns`)."""
+    from search.results.point_columns import PointColumns
 
     if point is None:  # the baseline trains the head alone, at the spec's lr
         return {"lr": train.lr, "targets": None, "scaling": None}
-    targets = trial_spec(train, point).targets
-    try:
-        targets = target_set_name(targets)
-    except SpaceError:  # the spec's own layers, not a named set
-        pass
-    return {"lr": trial_lr(train, point), "targets": targets, "scaling": variant_of(point)}
+    return PointColumns(spec_lr=train.lr, spec_targets=train.targets).effective(point)
 
 
 def check_target_sets(train: TrainSpec, target_sets: tuple[str, ...], largest_rank: int,

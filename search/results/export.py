@@ -85,9 +85,7 @@ def race_selection(study: optuna.Study, verdict) -> dict[str, Any]:
     race = study_race(study)
     if race is None:
         return {}
-    state, _ = race
-    dropped = {key: drop.round for decision in state.rounds
-               for key, drop in decision.dropped.items()}
+    dropped = race[0].dropped_after
     return {"race": {"lines": race_lines(race, verdict), "configurations": [
         {"configuration": verdict.describe(c), "seeds": len(c.trials),
          "dropped_after": dropped.get(c.key)} for c in verdict.configurations]}}

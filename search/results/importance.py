@@ -55,7 +55,7 @@ from typing import TYPE_CHECKING, Any
 
 from optuna.trial import FrozenTrial, TrialState
 
-from objectives.spec import TrainSpec
+from search.results.point_columns import stored_spec_values
 from search.study.space import variant_of
 from search.study.study_record import StudyRecord
 from search.study.trials import is_baseline, trial_point
@@ -75,8 +75,6 @@ MAX_OBSERVATIONS = 1_000
 MIN_TRIALS = 10
 MIN_PER_PARAM = 5
 HASH_MULTIPLIER = 2_654_435_761  # Knuth's multiplicative hash: spreads trial numbers mod 2**32
-DEFAULT_LR = TrainSpec.__dataclass_fields__["lr"].default
-DEFAULT_TARGETS = TrainSpec.__dataclass_fields__["targets"].default
 
 
 @dataclass(frozen=True)
@@ -106,9 +104,7 @@ def observations(trials: Sequence[FrozenTrial], spec_lr: Any = None,
     """The complete LoRA trials with a point and a finite value, by trial number, each with
     every param of PARAMS: `spec_lr` and `spec_targets` (the study's spec as stored; the
     spec's defaults where unusable) where the point has none."""
-    lr = spec_lr if usable_lr(spec_lr) else DEFAULT_LR
-    targets = spec_targets if isinstance(spec_targets, str) and spec_targets.strip() \
-        else DEFAULT_TARGETS
+    lr, targets = stored_spec_values({"lr": spec_lr, "targets": spec_targets})
     found = []
     for trial in sorted(trials, key=lambda t: t.number):
         if trial.state != TrialState.COMPLETE or is_baseline(trial) or trial.value is None \
@@ -120,15 +116,10 @@ def observations(trials: Sequence[FrozenTrial], spec_lr: Any = None,
         found.append(Observation(trial.number, {
             "rank": point.rank, "alpha": round(point.alpha, 6),
             "dropout": round(point.dropout, 6),
-            "lr": round(point.lr if point.lr is not None else float(lr), 12),
+            "lr": round(point.lr if point.lr is not None else lr, 12),
             "targets": layers(point.targets if point.targets is not None else targets),
             "scaling": variant_of(point)}, float(trial.value)))
     return found
-
-
-def usable_lr(value: Any) -> bool:
-    return (isinstance(value, (int, float)) and not isinstance(value, bool)
-            and math.isfinite(value) and value > 0)
 
 
 def layers(targets: str) -> str:
@@ -218,8 +209,8 @@ def study_importances(study: optuna.Study,
     """`importances` of the study's complete LoRA trials (`trials`: the study's, if the
     caller has read them), its spec read as stored: results show on any host."""
     trials = study.get_trials(deepcopy=False) if trials is None else trials
-    record = StudyRecord(study)
-    return importances(observations(trials, record.spec_lr, record.spec_targets))
+    stored = StudyRecord(study).stored_spec
+    return importances(observations(trials, stored.get("lr"), stored.get("targets")))
 
 
 def importance_lines(result: Importances) -> list[str]:

@@ -119,7 +119,7 @@ def study_board(study: optuna.Study, by: str = "auto", cache: VerdictCache | Non
     mattered = study_importances(study, trials)
     race = study_race(study, trials, cache)
     try:
-        verdict = assess(study, trials, cache, dropped=dropped_configurations(race))
+        verdict = assess(study, trials, cache, dropped=dropped_lora(race))
     except NoVerdict as why:
         complete = (frame["state"] == "COMPLETE").any()
         return Board(frame, [best_versus_baseline(frame), *([str(why)] if complete else []),
@@ -139,11 +139,6 @@ def configuration_table(verdict: Verdict,
                         race: tuple[RaceState, RaceInputs] | None = None) -> pd.DataFrame:
     """`configuration_frame`, with each configuration's place in the race where it races."""
     return with_race(configuration_frame(verdict), verdict, race)
-
-
-def dropped_configurations(race: tuple[RaceState, RaceInputs] | None) -> set:
-    """The LoRA configurations a race dropped (`search.results.race.raced_out`)."""
-    return dropped_lora(*race) if race is not None else set()
 
 
 def race_lines(race: tuple[RaceState, RaceInputs] | None, verdict: Verdict) -> list[str]:
@@ -171,8 +166,7 @@ def with_race(frame: pd.DataFrame, verdict: Verdict,
     if race is None:
         return frame
     state, inputs = race
-    dropped = {key: drop.round for decision in state.rounds
-               for key, drop in decision.dropped.items()}
+    dropped = state.dropped_after
     left = set(inputs.left)
     words = []
     for c in verdict.configurations:

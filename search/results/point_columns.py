@@ -26,6 +26,7 @@ show on any host, and a read-only command needs no timm.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -107,18 +108,24 @@ def word(column: str, value: Any) -> str:
     return VARIANT_WORDS.get(value, value)
 
 
+def stored_spec_values(spec: dict[str, Any]) -> tuple[float, str]:
+    """The learning rate and targets of a spec as stored (a study's dict, never validated),
+    each the `TrainSpec` default where it is missing or unusable: what a point that sets
+    neither trains with."""
+    lr, targets = spec.get("lr"), spec.get("targets")
+    usable = isinstance(lr, (int, float)) and not isinstance(lr, bool) and math.isfinite(lr) \
+        and lr > 0
+    return (float(lr) if usable else SPEC_DEFAULTS.lr,
+            targets if isinstance(targets, str) and targets.strip() else SPEC_DEFAULTS.targets)
+
+
 def point_columns(points: Iterable[LoraParams | None], spec: dict[str, Any] | None = None
                   ) -> PointColumns:
     """The columns of a study whose LoRA trials have `points` (None, a baseline's or one not
     sampled yet, is skipped) and whose spec, as stored, is `spec`: those where some point's
     effective value is not the spec's."""
-    spec = spec or {}
-    lr, targets = spec.get("lr"), spec.get("targets")
-    base = PointColumns(
-        spec_lr=float(lr) if isinstance(lr, (int, float)) and not isinstance(lr, bool)
-        else SPEC_DEFAULTS.lr,
-        spec_targets=targets if isinstance(targets, str) and targets.strip()
-        else SPEC_DEFAULTS.targets)
+    lr, targets = stored_spec_values(spec or {})
+    base = PointColumns(spec_lr=lr, spec_targets=targets)
     default = {"lr": base.spec_lr, "targets": base.spec_targets, "scaling": "lora"}
     differ: set[str] = set()
     for point in points:

@@ -136,10 +136,12 @@ def raced_out(study: optuna.Study, trials: Sequence[FrozenTrial],
               cache: VerdictCache | None = None) -> set[Hashable]:
     """The LoRA configurations the study's race dropped (none without a race): the verdict
     keeps them out of its tied set (`search.results.verdict.assess`)."""
-    race = study_race(study, trials, cache)
-    return dropped_lora(race[0], race[1]) if race is not None else set()
+    return dropped_lora(study_race(study, trials, cache))
 
 
-def dropped_lora(state: RaceState, inputs: RaceInputs) -> set[Hashable]:
-    return {key for decision in state.rounds for key in decision.dropped
-            if key not in inputs.baselines}
+def dropped_lora(race: tuple[RaceState, RaceInputs] | None) -> set[Hashable]:
+    """The LoRA configurations `race` (`study_race`'s) dropped; none without a race."""
+    if race is None:
+        return set()
+    state, inputs = race
+    return set(state.dropped_after) - inputs.baselines

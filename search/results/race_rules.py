@@ -345,6 +345,12 @@ class RaceState:
         return bool(self.rounds) and self.rounds[-1].finished
 
     @property
+    def dropped_after(self) -> dict[Hashable, int]:
+        """Every dropped configuration -> the seeds it had when it left the race."""
+        return {key: drop.round for decision in self.rounds
+                for key, drop in decision.dropped.items()}
+
+    @property
     def fixed_trials(self) -> int:
         """What `--seeds D` at the race's depth D would have trained."""
         depth = self.rounds[-1].round if self.rounds else 0

@@ -45,11 +45,15 @@ def check_rank(value: Any) -> int:
     return value
 
 
-def check_alpha(value: Any) -> float:
+def positive_number(value: Any, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 \
             or not math.isfinite(value):
-        raise SpaceError(f"alpha must be a number > 0, got {value!r}")
+        raise SpaceError(f"{what} must be a number > 0, got {value!r}")
     return float(value)
+
+
+def check_alpha(value: Any) -> float:
+    return positive_number(value, "alpha")
 
 
 def check_dropout(value: Any) -> float:
@@ -59,10 +63,7 @@ def check_dropout(value: Any) -> float:
 
 
 def check_lr(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 \
-            or not math.isfinite(value):
-        raise SpaceError(f"learning rate must be a number > 0, got {value!r}")
-    return float(value)
+    return positive_number(value, "learning rate")
 
 
 def check_target_set(value: Any) -> str:
@@ -150,6 +151,11 @@ class GridSpace:
         if self.scalings != ("lora",):
             values["scalings"] = list(self.scalings)
         return values
+
+    def searches(self, param: str) -> bool:
+        """Whether the grid gives `param` (one of `EXTRA_PARAMS`) values of its own."""
+        return {"lr": bool(self.lrs), "targets": bool(self.target_sets),
+                "scaling": self.scalings != ("lora",)}[param]
 
     @property
     def size(self) -> int:

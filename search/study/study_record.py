@@ -110,16 +110,6 @@ class StudyRecord:
         return self._spec_field("model")
 
     @property
-    def spec_lr(self) -> Any:
-        """The spec's learning rate as stored, unchecked (None without one)."""
-        return self._spec_field("lr")
-
-    @property
-    def spec_targets(self) -> Any:
-        """The spec's adapted layers as stored, unchecked (None without any)."""
-        return self._spec_field("targets")
-
-    @property
     def spec_epochs(self) -> int | None:
         """The spec's epochs as stored (None without any)."""
         return self._spec_field("epochs")
